@@ -1,0 +1,103 @@
+"""`dermedge data`: inspect a dataset for problems and write a leakage-free split manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dermedge.data.analysis import Analysis, analyse, summary
+from dermedge.data.index import read_dataset
+from dermedge.data.io import atomic_write_text
+from dermedge.data.split import MODES, make_split, write_manifest
+from dermedge.runs import format_table, new_run_dir
+
+
+def _load(root: str, link: str | None) -> Analysis:
+    try:
+        index = read_dataset(root)
+        other = read_dataset(link) if link else None
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    return analyse(index, link=other)
+
+
+def _report_text(s: dict[str, Any]) -> str:
+    rows = [[split, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
+            for split, c in s["counts"].items()]  # fmt: skip
+    lines = [f"dataset {s['root']} ({s['layout']}): {s['images']} readable images, "
+             f"{s['groups']} lesion groups",  # fmt: skip
+             format_table(rows, ["split", "benign", "malignant", "total"]),
+             f"image sizes: {', '.join(f'{k} x{v}' for k, v in s['image_sizes'].items())}",
+             f"exact duplicates: {s['exact_duplicate_sets']} sets "
+             f"({s['exact_duplicate_extra_files']} extra files)",
+             f"near-duplicates ({s['near_duplicate_rule']}): "
+             f"{s['near_duplicate_pairs']} pairs"]  # fmt: skip
+    if s["linked_to"]:
+        lines.append(f"linked to lesion ids of {s['linked_to']}: {s['linked_images']} images matched")
+        for d in s["link_label_disagreements"]:
+            lines.append(f"DOUBTFUL LABEL {d['path']}: {d['label']} here, {d['linked_label']} "
+                         f"({d['linked_dx']}) in {d['linked_path']}")  # fmt: skip
+    lines.append(f"lesions with conflicting labels: {s['label_conflict_groups']}")
+    for pair, v in s["leakage"].items():
+        n, g = list(v.values())
+        a, b = pair.split("/")
+        lines.append(f"LEAKAGE {pair}: {n} {b} images have a same-lesion twin in {a} ({g} lesions)"
+                     if n else f"no leakage between {a} and {b}")  # fmt: skip
+    for p in s["problems"][:20]:
+        lines.append(f"skipped {p['path']}: {p['reason']}")
+    if len(s["problems"]) > 20:
+        lines.append(f"... and {len(s['problems']) - 20} more skipped (see the JSON report)")
+    return "\n".join(lines)
+
+
+@click.group("data")
+def data() -> None:
+    """Read datasets, find duplicates and leakage, write split manifests."""
+
+
+@data.command("inspect")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--link", type=click.Path(file_okay=False), help="Borrow lesion ids from this dataset (e.g. HAM10000) through near-identical photos.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
+    """Counts per class and split, image sizes, duplicates, cross-split leakage, unreadable files."""
+    s = summary(_load(root, link))
+    click.echo(_report_text(s))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(s, indent=2))
+        click.echo(f"report written to {json_out}")
+
+
+@data.command("split")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--mode", type=click.Choice(MODES), default="resplit", show_default=True,
+              help="resplit: pool everything and split leakage-free; given: keep the dataset's test split; given-purged: keep it and drop train images of test lesions.")
+@click.option("--val", default=0.15, show_default=True, help="Validation fraction.")
+@click.option("--test", default=0.15, show_default=True, help="Test fraction (resplit).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--link", type=click.Path(file_okay=False), help="Borrow lesion ids from this dataset through near-identical photos.")
+@click.option("--name", help="Run name under runs/data/ (default exp, exp2, ...).")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead.")
+def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: str | None,
+              name: str | None, out: str | None) -> None:  # fmt: skip
+    """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
+    analysis = _load(root, link)
+    try:
+        split = make_split(analysis, mode=mode, val=val, test=test, seed=seed)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    out_dir = Path(out) if out else new_run_dir("data", name, exist_ok=True)
+    csv_path = write_manifest(split, analysis, out_dir)
+    s = summary(analysis)
+    atomic_write_text(out_dir / "inspect.json", json.dumps(s, indent=2))
+    rows = [[k, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
+            for k, c in split.counts().items()]  # fmt: skip
+    click.echo(format_table(rows, ["split", "benign", "malignant", "total"]))
+    meta = json.loads((out_dir / "manifest.json").read_text())
+    leaks = {k: list(v.values())[0] for k, v in meta["leakage"].items()}
+    click.echo(f"mode {mode}, seed {seed}; left out {len(split.dropped)} images "
+               f"(duplicates / doubtful labels / purged); cross-split twins: {leaks}")  # fmt: skip
+    click.echo(f"manifest: {csv_path}")

@@ -1,0 +1,156 @@
+"""Leakage-free, stratified, grouped, seeded train/val/test splits, written as a manifest.
+
+No lesion group is in two splits; labels keep their proportions in each split; the same seed gives
+the same split. Byte-identical copies are kept once, and lesions whose photos carry both labels are
+left out as doubtful (both reported). The manifest (CSV + JSON) is what every later step reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dermedge.data.analysis import Analysis, leakage
+from dermedge.data.index import Record
+from dermedge.data.io import atomic_write_text
+
+MODES = ("resplit", "given", "given-purged")
+MANIFEST_COLUMNS = ["path", "sha256", "label", "group", "split", "source", "dx"]
+
+
+@dataclass
+class Split:
+    """Records with their split assigned, plus what was left out and why."""
+
+    records: list[Record]
+    mode: str
+    seed: int
+    fractions: dict[str, float]
+    dropped: list[dict[str, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, Counter[str]] = defaultdict(Counter)
+        for r in self.records:
+            out[r.split or "?"][r.label] += 1
+        return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
+
+
+def _assign_groups(groups: list[tuple[str, list[Record]]], fractions: dict[str, float],
+                   rng: random.Random) -> None:  # fmt: skip
+    """Fill the splits in order (test, val, then train) with whole groups, per label."""
+    by_label: dict[str, list[tuple[str, list[Record]]]] = defaultdict(list)
+    for g in groups:
+        by_label[g[1][0].label].append(g)
+    for label in sorted(by_label):
+        items = sorted(by_label[label], key=lambda g: g[0])
+        rng.shuffle(items)
+        total = sum(len(m) for _, m in items)
+        targets = [(name, frac * total) for name, frac in fractions.items() if frac > 0]
+        filled = Counter[str]()
+        for _, members in items:
+            split = "train"
+            for name, target in targets:
+                if filled[name] + len(members) / 2 <= target:
+                    split = name
+                    break
+            filled[split] += len(members)
+            for r in members:
+                r.split = split
+
+
+def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, test: float = 0.15,
+               seed: int = 0) -> Split:  # fmt: skip
+    """Split an analysed dataset. Modes: `resplit` (pool all, split leakage-free), `given` (keep
+    the dataset's test split as is, carve val from train; leakage is reported, not removed),
+    `given-purged` (keep the given test, drop train images whose lesion is in test)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown split mode {mode!r}; expected one of {', '.join(MODES)}")
+    has_given_test = any(r.split == "test" for r in analysis.records)
+    if mode != "resplit" and not has_given_test:
+        raise ValueError(f"mode {mode!r} needs a dataset with its own test split; use resplit")
+    rng = random.Random(seed)
+    dropped: list[dict[str, str]] = []
+    conflicted = {p for paths in analysis.label_conflicts for p in paths}
+    seen_sha: set[str] = set()
+    records: list[Record] = []
+    for r in sorted(analysis.records, key=lambda r: r.path):
+        sha = analysis.hashes[r.path].sha256
+        if r.path in conflicted:
+            dropped.append({"path": r.path, "reason": "lesion has photos with both labels"})
+        elif sha in seen_sha:
+            dropped.append({"path": r.path, "reason": "byte-identical copy of another file"})
+        else:
+            seen_sha.add(sha)
+            records.append(Record(r.path, r.label, r.source, r.group, r.split, r.dx))
+
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[r.group or r.path].append(r)
+    if mode == "resplit":
+        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, rng)
+        fractions = {"train": 1 - val - test, "val": val, "test": test}
+    else:
+        test_groups = {g for g, m in groups.items() if any(r.split == "test" for r in m)}
+        if mode == "given-purged":
+            keep = []
+            for r in records:
+                if r.split != "test" and (r.group or r.path) in test_groups:
+                    dropped.append({"path": r.path, "reason": "same lesion as a test image"})
+                else:
+                    keep.append(r)
+            records = keep
+        pool = defaultdict(list)
+        for r in records:
+            if r.split != "test":
+                pool[r.group or r.path].append(r)
+        share = val / max(1e-9, 1 - test)
+        _assign_groups(sorted(pool.items()), {"val": share}, rng)
+        fractions = {"train": 1 - share, "val": share, "test": "given"}  # type: ignore[dict-item]
+    return Split(records, mode, seed, fractions, dropped)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
+
+
+def write_manifest(split: Split, analysis: Analysis, out_dir: str | Path) -> Path:
+    """Write `manifest.csv` (paths relative to the data root) and `manifest.json`; returns the CSV."""
+    out_dir = Path(out_dir)
+    root = Path(analysis.index.root).resolve()
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    order = {"train": 0, "val": 1, "test": 2}
+    for r in sorted(split.records, key=lambda r: (order.get(r.split or "", 3), r.path)):
+        sha = analysis.hashes[r.path].sha256
+        writer.writerow([_relative(r.path, root), sha, r.label, r.group or "", r.split,
+                         r.source, r.dx or ""])  # fmt: skip
+    text = buf.getvalue()
+    csv_path = out_dir / "manifest.csv"
+    atomic_write_text(csv_path, text)
+    meta: dict[str, Any] = {
+        "root": str(root),
+        "layout": analysis.index.layout,
+        "linked_to": analysis.link_source,
+        "mode": split.mode,
+        "seed": split.seed,
+        "fractions": split.fractions,
+        "counts": split.counts(),
+        "leakage": leakage(split.records),
+        "dropped": split.dropped,
+        "csv_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(out_dir / "manifest.json", json.dumps(meta, indent=2))
+    return csv_path
