@@ -8,7 +8,9 @@ have a twin in another split. Optionally it borrows lesion ids from a second dat
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,21 @@ def _link_groups(records: list[Record], hashes: dict[str, FileHash], other: Inde
     return links, len({records[i].path for i, _, _ in pairs})
 
 
+def _name_groups(records: list[Record], uf: UnionFind, link_names: dict[str, str],
+                 root_dir: Path) -> None:  # fmt: skip
+    """Name each merged group by a lesion id it contains, else by its first file (relative)."""
+    names: dict[str, str] = {}
+    for r in sorted(records, key=lambda r: r.path):
+        root = uf.find(r.path)
+        lesion = r.group or link_names.get(r.path)
+        if lesion and (root not in names or names[root].startswith("file:")):
+            names[root] = lesion
+        elif root not in names:
+            names[root] = "file:" + os.path.relpath(r.path, root_dir)
+    for r in records:
+        r.group = names[uf.find(r.path)]
+
+
 def analyse(index: Index, link: Index | None = None, max_bits: int = NEAR_DUP_BITS,
             progress: bool = True) -> Analysis:  # fmt: skip
     """Hash, de-duplicate and group an index; unreadable images become problems."""
@@ -100,6 +117,7 @@ def analyse(index: Index, link: Index | None = None, max_bits: int = NEAR_DUP_BI
         uf.union(a, b)
 
     analysis = Analysis(index, records, hashes, exact, near_named)
+    links: dict[str, str] = {}
     if link is not None:
         links, analysis.linked = _link_groups(records, hashes, link, max_bits,
                                               analysis.link_label_disagreements)  # fmt: skip
@@ -108,8 +126,7 @@ def analyse(index: Index, link: Index | None = None, max_bits: int = NEAR_DUP_BI
         for path, group in links.items():
             uf.union(first_by_group.setdefault(group, path), path)
 
-    for r in records:
-        r.group = uf.find(r.path)
+    _name_groups(records, uf, links, Path(index.root))
     for members in analysis.groups().values():
         if len({m.label for m in members}) > 1:
             analysis.label_conflicts.append(sorted(m.path for m in members))
