@@ -1,0 +1,1 @@
+"""Training: data pipelines, models and trainers (needs the `train` extra)."""
