@@ -132,13 +132,14 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
 def find_fov_box(rgb: np.ndarray, dark: int = 30) -> tuple[int, int, int, int] | None:
     """Bounding square of a dermatoscope's bright circular field of view, or None if no vignette.
 
-    Rows/columns whose median brightness is above `dark` belong to the field; a frame without a
-    dark border (no vignette) returns None so callers fall back to the centre square.
+    Rows/columns with more than 2% of pixels brighter than `dark` belong to the field; a frame
+    without a dark border (no vignette) returns None so callers fall back to the centre square.
     """
     gray = rgb.mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
     h, w = gray.shape
-    cols = np.flatnonzero(np.median(gray, axis=0) > dark)
-    rows = np.flatnonzero(np.median(gray, axis=1) > dark)
+    bright = gray > dark
+    cols = np.flatnonzero(bright.mean(axis=0) > 0.02)
+    rows = np.flatnonzero(bright.mean(axis=1) > 0.02)
     if cols.size == 0 or rows.size == 0:
         return None
     x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1

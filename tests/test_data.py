@@ -1,0 +1,180 @@
+"""Dataset reading, duplicates, leakage and splits on the real shared datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter, defaultdict
+
+import pytest
+from click.testing import CliRunner
+
+from dermedge.cli import main
+from dermedge.data.analysis import analyse, summary
+from dermedge.data.index import label_for_name, read_dataset
+from dermedge.data.manifest import ManifestError, read_manifest
+from dermedge.data.split import make_split, write_manifest
+
+
+@pytest.fixture(scope="module")
+def isic(isic_dir):
+    return analyse(read_dataset(isic_dir), progress=False)
+
+
+@pytest.fixture(scope="module")
+def isic_linked(isic_dir, ham_dir):
+    return analyse(read_dataset(isic_dir), link=read_dataset(ham_dir), progress=False)
+
+
+def test_class_names_map_case_insensitively():
+    assert label_for_name("Melanoma") == "malignant"
+    assert label_for_name("NV") == "benign"
+    assert label_for_name("Basal_Cell_Carcinoma") == "malignant"
+    assert label_for_name("cats") is None
+
+
+def test_class_folders_read_with_their_splits(isic_dir):
+    index = read_dataset(isic_dir)
+    counts = Counter((r.split, r.label) for r in index.records)
+    assert counts == {("train", "benign"): 1440, ("train", "malignant"): 1197,
+                      ("test", "benign"): 360, ("test", "malignant"): 300}  # fmt: skip
+    assert index.problems == []
+
+
+def test_ham10000_reads_labels_and_lesion_groups(ham_dir):
+    index = read_dataset(ham_dir)
+    assert index.layout == "ham10000" and len(index.records) == 10015
+    labels = Counter(r.label for r in index.records)
+    assert labels == {"benign": 8061, "malignant": 1954}
+    assert len({r.group for r in index.records}) == 7470  # HAM10000's lesion count
+    assert Counter(r.dx for r in index.records)["akiec"] == 327
+
+
+def test_isic_cli_export_with_bad_rows(isic_dir, tmp_path):
+    root = tmp_path / "isic"
+    (root / "images").mkdir(parents=True)
+    srcs = sorted((isic_dir / "train" / "malignant").glob("*.jpg"))[:3]
+    for i, src in enumerate(srcs):
+        shutil.copy(src, root / "images" / f"ISIC_000000{i}.jpg")
+    (root / "images" / "ISIC_0000009.jpg").write_bytes(b"")  # zero-byte file
+    rows = [
+        ["isic_id", "benign_malignant", "diagnosis", "lesion_id"],
+        ["ISIC_0000000", "malignant", "melanoma", "L1"],
+        ["ISIC_0000001", "", "nevus", "L1"],
+        ["ISIC_0000002", "indeterminate", "", ""],
+        ["ISIC_0000005", "benign", "nevus", ""],  # no file
+        ["ISIC_0000009", "benign", "nevus", ""],
+    ]
+    with open(root / "metadata.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    index = read_dataset(root)
+    assert index.layout == "isic-csv"
+    assert [(r.label, r.group) for r in index.records[:2]] == [("malignant", "L1"), ("benign", "L1")]
+    reasons = " ".join(p.reason for p in index.problems)
+    assert "no usable label" in reasons and "no image file" in reasons
+    a = analyse(index, progress=False)
+    assert any("empty file" in p.reason for p in a.problems)  # reported, skipped, not a crash
+    assert len(a.label_conflicts) == 1  # one lesion labelled both ways
+
+
+def test_bad_files_in_class_folders_are_reported_not_fatal(isic_dir, tmp_path):
+    root = tmp_path / "ds"
+    for cls in ("Nevus", "Melanoma"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((isic_dir / "train" / ("benign" if cls == "Nevus" else "malignant")).glob("*.jpg"))[:4]:
+            shutil.copy(src, root / cls / src.name)
+    (root / "Nevus" / "zero.jpg").write_bytes(b"")
+    (root / "Nevus" / "trunc.jpg").write_bytes((root / "Nevus" / src.name).read_bytes()[:1500]
+                                               if (root / "Nevus" / src.name).exists() else b"\xff\xd8")  # fmt: skip
+    (root / "Melanoma" / "notes.txt").write_text("hello")
+    (root / "Melanoma" / "fake.jpg").write_text("not a jpeg")
+    (root / "cats").mkdir()
+    result = CliRunner().invoke(main, ["data", "inspect", str(root)])
+    assert result.exit_code == 0, result.output
+    for needle in ("zero.jpg: empty file", "trunc.jpg: corrupt or truncated", "notes.txt: not an image",
+                   "fake.jpg: not an image", "unknown class folder 'cats'"):  # fmt: skip
+        assert needle in result.output
+    assert "8 readable images" in result.output
+
+
+def test_isic_duplicates_and_given_split_leakage(isic):
+    s = summary(isic)
+    assert s["exact_duplicate_sets"] >= 1
+    assert any({p.rsplit("/", 1)[1] for p in dup} == {"768.jpg", "769.jpg"} for dup in s["exact_duplicates"])
+    assert s["near_duplicate_pairs"] >= 10
+    assert s["leakage"]["train/test"]["images_in_test_with_twin_in_train"] > 0
+
+
+def test_linking_to_ham_reveals_more_same_lesion_leakage(isic, isic_linked):
+    plain = summary(isic)["leakage"]["train/test"]["images_in_test_with_twin_in_train"]
+    linked = summary(isic_linked)
+    assert linked["linked_images"] > 2000  # most isic-mvb photos are HAM10000 photos
+    assert linked["leakage"]["train/test"]["images_in_test_with_twin_in_train"] > plain
+
+
+def _groups_per_split(records):
+    where = defaultdict(set)
+    for r in records:
+        where[r.group].add(r.split)
+    return where
+
+
+@pytest.mark.parametrize("mode", ["resplit", "given-purged"])
+def test_splits_are_leakage_free_stratified_and_seeded(isic_linked, mode):
+    split = make_split(isic_linked, mode=mode, seed=3)
+    assert all(len(s) == 1 for s in _groups_per_split(split.records).values())
+    again = make_split(isic_linked, mode=mode, seed=3)
+    assert [(r.path, r.split) for r in split.records] == [(r.path, r.split) for r in again.records]
+    other = make_split(isic_linked, mode=mode, seed=4)
+    assert [r.split for r in split.records] != [r.split for r in other.records]
+    counts = split.counts()
+    for name in ("train", "val", "test"):
+        frac = counts[name]["malignant"] / sum(counts[name].values())
+        assert 0.40 < frac < 0.50  # isic-mvb is 45% malignant; each split keeps it
+    if mode == "given-purged":
+        assert sum(counts["test"].values()) == 660 - 0  # the given test split is kept whole
+        assert any(d["reason"] == "same lesion as a test image" for d in split.dropped)
+
+
+def test_given_mode_keeps_leakage_and_reports_it(isic_linked, tmp_path):
+    split = make_split(isic_linked, mode="given", seed=0)
+    write_manifest(split, isic_linked, tmp_path)
+    meta = json.loads((tmp_path / "manifest.json").read_text())
+    assert meta["leakage"]["train/test"]["images_in_test_with_twin_in_train"] > 0
+
+
+def test_manifest_round_trip_and_relocation(isic_linked, tmp_path, monkeypatch, isic_dir):
+    split = make_split(isic_linked, seed=0)
+    csv_path = write_manifest(split, isic_linked, tmp_path)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert set(rows[0]) == {"path", "sha256", "label", "group", "split", "source", "dx"}
+    assert not rows[0]["path"].startswith("/")
+    back = read_manifest(tmp_path)
+    assert len(back) == len(split.records) and all(r.path.startswith(str(isic_dir)) for r in back)
+    assert len(read_manifest(tmp_path, splits=("test",))) == split.counts()["test"]["benign"] + split.counts()["test"]["malignant"]
+    meta = json.loads((tmp_path / "manifest.json").read_text())
+    meta["root"] = "/elsewhere/isic-mvb"  # a committed manifest made on another machine
+    (tmp_path / "manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(ManifestError, match="not here"):
+        read_manifest(tmp_path)
+    monkeypatch.setenv("DERMEDGE_DATA", str(isic_dir.parent))
+    assert len(read_manifest(tmp_path)) == len(back)
+
+
+def test_split_cli_writes_manifest_for_ham(ham_dir, tmp_path):
+    result = CliRunner().invoke(main, ["data", "split", str(ham_dir), "--out", str(tmp_path), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    recs = read_manifest(tmp_path)
+    assert all(len(s) == 1 for s in _groups_per_split(recs).values())
+    assert (tmp_path / "inspect.json").is_file()
+    assert "'train/test': 0" in result.output
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["data", "inspect", str(tmp_path)])
+    assert r.exit_code == 1 and "no labelled images" in r.output
+    r = CliRunner().invoke(main, ["data", "split", str(tmp_path), "--mode", "given"])
+    assert r.exit_code == 1
