@@ -39,9 +39,15 @@ class LazyGroup(click.Group):
 
 
 def _unavailable(name: str, err: Exception) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+    )
     def cmd() -> None:
-        hint = " (install the training extra: pip install 'dermedge[train]')" if "tensorflow" in str(err) else ""
+        hint = (
+            " (install the training extra: pip install 'dermedge[train]')"
+            if "tensorflow" in str(err)
+            else ""
+        )
         raise click.ClickException(f"`dermedge {name}` is not available: {err}{hint}")
 
     cmd.help = f"(unavailable here: {err})"

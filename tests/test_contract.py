@@ -73,7 +73,11 @@ def test_exif_orientation_is_applied(lesion):
 
 @pytest.mark.parametrize(
     "payload, reason",
-    [(b"", "empty"), (b"hello, not an image", "not an image"), ("truncate", "corrupt or truncated")],
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not an image"),
+        ("truncate", "corrupt or truncated"),
+    ],
 )
 def test_bad_inputs_raise_one_line_reasons(lesion, payload, reason):
     if payload == "truncate":

@@ -70,7 +70,10 @@ def test_isic_cli_export_with_bad_rows(isic_dir, tmp_path):
         csv.writer(fh).writerows(rows)
     index = read_dataset(root)
     assert index.layout == "isic-csv"
-    assert [(r.label, r.group) for r in index.records[:2]] == [("malignant", "L1"), ("benign", "L1")]
+    assert [(r.label, r.group) for r in index.records[:2]] == [
+        ("malignant", "L1"),
+        ("benign", "L1"),
+    ]
     reasons = " ".join(p.reason for p in index.problems)
     assert "no usable label" in reasons and "no image file" in reasons
     a = analyse(index, progress=False)
@@ -82,7 +85,9 @@ def test_bad_files_in_class_folders_are_reported_not_fatal(isic_dir, tmp_path):
     root = tmp_path / "ds"
     for cls in ("Nevus", "Melanoma"):
         (root / cls).mkdir(parents=True)
-        for src in sorted((isic_dir / "train" / ("benign" if cls == "Nevus" else "malignant")).glob("*.jpg"))[:4]:
+        for src in sorted(
+            (isic_dir / "train" / ("benign" if cls == "Nevus" else "malignant")).glob("*.jpg")
+        )[:4]:
             shutil.copy(src, root / cls / src.name)
     (root / "Nevus" / "zero.jpg").write_bytes(b"")
     (root / "Nevus" / "trunc.jpg").write_bytes((root / "Nevus" / src.name).read_bytes()[:1500]
@@ -101,7 +106,10 @@ def test_bad_files_in_class_folders_are_reported_not_fatal(isic_dir, tmp_path):
 def test_isic_duplicates_and_given_split_leakage(isic):
     s = summary(isic)
     assert s["exact_duplicate_sets"] >= 1
-    assert any({p.rsplit("/", 1)[1] for p in dup} == {"768.jpg", "769.jpg"} for dup in s["exact_duplicates"])
+    assert any(
+        {p.rsplit("/", 1)[1] for p in dup} == {"768.jpg", "769.jpg"}
+        for dup in s["exact_duplicates"]
+    )
     assert s["near_duplicate_pairs"] >= 10
     assert s["leakage"]["train/test"]["images_in_test_with_twin_in_train"] > 0
 
@@ -147,12 +155,16 @@ def test_given_mode_keeps_leakage_and_reports_it(isic_linked, tmp_path):
 def test_manifest_round_trip_and_relocation(isic_linked, tmp_path, monkeypatch, isic_dir):
     split = make_split(isic_linked, seed=0)
     csv_path = write_manifest(split, isic_linked, tmp_path)
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path) as fh:
+        rows = list(csv.DictReader(fh))
     assert set(rows[0]) == {"path", "sha256", "label", "group", "split", "source", "dx"}
     assert not rows[0]["path"].startswith("/")
     back = read_manifest(tmp_path)
     assert len(back) == len(split.records) and all(r.path.startswith(str(isic_dir)) for r in back)
-    assert len(read_manifest(tmp_path, splits=("test",))) == split.counts()["test"]["benign"] + split.counts()["test"]["malignant"]
+    assert (
+        len(read_manifest(tmp_path, splits=("test",)))
+        == split.counts()["test"]["benign"] + split.counts()["test"]["malignant"]
+    )
     meta = json.loads((tmp_path / "manifest.json").read_text())
     meta["root"] = "/elsewhere/isic-mvb"  # a committed manifest made on another machine
     (tmp_path / "manifest.json").write_text(json.dumps(meta))
@@ -163,7 +175,9 @@ def test_manifest_round_trip_and_relocation(isic_linked, tmp_path, monkeypatch, 
 
 
 def test_split_cli_writes_manifest_for_ham(ham_dir, tmp_path):
-    result = CliRunner().invoke(main, ["data", "split", str(ham_dir), "--out", str(tmp_path), "--seed", "1"])
+    result = CliRunner().invoke(
+        main, ["data", "split", str(ham_dir), "--out", str(tmp_path), "--seed", "1"]
+    )
     assert result.exit_code == 0, result.output
     recs = read_manifest(tmp_path)
     assert all(len(s) == 1 for s in _groups_per_split(recs).values())

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dermedge.data.dedup import (
@@ -154,7 +154,7 @@ def leakage(records: list[Record]) -> dict[str, Any]:
 def summary(analysis: Analysis) -> dict[str, Any]:
     """JSON-ready report: counts per class and split, sizes, duplicates, leakage, problems."""
     recs = analysis.records
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: Counter())  # type: ignore[arg-type]
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
     for r in recs:
         counts[r.split or "all"][r.label] += 1
     sizes = Counter(f"{h.width}x{h.height}" for h in analysis.hashes.values())

@@ -36,7 +36,9 @@ def _report_text(s: dict[str, Any]) -> str:
              f"near-duplicates ({s['near_duplicate_rule']}): "
              f"{s['near_duplicate_pairs']} pairs"]  # fmt: skip
     if s["linked_to"]:
-        lines.append(f"linked to lesion ids of {s['linked_to']}: {s['linked_images']} images matched")
+        lines.append(
+            f"linked to lesion ids of {s['linked_to']}: {s['linked_images']} images matched"
+        )
         for d in s["link_label_disagreements"]:
             lines.append(f"DOUBTFUL LABEL {d['path']}: {d['label']} here, {d['linked_label']} "
                          f"({d['linked_dx']}) in {d['linked_path']}")  # fmt: skip
@@ -60,8 +62,17 @@ def data() -> None:
 
 @data.command("inspect")
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--link", type=click.Path(file_okay=False), help="Borrow lesion ids from this dataset (e.g. HAM10000) through near-identical photos.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+@click.option(
+    "--link",
+    type=click.Path(file_okay=False),
+    help="Borrow lesion ids from this dataset (e.g. HAM10000) through near-identical photos.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    help="Write the full report as JSON here.",
+)
 def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
     """Counts per class and split, image sizes, duplicates, cross-split leakage, unreadable files."""
     s = summary(_load(root, link))
@@ -73,14 +84,25 @@ def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
 
 @data.command("split")
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--mode", type=click.Choice(MODES), default="resplit", show_default=True,
-              help="resplit: pool everything and split leakage-free; given: keep the dataset's test split; given-purged: keep it and drop train images of test lesions.")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="resplit",
+    show_default=True,
+    help="resplit: pool everything and split leakage-free; given: keep the dataset's test split; given-purged: keep it and drop train images of test lesions.",
+)
 @click.option("--val", default=0.15, show_default=True, help="Validation fraction.")
 @click.option("--test", default=0.15, show_default=True, help="Test fraction (resplit).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--link", type=click.Path(file_okay=False), help="Borrow lesion ids from this dataset through near-identical photos.")
+@click.option(
+    "--link",
+    type=click.Path(file_okay=False),
+    help="Borrow lesion ids from this dataset through near-identical photos.",
+)
 @click.option("--name", help="Run name under runs/data/ (default exp, exp2, ...).")
-@click.option("--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead."
+)
 def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: str | None,
               name: str | None, out: str | None) -> None:  # fmt: skip
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""

@@ -8,6 +8,7 @@ TensorFlow-free on purpose: the edge install must not need it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import asdict, dataclass, field
@@ -122,10 +123,8 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
             raise ImageError(f"corrupt or truncated image: {msg}") from e
         except Image.DecompressionBombError as e:
             raise ImageError("image too large (decompression bomb guard)") from e
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose a fine photo
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise fine photo
-        pass
     return _to_8bit_rgb(img)
 
 
@@ -185,7 +184,9 @@ def preprocess(
     contract = contract or InputContract()
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
-            raise ImageError(f"expected an HxWx3 uint8 RGB array, got {source.dtype} {source.shape}")
+            raise ImageError(
+                f"expected an HxWx3 uint8 RGB array, got {source.dtype} {source.shape}"
+            )
         img = Image.fromarray(source, "RGB")
     else:
         img = load_rgb(source)

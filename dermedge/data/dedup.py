@@ -10,6 +10,7 @@ differ by < 2 levels, different lesions with close hashes by > 8.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,10 +83,10 @@ def _load_cache() -> dict[str, list]:
 def _save_cache(entries: dict[str, list]) -> None:
     from dermedge.data.io import atomic_write_text
 
-    try:
-        atomic_write_text(_cache_file(), json.dumps({"version": _CACHE_VERSION, "entries": entries}))
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+        atomic_write_text(
+            _cache_file(), json.dumps({"version": _CACHE_VERSION, "entries": entries})
+        )
 
 
 def hash_files(
@@ -141,7 +142,7 @@ def near_pairs(
         block = ha[start : start + 1024, None] ^ hb[None, :]
         dist = _popcount(block)
         ii, jj = np.nonzero(dist <= max_bits)
-        for i, j in zip(ii.tolist(), jj.tolist()):
+        for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
             i += start
             if b is None and j <= i:
                 continue

@@ -43,8 +43,7 @@ def load_images(
             cache = _cache_path(paths, contract, Path(cache_dir))
             if cache.is_file():
                 with np.load(cache, allow_pickle=False) as z:
-                    bad = dict(json.loads(str(z["bad"])))
-                    return z["images"], z["kept"].tolist(), bad
+                    return z["images"], z["kept"].tolist(), dict(json.loads(str(z["bad"])))
         except (OSError, ValueError, KeyError):
             cache = None
     size = contract.size

@@ -88,14 +88,18 @@ def read_class_folders(root: Path) -> Index:
         for d in subdirs:
             if d not in split_dirs:
                 index.problems.append(Problem(str(d), "folder is not a split (train/val/test)"))
-        pairs = [(SPLIT_NAMES[d.name.lower()], d) for d in split_dirs]
+        pairs: list[tuple[str | None, Path]] = [
+            (SPLIT_NAMES[d.name.lower()], d) for d in split_dirs
+        ]
     else:
         pairs = [(None, root)]
     for split, base in pairs:
         for class_dir in sorted(d for d in base.iterdir() if d.is_dir()):
             label = label_for_name(class_dir.name)
             if label is None:
-                index.problems.append(Problem(str(class_dir), f"unknown class folder {class_dir.name!r}"))
+                index.problems.append(
+                    Problem(str(class_dir), f"unknown class folder {class_dir.name!r}")
+                )
                 continue
             for f in _files_in(class_dir):
                 if not _is_image_name(f):
@@ -118,10 +122,15 @@ def read_ham10000(root: Path, csv_path: Path | None = None) -> Index:
     images = _image_lookup(root)
     with open(csv_path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            image_id, dx = (row.get("image_id") or "").strip(), (row.get("dx") or "").strip().lower()
+            image_id, dx = (
+                (row.get("image_id") or "").strip(),
+                (row.get("dx") or "").strip().lower(),
+            )
             path = images.get(image_id)
             if path is None:
-                index.problems.append(Problem(f"{csv_path}:{image_id}", "CSV row has no image file"))
+                index.problems.append(
+                    Problem(f"{csv_path}:{image_id}", "CSV row has no image file")
+                )
                 continue
             label = "malignant" if dx in HAM_MALIGNANT_DX else label_for_name(dx)
             if label is None:
