@@ -24,7 +24,9 @@ def build(out_dir: str, size: int = 128, crop: str = "center", data_dir: str | N
     contract = InputContract(size=size, crop=crop)
     tf.keras.utils.set_random_seed(7)
     inp = tf.keras.Input((size, size, 3), name="pixels")
-    x = tf.keras.layers.Rescaling(1.0 / contract.std, offset=-contract.mean / contract.std, name="normalize")(inp)
+    x = tf.keras.layers.Rescaling(
+        1.0 / contract.std, offset=-contract.mean / contract.std, name="normalize"
+    )(inp)
     x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     x = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
     x = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
@@ -34,7 +36,9 @@ def build(out_dir: str, size: int = 128, crop: str = "center", data_dir: str | N
 
     files = []
     if data_dir:
-        files = sorted(glob.glob(os.path.join(data_dir, "isic-mvb", "train", "*", "*.jpg")))[:: 40][:48]
+        files = sorted(glob.glob(os.path.join(data_dir, "isic-mvb", "train", "*", "*.jpg")))[::40][
+            :48
+        ]
     rng = np.random.default_rng(0)
     samples = [preprocess(f, contract) for f in files] or [
         rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(16)
@@ -61,12 +65,21 @@ def build(out_dir: str, size: int = 128, crop: str = "center", data_dir: str | N
     with open(path, "wb") as f:
         f.write(blob)
     card = {
-        "schema": "dermedge.card/1", "name": f"tiny-int8-{size}-{crop}", "arch": "tiny-cnn",
-        "classes": ["benign", "malignant"], "positive_class": "malignant", "output": "sigmoid",
-        "input": contract.to_dict(), "threshold": 0.5,
+        "schema": "dermedge.card/1",
+        "name": f"tiny-int8-{size}-{crop}",
+        "arch": "tiny-cnn",
+        "classes": ["benign", "malignant"],
+        "positive_class": "malignant",
+        "output": "sigmoid",
+        "input": contract.to_dict(),
+        "threshold": 0.5,
         "threshold_policy": {"target_sensitivity": 0.95, "chosen_on": "none (test model)"},
-        "metrics": {}, "data": {}, "versions": {"tensorflow": tf.__version__},
-        "created": "1970-01-01T00:00:00Z", "quantization": "int8", "disclaimer": DISCLAIMER,
+        "metrics": {},
+        "data": {},
+        "versions": {"tensorflow": tf.__version__},
+        "created": "1970-01-01T00:00:00Z",
+        "quantization": "int8",
+        "disclaimer": DISCLAIMER,
     }
     with open(path + ".json", "w") as f:
         json.dump(card, f, indent=1)

@@ -123,3 +123,28 @@ export function readCard(bytes) {
     return null;
   }
 }
+
+/**
+ * A copy of the model whose dynamic batch dimension (shape_signature[0] == -1, as Keras exports
+ * write it) is fixed to 1: LiteRT.js runs tensors at their signature shape and has no resize.
+ * Other dynamic dimensions are an error.
+ */
+export function fixBatchDimension(bytes) {
+  const copy = new Uint8Array(bytes);
+  const view = new DataView(copy.buffer, copy.byteOffset, copy.byteLength);
+  const model = new Table(view, view.getUint32(0, true));
+  for (const sg of model.tables(2)) {
+    for (const t of sg.tables(0)) {
+      const p = t.ref(7);
+      if (!p) continue;
+      const n = view.getUint32(p, true);
+      for (let k = 0; k < n; k++) {
+        const e = p + 4 + 4 * k;
+        if (view.getInt32(e, true) !== -1) continue;
+        if (k !== 0) throw new Error(`tensor ${t.string(3)} has a dynamic dimension ${k}; only the batch may be dynamic`);
+        view.setInt32(e, 1, true);
+      }
+    }
+  }
+  return copy;
+}

@@ -1,0 +1,309 @@
+// dermedge phone page: rear camera -> quality gate -> contract crop + PIL-exact bilinear resize ->
+// int8 .tflite in LiteRT.js (WebAssembly) -> N-of-M smoothing -> decision at the card's threshold.
+// Nothing leaves the device: captures are downloads.
+import { loadLiteRt, loadAndCompile, Tensor } from '@litertjs/core';
+import { cropBox, preprocess } from './preprocess.js';
+import { fixBatchDimension, readTflite } from './tflite.js';
+import { assess, frameChange, lumaThumb, Smoother } from './quality.js';
+
+const $ = (id) => document.getElementById(id);
+const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
+const RUNTIME_VERSION = '__LITERT_VERSION__';
+const CHANGE_RESET = 25; // mean abs luma change (0..255) that counts as a new lesion
+
+// Read-only view of the page state, for people debugging on a phone and for the e2e tests.
+const state = {
+  version: VERSION,
+  ready: false,
+  error: null,
+  runtime: null,
+  card: null,
+  frames: 0,
+  goodFrames: 0,
+  last: null,
+  smoothed: null,
+  inferMs: [],
+  offlineReady: false,
+  captures: 0,
+};
+window.dermedge = state;
+
+function fail(msg) {
+  state.error = msg;
+  const el = $('error');
+  el.textContent = msg;
+  el.hidden = false;
+}
+
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+class Classifier {
+  static async create(modelBytes, card) {
+    const info = readTflite(modelBytes);
+    const input = info.inputs[0];
+    const output = info.outputs[0];
+    if (!input || !output) throw new Error('model has no input or output tensor');
+    if (input.dtype !== 'uint8' && input.dtype !== 'float32') {
+      throw new Error(`model input type ${input.dtype} is not supported in the browser; convert with uint8 input`);
+    }
+    const size = card.input.size;
+    const shape = input.shape;
+    if (shape.length !== 4 || shape[1] !== size || shape[2] !== size || shape[3] !== 3) {
+      throw new Error(`model input shape [${shape}] does not match the card's contract (${size}x${size}x3)`);
+    }
+    const model = await loadAndCompile(fixBatchDimension(modelBytes), { accelerator: 'wasm' });
+    return new Classifier(model, input, output, size);
+  }
+
+  constructor(model, input, output, size) {
+    this.model = model;
+    this.input = input;
+    this.output = output;
+    this.size = size;
+  }
+
+  /** pixels: Uint8Array size*size*3 raw RGB 0..255 -> P(malignant) */
+  async predict(pixels) {
+    const { input, output } = this;
+    let data;
+    if (input.dtype === 'uint8') {
+      if (input.scale && (input.scale !== 1 || input.zeroPoint !== 0)) {
+        data = new Uint8Array(pixels.length);
+        for (let i = 0; i < pixels.length; i++) {
+          const q = roundHalfEven(pixels[i] / input.scale + input.zeroPoint);
+          data[i] = q < 0 ? 0 : q > 255 ? 255 : q;
+        }
+      } else {
+        data = pixels;
+      }
+    } else {
+      data = Float32Array.from(pixels);
+    }
+    const tensor = new Tensor(data, [1, this.size, this.size, 3]);
+    let outs;
+    try {
+      outs = await this.model.run(tensor);
+    } finally {
+      tensor.delete();
+    }
+    const out = outs[0];
+    let raw;
+    try {
+      raw = (await out.data())[0];
+    } finally {
+      for (const t of outs) t.delete();
+    }
+    if (output.dtype === 'uint8' || output.dtype === 'int8') {
+      return (raw - output.zeroPoint) * output.scale;
+    }
+    return raw;
+  }
+}
+
+async function fetchOk(url, as) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+  return as === 'json' ? res.json() : new Uint8Array(await res.arrayBuffer());
+}
+
+async function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) {
+    $('offline').textContent = '· offline use unavailable in this browser';
+    return;
+  }
+  let reloading = false;
+  const hadController = !!navigator.serviceWorker.controller;
+  navigator.serviceWorker.addEventListener('controllerchange', () => {
+    // a new model/page version took over: reload once so this tab runs it
+    if (hadController && !reloading) {
+      reloading = true;
+      location.reload();
+    }
+  });
+  const reg = await navigator.serviceWorker.register('sw.js', { scope: './' });
+  await navigator.serviceWorker.ready;
+  const sw = reg.active;
+  // keep every same-origin file this page actually loaded (the runtime variant it picked)
+  const urls = [...new Set(performance.getEntriesByType('resource')
+    .map((e) => e.name)
+    .filter((u) => new URL(u).origin === location.origin && !u.endsWith('/sw.js')))];
+  const ok = await new Promise((resolve) => {
+    const ch = new MessageChannel();
+    // ready offline only when the worker that answers caches this page's version
+    ch.port1.onmessage = (e) => resolve(!!(e.data && e.data.ok && e.data.version === VERSION));
+    sw.postMessage({ type: 'cache', urls }, [ch.port2]);
+    setTimeout(() => resolve(false), 60000);
+  });
+  state.offlineReady = !!ok;
+  $('offline').textContent = ok ? '· ready offline' : '· updating offline cache…';
+}
+
+async function startCamera(video) {
+  if (!window.isSecureContext) throw new Error('The camera needs a secure page: open it over https (or on localhost).');
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error('This browser has no camera access (getUserMedia).');
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: false,
+    video: { facingMode: { ideal: 'environment' }, width: { ideal: 1280 }, height: { ideal: 720 } },
+  });
+  video.srcObject = stream;
+  await video.play();
+  if (!video.videoWidth) await new Promise((r) => video.addEventListener('loadedmetadata', r, { once: true }));
+  return stream;
+}
+
+function render(q, result) {
+  const guide = $('guide');
+  guide.classList.toggle('ok', q.ok);
+  $('quality').textContent = q.ok
+    ? `quality ok · sharpness ${q.sharpness}`
+    : `${q.reason} · sharpness ${q.sharpness} · dark ${(q.dark * 100).toFixed(0)}% · bright ${(q.bright * 100).toFixed(0)}%`;
+  if (!result) return;
+  const { smoothed, threshold } = result;
+  $('prob').textContent = smoothed.prob.toFixed(3);
+  const d = $('decision');
+  d.className = `decision ${smoothed.decision || 'pending'}`;
+  d.textContent = smoothed.decision
+    ? `${smoothed.decision === 'refer' ? 'REFER' : 'routine'} (threshold ${threshold})`
+    : 'waiting for a steady view';
+  $('smooth').textContent = `${smoothed.agree} of last ${smoothed.count} frames agree (need ${result.n} of ${result.m})`;
+}
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+async function main() {
+  const video = $('video');
+  const card = await fetchOk(`card.json?v=${VERSION}`, 'json');
+  state.card = card;
+  if (card.disclaimer) $('disclaimer').textContent = card.disclaimer;
+  const contract = card.input;
+  const threshold = Number(card.threshold);
+  $('model').textContent = `${card.name || 'model'} · ${card.quantization || ''} · ${contract.size}px ${contract.crop}`;
+
+  const [modelBytes] = await Promise.all([
+    fetchOk(`model.tflite?v=${VERSION}`),
+    loadLiteRt(new URL('litert/', location.href).href),
+  ]);
+  const clf = await Classifier.create(modelBytes, card);
+  state.runtime = `LiteRT.js ${RUNTIME_VERSION} (wasm)`;
+  $('runtime').textContent = state.runtime;
+  registerServiceWorker().catch((e) => { $('offline').textContent = `· offline cache failed: ${e.message}`; });
+
+  await startCamera(video);
+  const smoothCfg = card.smoothing || {};
+  const n = smoothCfg.n || 3;
+  const m = smoothCfg.m || 5;
+  const smoother = new Smoother(n, m);
+  const canvas = document.createElement('canvas');
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  let prevThumb = null;
+  let lastImage = null;
+  state.ready = true;
+
+  $('capture').disabled = false;
+  $('capture').addEventListener('click', () => {
+    if (!lastImage) return;
+    const { image, record } = lastImage;
+    const c = document.createElement('canvas');
+    c.width = image.width;
+    c.height = image.height;
+    c.getContext('2d').putImageData(image, 0, 0);
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    c.toBlob((png) => {
+      download(png, `dermedge-${stamp}.png`);
+      const json = { ...record, saved: new Date().toISOString(), frame_file: `dermedge-${stamp}.png` };
+      setTimeout(() => download(new Blob([JSON.stringify(json, null, 2)], { type: 'application/json' }), `dermedge-${stamp}.json`), 300);
+      state.captures++;
+    }, 'image/png');
+  });
+
+  const step = async () => {
+    const w = video.videoWidth;
+    const h = video.videoHeight;
+    if (!w || !h) return;
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    ctx.drawImage(video, 0, 0, w, h);
+    const image = ctx.getImageData(0, 0, w, h);
+    const t0 = performance.now();
+    const rgba = image.data;
+    const rgb = new Uint8Array(w * h * 3);
+    for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+      rgb[j] = rgba[i];
+      rgb[j + 1] = rgba[i + 1];
+      rgb[j + 2] = rgba[i + 2];
+    }
+    const box = cropBox(rgb, w, h, contract.crop);
+    const q = assess(rgb, w, h, box, card.quality);
+    state.frames++;
+    if (!q.ok) {
+      state.last = { quality: q, prob: null };
+      render(q, null);
+      return;
+    }
+    const thumb = lumaThumb(rgb, w, box, 32);
+    if (frameChange(thumb, prevThumb) > CHANGE_RESET) smoother.reset();
+    prevThumb = thumb;
+    const { pixels } = preprocess(rgb, w, h, contract);
+    const t1 = performance.now();
+    const prob = await clf.predict(pixels);
+    const t2 = performance.now();
+    state.goodFrames++;
+    state.inferMs.push(t2 - t1);
+    if (state.inferMs.length > 200) state.inferMs.shift();
+    const smoothed = smoother.push(prob, threshold);
+    state.smoothed = smoothed;
+    const record = {
+      schema: 'dermedge.phone-capture/1',
+      model: card.name,
+      version: VERSION,
+      runtime: state.runtime,
+      frame: { width: w, height: h },
+      crop_box: box,
+      contract,
+      quality: q,
+      prob,
+      label: prob >= threshold ? 'malignant' : 'benign',
+      threshold,
+      smoothed_prob: smoothed.prob,
+      decision: smoothed.decision,
+      agree: `${smoothed.agree}/${smoothed.count} (need ${n} of ${m})`,
+      infer_ms: t2 - t1,
+      preprocess_ms: t1 - t0,
+      disclaimer: card.disclaimer,
+    };
+    state.last = record;
+    lastImage = { image, record };
+    render(q, { smoothed, threshold, n, m });
+    const med = [...state.inferMs].sort((a, b) => a - b)[state.inferMs.length >> 1];
+    $('timing').textContent = `· inference ${med.toFixed(1)} ms/frame`;
+  };
+
+  const loop = async () => {
+    try {
+      await step();
+    } catch (e) {
+      fail(`frame failed: ${e.message}`);
+    }
+    if ('requestVideoFrameCallback' in video) video.requestVideoFrameCallback(() => loop());
+    else setTimeout(loop, 50);
+  };
+  loop();
+}
+
+main().catch((e) => {
+  console.error(e);
+  fail(e.name === 'NotAllowedError' ? 'Camera permission was denied: allow the camera and reload.' : String(e.message || e));
+});
