@@ -1,0 +1,701 @@
+"""`edge-classify --serve`: the phone camera page, served with the model, classifying in the browser.
+
+The page (built from `web/` into `dermedge/edge/web/`, shipped as package data) opens the rear
+camera, applies the same quality gate, crop and PIL-exact bilinear resize as the Python runner,
+and runs the int8 `.tflite` in the browser with LiteRT.js (WebAssembly). Frames never leave the
+phone: this server only hands out static files, `/model.tflite` and `/card.json`.
+
+Security: loopback by default; any other address needs TLS (browsers give the camera only to
+secure pages), from `tls_cert`/`tls_key` or a generated self-signed certificate. Only GET and
+HEAD, no upload endpoint, small request limits, a strict Content-Security-Policy, and no file
+system path is ever built from a URL: every servable file is loaded into an in-memory table at
+start, so path traversal has nothing to reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import gzip
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+WEB_DIR = Path(__file__).with_name("web")
+VERSION_PLACEHOLDER = b"__DERMEDGE_VERSION__"
+
+CSP = (
+    "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self'; "
+    "worker-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(self), microphone=(), geolocation=(), payment=(), usb=()",
+}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".webmanifest": "application/manifest+json",
+    ".tflite": "application/octet-stream",
+    ".txt": "text/plain; charset=utf-8",
+}
+MAX_URL = 2048  # bytes of request target
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together
+REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+
+try:  # raised inside a click command, click prints it as "Error: ..." and exits 2
+    from click import ClickException as _ErrorBase
+except ImportError:  # pragma: no cover - click is a declared dependency
+
+    class _ErrorBase(Exception):  # type: ignore[no-redef]
+        def __init__(self, message: str):
+            super().__init__(message)
+            self.message = message
+
+
+class ServeError(_ErrorBase, ValueError):
+    """A configuration the server refuses; the message is one line meant for the user."""
+
+    exit_code = 2
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def _tflite_metadata(blob: bytes, name: str) -> bytes | None:
+    """Minimal flatbuffer walk: the buffer of the metadata entry `name` in a .tflite, or None."""
+    try:
+        if blob[4:8] != b"TFL3":
+            return None
+
+        def u32(p: int) -> int:
+            return struct.unpack_from("<I", blob, p)[0]
+
+        def table(p: int) -> tuple[int, int, int]:
+            vt = p - struct.unpack_from("<i", blob, p)[0]
+            return p, vt, struct.unpack_from("<H", blob, vt)[0]
+
+        def field(t: tuple[int, int, int], i: int) -> int:
+            p, vt, vsize = t
+            o = 4 + 2 * i
+            off = struct.unpack_from("<H", blob, vt + o)[0] if o < vsize else 0
+            return p + off if off else 0
+
+        def ref(t: tuple[int, int, int], i: int) -> int:
+            f = field(t, i)
+            return f + u32(f) if f else 0
+
+        def tables(t: tuple[int, int, int], i: int) -> list[tuple[int, int, int]]:
+            v = ref(t, i)
+            if not v:
+                return []
+            return [table(v + 4 + 4 * k + u32(v + 4 + 4 * k)) for k in range(u32(v))]
+
+        def string(t: tuple[int, int, int], i: int) -> bytes:
+            v = ref(t, i)
+            return blob[v + 4 : v + 4 + u32(v)] if v else b""
+
+        model = table(u32(0))
+        buffers = tables(model, 4)
+        for md in tables(model, 6):
+            if string(md, 0) != name.encode():
+                continue
+            f = field(md, 1)
+            idx = u32(f) if f else 0
+            if idx >= len(buffers):
+                return None
+            buf = buffers[idx]
+            data = string(buf, 0)
+            if data:
+                return data
+            fo, fs = field(buf, 1), field(buf, 2)
+            if fo and fs:
+                off, size = (
+                    struct.unpack_from("<Q", blob, fo)[0],
+                    struct.unpack_from("<Q", blob, fs)[0],
+                )
+                return blob[off : off + size]
+            return None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def load_card(model_path: str | os.PathLike[str], blob: bytes | None = None) -> dict[str, Any]:
+    """The model card: embedded in the .tflite (`dermedge.edge.card.read_card` when available),
+    else the `<model>.json` sidecar. Raises ServeError when there is none or it lacks what the
+    page needs (input contract, threshold)."""
+    path = Path(model_path)
+    blob = path.read_bytes() if blob is None else blob
+    card: dict[str, Any] | None = None
+    try:
+        from dermedge.edge.card import read_card  # type: ignore[import-not-found]
+
+        card = read_card(blob)
+    except ImportError:
+        raw = _tflite_metadata(blob, "dermedge_card")
+        if raw:
+            try:
+                card = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                card = None
+    if card is None:
+        sidecar = path.with_name(path.name + ".json")
+        if sidecar.is_file():
+            try:
+                card = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ServeError(f"unreadable model card {sidecar}: {e}") from e
+    if not isinstance(card, dict):
+        raise ServeError(
+            f"{path} has no model card (embedded or {path.name}.json); the page needs its input "
+            "contract and threshold: convert the model with `dermedge convert`"
+        )
+    missing = [k for k in ("input", "threshold") if k not in card]
+    if missing or not isinstance(card.get("input"), dict) or "size" not in card["input"]:
+        raise ServeError(f"model card of {path} lacks {', '.join(missing) or 'input.size'}")
+    if "disclaimer" not in card:
+        from dermedge import DISCLAIMER
+
+        card = {**card, "disclaimer": DISCLAIMER}
+    return card
+
+
+# ----------------------------------------------------------------------------- assets
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+    gzipped: bool = False  # body is gzip-compressed (sent with Content-Encoding: gzip)
+    etag: str = ""
+
+
+def _content_type(name: str) -> str:
+    return CONTENT_TYPES.get(os.path.splitext(name)[1], "application/octet-stream")
+
+
+def _make_asset(body: bytes, name: str, gzipped: bool = False) -> Asset:
+    return Asset(
+        body, _content_type(name), gzipped, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    )
+
+
+def _load_web_assets(web_dir: Path) -> dict[str, Asset]:
+    """Every file of the built page, keyed by URL path. `name.gz` is served at `/name`."""
+    if not (web_dir / "index.html").is_file():
+        raise ServeError(
+            f"the phone page is not built ({web_dir}/index.html missing): run `npm ci && npm run build` in web/"
+        )
+    assets: dict[str, Asset] = {}
+    for p in sorted(web_dir.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        rel = p.relative_to(web_dir).as_posix()
+        if rel.endswith(".gz"):
+            assets["/" + rel[:-3]] = _make_asset(p.read_bytes(), rel[:-3], gzipped=True)
+        else:
+            assets["/" + rel] = _make_asset(p.read_bytes(), rel)
+    return assets
+
+
+class _Model:
+    """The served model, reloaded when its file changes (so a new model needs no restart)."""
+
+    def __init__(self, path: str | os.PathLike[str], web_digest: str):
+        self.path = Path(path)
+        self.web_digest = web_digest
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self.version = ""
+        self.card: dict[str, Any] = {}
+        self.model: Asset | None = None
+        self.card_asset: Asset | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError as e:
+            if self.model is not None:
+                return  # keep serving the last good model
+            raise ServeError(f"model not found: {self.path}") from e
+        sidecar = self.path.with_name(self.path.name + ".json")
+        side_m = sidecar.stat().st_mtime_ns if sidecar.is_file() else 0
+        stamp = (st.st_mtime_ns, st.st_size, side_m)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            if st.st_size > MAX_MODEL_BYTES:
+                raise ServeError(f"model too large to serve: {st.st_size} bytes")
+            blob = self.path.read_bytes()
+            if blob[4:8] != b"TFL3":
+                if self.model is not None:
+                    return  # half-written replacement: keep the old one
+                raise ServeError(f"not a .tflite model: {self.path}")
+            card = load_card(self.path, blob)
+            card_bytes = json.dumps(card, indent=1, sort_keys=True).encode()
+            h = hashlib.sha256(card_bytes)
+            h.update(hashlib.sha256(blob).digest())
+            h.update(self.web_digest.encode())
+            self.card = card
+            self.card_asset = _make_asset(card_bytes, "card.json")
+            self.model = _make_asset(blob, "model.tflite")
+            self.version = h.hexdigest()[:16]
+            self._stamp = stamp
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DermServer
+    protocol_version = "HTTP/1.1"
+    server_version = "dermedge"
+    sys_version = ""
+    timeout = REQUEST_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.verbose:
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+
+    def _send_plain(
+        self, status: HTTPStatus, text: str = "", extra: dict[str, str] | None = None
+    ) -> None:
+        body = (text or status.phrase).encode() + b"\n"
+        self.send_response(status)
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        if status >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own errors (bad request line, 414, 431, 501): short, with our headers
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.BAD_REQUEST
+        self.close_connection = True
+        if not hasattr(self, "command") or self.command is None:
+            self.command = "GET"
+        self._send_plain(status, message or status.phrase)
+
+    def _reject_oversized(self) -> bool:
+        if len(self.path) > MAX_URL:
+            self._send_plain(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return True
+        size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > MAX_HEADER_BYTES:
+            self._send_plain(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            return True
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or (length and length.strip() != "0"):
+            self._send_plain(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request bodies are not accepted")
+            return True
+        return False
+
+    def _resolve(self) -> Asset | None:
+        target = urlsplit(self.path)
+        path = unquote(target.path, errors="strict")
+        if path in ("", "/"):
+            path = "/index.html"
+        srv = self.server
+        if path in ("/model.tflite", "/card.json", "/index.html", "/sw.js"):
+            srv.model.refresh()
+        if path == "/model.tflite":
+            return srv.model.model
+        if path == "/card.json":
+            return srv.model.card_asset
+        asset = srv.assets.get(path)  # an exact key lookup: no path is ever joined or opened
+        if asset is not None and path in ("/index.html", "/sw.js"):
+            asset = srv.stamped(path, asset)
+        return asset
+
+    def _serve(self) -> None:
+        if self._reject_oversized():
+            return
+        try:
+            asset = self._resolve()
+        except (UnicodeDecodeError, ValueError):
+            self._send_plain(HTTPStatus.BAD_REQUEST)
+            return
+        if asset is None:
+            self._send_plain(HTTPStatus.NOT_FOUND)
+            return
+        body, encoding = asset.body, None
+        if asset.gzipped:
+            accept = self.headers.get("Accept-Encoding", "")
+            if "gzip" in accept.lower():
+                encoding = "gzip"
+            else:
+                body = self.server.gunzip(asset)
+        if self.headers.get("If-None-Match") == asset.etag:
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", asset.etag)
+            self.send_header("Cache-Control", "no-cache")
+            if asset.gzipped:
+                self.send_header("Vary", "Accept-Encoding")
+            self.end_headers()
+            return
+        self.send_response(HTTPStatus.OK)
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", asset.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", asset.etag)
+        self.send_header("Cache-Control", "no-cache")  # revalidate; the service worker caches
+        if asset.gzipped:
+            self.send_header("Vary", "Accept-Encoding")
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve()
+
+    def _not_allowed(self) -> None:
+        self._send_plain(HTTPStatus.METHOD_NOT_ALLOWED, extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+
+
+class DermServer(ThreadingHTTPServer):
+    """The phone-page server. `url` is where to point a browser; start with serve_forever()."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 32
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        model_path: str,
+        ssl_context: ssl.SSLContext | None = None,
+        verbose: bool = False,
+        web_dir: Path = WEB_DIR,
+    ):
+        self.assets = _load_web_assets(web_dir)
+        digest = hashlib.sha256()
+        for k in sorted(self.assets):
+            digest.update(k.encode() + self.assets[k].etag.encode())
+        self.model = _Model(model_path, digest.hexdigest())
+        self.verbose = verbose
+        self.ssl_context = ssl_context
+        self._stamped: dict[tuple[str, str], Asset] = {}
+        self._gunzipped: dict[str, bytes] = {}
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+        host, port = self.server_address[:2]
+        shown = host if ":" not in str(host) else f"[{host}]"
+        if str(host) in ("0.0.0.0", "::"):
+            shown = socket.gethostname()
+        self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}/"
+
+    def stamped(self, path: str, asset: Asset) -> Asset:
+        """index.html / sw.js with the model version written in (changes when the model does)."""
+        key = (path, self.model.version)
+        if key not in self._stamped:
+            raw = gzip.decompress(asset.body) if asset.gzipped else asset.body
+            body = raw.replace(VERSION_PLACEHOLDER, self.model.version.encode())
+            self._stamped[key] = _make_asset(body, path)
+        return self._stamped[key]
+
+    def gunzip(self, asset: Asset) -> bytes:
+        if asset.etag not in self._gunzipped:
+            self._gunzipped[asset.etag] = gzip.decompress(asset.body)
+        return self._gunzipped[asset.etag]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        sock.settimeout(REQUEST_TIMEOUT_S)
+        return sock, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # runs in the connection's thread: a slow or broken TLS handshake blocks only that thread
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.shutdown(socket.SHUT_RDWR)
+            tls.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        with contextlib.suppress(ssl.SSLError, OSError):
+            super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if self.verbose:
+            super().handle_error(request, client_address)  # quiet about client resets/bad TLS
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _cert_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(base) / "dermedge" / "tls"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        return d
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="dermedge-tls-"))
+
+
+def _san_names(host: str) -> tuple[list[str], list[str]]:
+    dns = {"localhost"}
+    ips = {"127.0.0.1", "::1"}
+    names = [host] if host not in ("0.0.0.0", "::", "") else []
+    try:
+        hostname = socket.gethostname()
+        names.append(hostname)
+        for info in socket.getaddrinfo(hostname, None):
+            names.append(str(info[4][0]))
+    except OSError:
+        pass
+    for n in names:
+        try:
+            ips.add(str(ipaddress.ip_address(n.strip("[]").split("%")[0])))
+        except ValueError:
+            if n:
+                dns.add(n)
+    return sorted(dns), sorted(ips)
+
+
+def _self_signed_cryptography(cert: Path, key: Path, dns: list[str], ips: list[str]) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    pk = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "dermedge edge-classify (self-signed)")]
+    )
+    now = _dt.datetime.now(_dt.timezone.utc)
+    alt = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    c = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pk.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(pk, hashes.SHA256())
+    )
+    key.write_bytes(
+        pk.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(key, 0o600)
+    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+
+
+def _self_signed_openssl(cert: Path, key: Path, dns: list[str], ips: list[str]) -> None:
+    exe = shutil.which("openssl")
+    if not exe:
+        raise ServeError(
+            "--self-signed needs the `cryptography` package or the `openssl` command: "
+            "pip install cryptography, or pass --tls-cert/--tls-key"
+        )
+    san = ",".join([f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips])
+    cmd = [
+        exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "365", "-subj", "/CN=dermedge edge-classify (self-signed)",
+        "-addext", f"subjectAltName={san}", "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise ServeError(
+            f"openssl could not make a certificate: {r.stderr.strip().splitlines()[-1:]}"
+        )
+    os.chmod(key, 0o600)
+
+
+def self_signed_certificate(host: str, directory: Path | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate for `host` (reused while valid), via `cryptography` or `openssl`."""
+    d = directory or _cert_dir()
+    dns, ips = _san_names(host)
+    tag = hashlib.sha256(",".join(dns + ips).encode()).hexdigest()[:10]
+    cert, key = d / f"self-signed-{tag}.crt", d / f"self-signed-{tag}.key"
+    if cert.is_file() and key.is_file():
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            info = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+            expires = ssl.cert_time_to_seconds(info["notAfter"])
+            if expires - _dt.datetime.now().timestamp() > 7 * 86400:
+                return cert, key
+        except (ssl.SSLError, OSError, KeyError, ValueError, AttributeError):
+            pass
+    try:
+        _self_signed_cryptography(cert, key, dns, ips)
+    except ImportError:
+        _self_signed_openssl(cert, key, dns, ips)
+    return cert, key
+
+
+def certificate_fingerprint(cert: str | os.PathLike[str]) -> str:
+    der = ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
+    h = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(h[i : i + 2] for i in range(0, len(h), 2))
+
+
+def _ssl_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise ServeError(f"cannot load TLS certificate/key ({cert}, {key}): {e}") from e
+    return ctx
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def make_server(
+    model_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    self_signed: bool = False,
+    verbose: bool = False,
+    web_dir: str | os.PathLike[str] | None = None,
+) -> DermServer:
+    """Build (bind, but do not start) the server. `port=0` picks a free port; see `.url`.
+
+    Raises ServeError for a non-loopback host without TLS, half a cert/key pair, a model without
+    a card, or an unbuilt page.
+    """
+    if bool(tls_cert) != bool(tls_key):
+        raise ServeError("--tls-cert and --tls-key go together: pass both")
+    if self_signed and tls_cert:
+        raise ServeError("pass either --self-signed or --tls-cert/--tls-key, not both")
+    if not is_loopback(host) and not (tls_cert or self_signed):
+        raise ServeError(
+            f"refusing to serve on {host} without TLS: phones allow the camera only on https pages; "
+            "pass --tls-cert/--tls-key or --self-signed (or keep the default --host 127.0.0.1)"
+        )
+    if not Path(model_path).is_file():
+        raise ServeError(f"model not found: {model_path}")
+    ctx = None
+    if self_signed:
+        cert, key = self_signed_certificate(host)
+        ctx = _ssl_context(cert, key)
+        tls_cert = str(cert)
+    elif tls_cert and tls_key:
+        ctx = _ssl_context(tls_cert, tls_key)
+    try:
+        srv = DermServer(
+            (host, int(port)), model_path, ctx, verbose, Path(web_dir) if web_dir else WEB_DIR
+        )
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    srv.tls_cert = tls_cert  # type: ignore[attr-defined]
+    return srv
+
+
+def serve(
+    model_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    self_signed: bool = False,
+) -> None:
+    """Serve the phone page and `model_path` until Ctrl-C (`edge-classify --serve`)."""
+    srv = make_server(model_path, host, port, tls_cert, tls_key, self_signed)
+    card = srv.model.card
+    print(
+        f"dermedge phone page: {srv.url}  (model {card.get('name', Path(model_path).name)}, "
+        f"version {srv.model.version})",
+        flush=True,
+    )
+    if srv.ssl_context is not None and self_signed:
+        print(
+            f"self-signed certificate {srv.tls_cert}  SHA-256 "  # type: ignore[attr-defined]
+            f"{certificate_fingerprint(srv.tls_cert)}",
+            flush=True,
+        )  # type: ignore[attr-defined]
+        print("the phone will warn about it once: check the fingerprint, then accept", flush=True)
+    print("frames are classified on the phone; nothing is uploaded. Ctrl-C stops.", flush=True)
+    print(card.get("disclaimer", ""), flush=True)
+    try:
+        srv.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        print("\nstopped", flush=True)
+    finally:
+        srv.server_close()
