@@ -1,0 +1,161 @@
+// End-to-end driver for the phone page in headless Chromium with a fake camera.
+//   node tests/e2e/phone.mjs URL VIDEO.y4m OUTDIR [--swap] [--offline]
+// Loads the page, waits for classified frames and the offline cache, saves a screenshot and a
+// capture (frame PNG + result JSON, as the page's download button saves them), and prints
+// `RESULT {...}` lines. The driving test answers `PAUSE <what>` lines with a line on stdin:
+//   --swap     PAUSE swap: the test puts a new model in place; reload online, expect the new version
+//   --offline  PAUSE stop: the test stops the server; reload, and the page must still classify
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+// playwright-core is a devDependency of web/ (npm ci there)
+const require = createRequire(resolve(import.meta.dirname, '../../web/package.json'));
+const { chromium } = require('playwright-core');
+const [url, video, outDir, ...flags] = process.argv.slice(2);
+const offline = flags.includes('--offline');
+const swap = flags.includes('--swap');
+const exe = process.env.CHROMIUM || '/usr/bin/chromium';
+const userDataDir = mkdtempSync(join(tmpdir(), 'dermedge-chromium-'));
+const log = (...a) => console.error('[phone.mjs]', ...a);
+
+const args = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  `--use-file-for-fake-video-capture=${video}`,
+];
+
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: exe,
+  headless: true,
+  args,
+  viewport: { width: 412, height: 915 },
+  deviceScaleFactor: 1,
+  acceptDownloads: true,
+  permissions: ['camera'],
+  ignoreHTTPSErrors: true,
+});
+const timeout = (ms) => ({ timeout: ms, polling: 100 });
+
+async function waitFrames(page, n, { needOffline = false, notVersion = null, needDecision = false } = {}) {
+  const deadline = Date.now() + 120000;
+  for (;;) {
+    try {
+      await page.waitForFunction(
+        ([k, off, notV, dec]) => {
+          const s = window.dermedge;
+          if (s && s.error) return true;
+          return s && s.ready && s.goodFrames >= k && s.last && s.last.prob !== null &&
+            (!off || s.offlineReady) && (!notV || s.version !== notV) && (!dec || (s.smoothed && s.smoothed.decision));
+        },
+        [n, needOffline, notVersion, needDecision],
+        timeout(Math.max(1000, deadline - Date.now())),
+      );
+      const s = await page.evaluate(() => JSON.parse(JSON.stringify(window.dermedge)));
+      if (s.error) throw new Error(`page error: ${s.error}`);
+      return s;
+    } catch (e) {
+      // the page reloads itself when a new service worker takes over: wait again
+      if (Date.now() < deadline && /context was destroyed|navigat/i.test(String(e.message))) {
+        await page.waitForLoadState('load').catch(() => {});
+        continue;
+      }
+      throw e;
+    }
+  }
+}
+
+async function pause(what) {
+  console.log(`PAUSE ${what}`);
+  const rl = createInterface({ input: process.stdin });
+  await new Promise((r) => rl.once('line', r));
+  rl.close();
+}
+
+function summary(s) {
+  const ms = [...s.inferMs].sort((a, b) => a - b);
+  return {
+    version: s.version,
+    runtime: s.runtime,
+    prob: s.last.prob,
+    smoothed_prob: s.smoothed.prob,
+    decision: s.smoothed.decision,
+    quality: s.last.quality,
+    frame: s.last.frame,
+    crop_box: s.last.crop_box,
+    frames: s.frames,
+    good_frames: s.goodFrames,
+    infer_ms_median: ms[ms.length >> 1],
+    infer_ms_mean: ms.reduce((a, b) => a + b, 0) / ms.length,
+    infer_ms_min: ms[0],
+    infer_ms_n: ms.length,
+    preprocess_ms: s.last.preprocess_ms,
+    offline_ready: s.offlineReady,
+  };
+}
+
+let exitCode = 0;
+try {
+  const page = context.pages()[0] || (await context.newPage());
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  const resp = await page.goto(url, { waitUntil: 'load' });
+  const headers = resp.headers();
+  const s1 = await waitFrames(page, 12, { needOffline: true, needDecision: true });
+  await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true });
+
+  // the capture button: frame PNG + result JSON as downloads
+  const downloads = [];
+  page.on('download', (d) => downloads.push(d));
+  await page.click('#capture');
+  const t0 = Date.now();
+  while (downloads.length < 2 && Date.now() - t0 < 15000) await page.waitForTimeout(100);
+  const saved = {};
+  for (const d of downloads) {
+    const kind = d.suggestedFilename().endsWith('.png') ? 'png' : 'json';
+    const dest = join(outDir, `capture.${kind}`);
+    await d.saveAs(dest);
+    saved[kind] = dest;
+  }
+  console.log('RESULT ' + JSON.stringify({
+    phase: 'online', ...summary(s1), card_name: s1.card.name, headers, downloads: saved,
+    disclaimer_visible: await page.isVisible('#disclaimer'),
+    disclaimer_text: await page.textContent('#disclaimer'),
+    console: consoleLines.slice(-30),
+  }));
+
+  let version = s1.version;
+  if (swap) {
+    await pause('swap');
+    await page.reload({ waitUntil: 'load' });
+    const s2 = await waitFrames(page, 5, { needOffline: true, notVersion: version });
+    await page.screenshot({ path: join(outDir, 'phone-new-model.png'), fullPage: true });
+    console.log('RESULT ' + JSON.stringify({ phase: 'swapped', ...summary(s2), card_name: s2.card.name }));
+    version = s2.version;
+  }
+  if (offline) {
+    await pause('stop');
+    await page.reload({ waitUntil: 'load' });
+    const s3 = await waitFrames(page, 5);
+    await page.screenshot({ path: join(outDir, 'phone-offline.png'), fullPage: true });
+    console.log('RESULT ' + JSON.stringify({ phase: 'offline', ...summary(s3), card_name: s3.card.name, console: consoleLines.slice(-30) }));
+  }
+} catch (e) {
+  log(e.stack || String(e));
+  try {
+    const p = context.pages()[0];
+    if (p) {
+      await p.screenshot({ path: join(outDir, 'phone-failure.png') });
+      writeFileSync(join(outDir, 'phone-failure.json'), JSON.stringify(await p.evaluate(() => window.dermedge || null), null, 1));
+    }
+  } catch { /* ignore */ }
+  exitCode = 1;
+} finally {
+  await context.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+process.exit(exitCode);

@@ -1,0 +1,258 @@
+"""The phone page end to end in headless Chromium with a fake camera playing a real lesion photo.
+
+Needs Debian's `chromium`, node and `npm ci` in web/ (playwright-core); `.ci/phone-e2e.sh` sets
+them up and exports DERMEDGE_REQUIRE_E2E=1, which turns the "not installed" skips into failures.
+Artifacts (screenshots, the capture, a summary with the in-browser inference time) are written to
+runs/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermedge.data.contract import InputContract, preprocess
+from dermedge.edge.serve import load_card, make_server
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("DERMEDGE_DATA", REPO.parent / "shared" / "data"))
+ARTIFACTS = REPO / "runs" / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ASSETS = REPO / "tests" / "assets"
+TOLERANCE = 0.02
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("DERMEDGE_REQUIRE_E2E") == "1":
+        pytest.fail(f"{reason} (DERMEDGE_REQUIRE_E2E=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser_env() -> None:
+    if not Path(CHROMIUM).exists():
+        _skip_or_fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (see .ci/phone-e2e.sh)")
+    if shutil.which("node") is None:
+        _skip_or_fail("node is not installed")
+    if not (REPO / "web" / "node_modules" / "playwright-core").is_dir():
+        _skip_or_fail("web/node_modules missing: run `npm ci` in web/")
+    if not (REPO / "dermedge" / "edge" / "web" / "index.html").is_file():
+        _skip_or_fail("phone page not built: `npm run build` in web/")
+
+
+def _lesion_image() -> Path:
+    files = sorted((DATA / "isic-mvb" / "test" / "malignant").glob("*.jpg"))
+    if not files:
+        pytest.skip(f"real lesion images not found under {DATA}/isic-mvb (set DERMEDGE_DATA)")
+    return files[0]
+
+
+def write_y4m(rgb: np.ndarray, path: Path, frames: int = 2) -> None:
+    """A still video (4:2:0, BT.601 limited range, as cameras deliver) for Chromium's fake camera."""
+    h, w = rgb.shape[:2]
+    x = rgb.astype(np.float64) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+
+    def sub(c: np.ndarray) -> np.ndarray:
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    def q(a: np.ndarray) -> bytes:
+        return np.clip(np.round(a), 0, 255).astype(np.uint8).tobytes()
+
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + q(y) + q(sub(cb)) + q(sub(cr)))
+
+
+class Reference:
+    """The Python edge result for a frame: dermedge.edge.runtime.EdgeModel when it exists,
+    else the same LiteRT interpreter directly (quantize input, dequantize output)."""
+
+    def __init__(self, model: Path):
+        self.card = load_card(model)
+        self.contract = InputContract.from_dict(self.card["input"])
+        self.threshold = float(self.card["threshold"])
+        try:
+            from dermedge.edge.runtime import EdgeModel  # type: ignore[import-not-found]
+
+            em = EdgeModel(str(model))
+            self.name = f"EdgeModel ({em.runtime})"
+            self._predict = lambda x: float(em.predict(x)[0])
+        except ImportError:
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_path=str(model))
+            it.allocate_tensors()
+            i, o = it.get_input_details()[0], it.get_output_details()[0]
+
+            def predict(x: np.ndarray) -> float:
+                s, z = i["quantization"]
+                xin = x[None].astype(np.float32)
+                if i["dtype"] != np.float32 and s:
+                    info = np.iinfo(i["dtype"])
+                    xin = np.clip(np.round(xin / s + z), info.min, info.max)
+                it.set_tensor(i["index"], xin.astype(i["dtype"]))
+                it.invoke()
+                out = it.get_tensor(o["index"]).reshape(-1)[0]
+                s, z = o["quantization"]
+                return float((float(out) - z) * s) if o["dtype"] != np.float32 and s else float(out)
+
+            self.name = "ai_edge_litert.Interpreter"
+            self._predict = predict
+
+    def prob(self, frame: np.ndarray | Path | str) -> float:
+        return self._predict(preprocess(frame, self.contract))
+
+    def decision(self, p: float) -> str:
+        return "refer" if p >= self.threshold else "routine"
+
+
+def _run_page(url: str, video: Path, out: Path, srv, on_swap) -> dict[str, dict]:
+    cmd = [
+        "node",
+        str(REPO / "tests" / "e2e" / "phone.mjs"),
+        url,
+        str(video),
+        str(out),
+        "--swap",
+        "--offline",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    results: dict[str, dict] = {}
+    assert proc.stdout is not None and proc.stdin is not None
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                r = json.loads(line[7:])
+                results[r["phase"]] = r
+            elif line.startswith("PAUSE swap"):
+                on_swap()
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            elif line.startswith("PAUSE stop"):
+                srv.shutdown()
+                srv.server_close()
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert rc == 0, f"browser run failed (rc {rc}):\n{err[-4000:]}\nresults: {list(results)}"
+    return results
+
+
+def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
+    model_src = ASSETS / "tiny_int8.tflite"
+    swap_src = ASSETS / "tiny_fp32.tflite"
+    if not model_src.is_file() or not swap_src.is_file():
+        pytest.skip("tests/assets tiny models not present")
+    image = _lesion_image()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    out = ARTIFACTS / "phone"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+    # a 640x480 camera frame made from the real lesion photo
+    rgb = np.asarray(Image.open(image).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC))
+    video = tmp_path / "lesion.y4m"
+    write_y4m(rgb, video)
+
+    model = tmp_path / "model.tflite"  # the served file; swapped for a new model mid-test
+    shutil.copyfile(model_src, model)
+    ref = Reference(model)
+    ref_new = Reference(swap_src)
+
+    srv = make_server(str(model), "127.0.0.1", 0)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    v1 = srv.model.version
+
+    def swap() -> None:
+        tmp = tmp_path / "new.tflite"
+        shutil.copyfile(swap_src, tmp)
+        os.replace(tmp, model)
+
+    try:
+        res = _run_page(srv.url, video, out, srv, swap)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+    online, swapped, offline = res["online"], res["swapped"], res["offline"]
+    # the same frame the page classified (its capture download) through the Python edge path
+    capture_png = Path(online["downloads"]["png"])
+    capture = json.loads(Path(online["downloads"]["json"]).read_text())
+    frame = np.asarray(Image.open(capture_png).convert("RGB"))
+    assert frame.shape == (480, 640, 3)
+    p_py = ref.prob(frame)
+    p_page = capture["prob"]
+    assert abs(p_page - p_py) <= TOLERANCE, (p_page, p_py)
+    assert abs(online["prob"] - p_py) <= TOLERANCE
+    assert online["decision"] == ref.decision(online["smoothed_prob"]) == ref.decision(p_py)
+    assert capture["decision"] == online["decision"]
+    assert capture["threshold"] == ref.threshold
+    # the original photo as the camera shows it (Chromium's own YUV->RGB): informational bound
+    p_orig = ref.prob(rgb)
+
+    # headers, disclaimer, version
+    assert "'wasm-unsafe-eval'" in online["headers"]["content-security-policy"]
+    assert "default-src 'none'" in online["headers"]["content-security-policy"]
+    assert online["disclaimer_visible"]
+    assert online["disclaimer_text"].strip() == ref.card["disclaimer"]
+    assert online["version"] == v1
+    assert online["quality"]["ok"]
+
+    # a new model on the server is picked up on the next online load
+    assert swapped["version"] != v1
+    assert swapped["card_name"] == ref_new.card["name"]
+    assert abs(swapped["prob"] - ref_new.prob(frame)) <= TOLERANCE
+
+    # offline reload after the server stopped: same (new) model, same answer
+    assert offline["version"] == swapped["version"]
+    assert offline["card_name"] == ref_new.card["name"]
+    assert abs(offline["prob"] - swapped["prob"]) <= 1e-6
+
+    for name in ("phone.png", "phone-new-model.png", "phone-offline.png"):
+        assert (out / name).stat().st_size > 1000
+    shutil.copyfile(out / "phone.png", ARTIFACTS / "phone.png")
+    summary = {
+        "image": str(image),
+        "reference": ref.name,
+        "page_prob": p_page,
+        "python_prob_same_frame": p_py,
+        "python_prob_original_photo": p_orig,
+        "decision": online["decision"],
+        "threshold": ref.threshold,
+        "runtime": online["runtime"],
+        "infer_ms_median": online["infer_ms_median"],
+        "infer_ms_mean": online["infer_ms_mean"],
+        "preprocess_ms": online["preprocess_ms"],
+        "model": ref.card["name"],
+        "screenshot": str(ARTIFACTS / "phone.png"),
+    }
+    (ARTIFACTS / "phone-e2e.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
