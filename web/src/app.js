@@ -4,12 +4,11 @@
 import { loadLiteRt, loadAndCompile, Tensor } from '@litertjs/core';
 import { cropBox, preprocess } from './preprocess.js';
 import { fixBatchDimension, readTflite } from './tflite.js';
-import { assess, frameChange, lumaThumb, Smoother } from './quality.js';
+import { assess, sceneChange, signature, Smoother } from './quality.js';
 
 const $ = (id) => document.getElementById(id);
 const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
 const RUNTIME_VERSION = '__LITERT_VERSION__';
-const CHANGE_RESET = 25; // mean abs luma change (0..255) that counts as a new lesion
 
 // Read-only view of the page state, for people debugging on a phone and for the e2e tests.
 const state = {
@@ -157,9 +156,8 @@ async function startCamera(video) {
 function render(q, result) {
   const guide = $('guide');
   guide.classList.toggle('ok', q.ok);
-  $('quality').textContent = q.ok
-    ? `quality ok · sharpness ${q.sharpness}`
-    : `${q.reason} · sharpness ${q.sharpness} · dark ${(q.dark * 100).toFixed(0)}% · bright ${(q.bright * 100).toFixed(0)}%`;
+  const measures = `sharpness ${q.sharpness.toFixed(0)} · brightness ${q.brightness.toFixed(0)}`;
+  $('quality').textContent = q.ok ? `quality ok · ${measures}` : `${q.reason} · ${measures}`;
   if (!result) return;
   const { smoothed, threshold } = result;
   $('prob').textContent = smoothed.prob.toFixed(3);
@@ -206,7 +204,7 @@ async function main() {
   const smoother = new Smoother(n, m);
   const canvas = document.createElement('canvas');
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  let prevThumb = null;
+  let prevSig = null;
   let lastImage = null;
   state.ready = true;
 
@@ -253,9 +251,9 @@ async function main() {
       render(q, null);
       return;
     }
-    const thumb = lumaThumb(rgb, w, box, 32);
-    if (frameChange(thumb, prevThumb) > CHANGE_RESET) smoother.reset();
-    prevThumb = thumb;
+    const sig = signature(rgb, w, box);
+    if (sceneChange(prevSig, sig)) smoother.reset(); // a new lesion: start agreeing afresh
+    prevSig = sig;
     const { pixels } = preprocess(rgb, w, h, contract);
     const t1 = performance.now();
     const prob = await clf.predict(pixels);

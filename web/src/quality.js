@@ -1,113 +1,217 @@
-// Per-frame quality gate, run on the contract's crop region before inference.
-//   sharpness: variance of the 4-neighbour Laplacian of the luma, computed after area-resampling
-//              the crop to GATE_SIZE x GATE_SIZE so the number does not depend on camera resolution;
-//   exposure:  fractions of clipped dark (luma <= DARK) and bright (luma >= BRIGHT) pixels and the
-//              mean luma, measured inside the circle inscribed in the crop (a dermatoscope's dark
-//              vignette corners are not under-exposure).
-// Thresholds can be overridden by the model card's optional "quality" entry.
+// Frame quality gate, a port of dermedge/edge/quality.py (the Python runner's gate) so the phone
+// accepts and rejects the same frames: measures are taken on the contract's crop resized to
+// ANALYSIS x ANALYSIS with OpenCV's INTER_AREA, luma as cv2's RGB2GRAY, the field of view is
+// luma > DARK, sharpness is the variance of the 3x3 Laplacian inside the field eroded by 9x9.
+// Thresholds default to the runner's Gate and can be overridden by the card's "quality" entry.
+
+export const ANALYSIS = 256;
+export const DARK = 25;
+export const CLIPPED = 250;
+export const SIGNATURE = 24;
 
 export const DEFAULT_GATE = {
-  size: 128,
-  min_sharpness: 15,
-  dark_level: 16,
-  bright_level: 250,
-  max_dark_fraction: 0.25,
-  max_bright_fraction: 0.05,
-  min_mean: 40,
-  max_mean: 235,
+  min_sharpness: 5.0,
+  max_dark: 0.6,
+  min_brightness: 60.0,
+  max_bright: 0.25,
+  max_glare: 0.1,
+  min_contrast: 3.0,
 };
 
-/** Area-average the crop box of an RGB frame to n x n luma (Float32Array). */
-export function lumaThumb(rgb, w, box, n) {
+// OpenCV INTER_AREA (downscale) coefficients for one axis: per output index, [src, weight] pairs.
+function areaTable(ssize, dsize) {
+  const scale = ssize / dsize;
+  const tab = [];
+  for (let dx = 0; dx < dsize; dx++) {
+    const fsx1 = dx * scale;
+    const fsx2 = fsx1 + scale;
+    const cell = Math.min(scale, ssize - fsx1);
+    let sx1 = Math.ceil(fsx1);
+    let sx2 = Math.floor(fsx2);
+    sx2 = Math.min(sx2, ssize - 1);
+    sx1 = Math.min(sx1, sx2);
+    const row = [];
+    if (sx1 - fsx1 > 1e-3) row.push([sx1 - 1, (sx1 - fsx1) / cell]);
+    for (let sx = sx1; sx < sx2; sx++) row.push([sx, 1 / cell]);
+    if (fsx2 - sx2 > 1e-3) row.push([sx2, Math.min(Math.min(fsx2 - sx2, 1), cell) / cell]);
+    tab.push(row);
+  }
+  return tab;
+}
+
+// Bilinear (half-pixel centres) for the rare upscale case, like INTER_AREA does when enlarging.
+function linearTable(ssize, dsize) {
+  const scale = ssize / dsize;
+  const tab = [];
+  for (let dx = 0; dx < dsize; dx++) {
+    let f = (dx + 0.5) * scale - 0.5;
+    if (f < 0) f = 0;
+    const s0 = Math.min(Math.floor(f), ssize - 1);
+    const s1 = Math.min(s0 + 1, ssize - 1);
+    const w1 = f - s0;
+    tab.push(w1 > 0 && s1 !== s0 ? [[s0, 1 - w1], [s1, w1]] : [[s0, 1]]);
+  }
+  return tab;
+}
+
+/** Resize the crop `box` of an RGB frame to n x n (RGB uint8), like cv2.resize(..., INTER_AREA). */
+export function resizeArea(rgb, w, box, n) {
   const [l, t, r, b] = box;
   const cw = r - l;
   const ch = b - t;
-  const out = new Float32Array(n * n);
-  const cnt = new Float32Array(n * n);
-  // sample every pixel when small, else stride so at most ~4 samples per cell per axis
-  const step = Math.max(1, Math.floor(Math.min(cw, ch) / (n * 4)));
-  for (let y = 0; y < ch; y += step) {
-    const ty = Math.min(n - 1, Math.floor((y * n) / ch));
+  const tx = cw >= n ? areaTable(cw, n) : linearTable(cw, n);
+  const ty = ch >= n ? areaTable(ch, n) : linearTable(ch, n);
+  const tmp = new Float32Array(ch * n * 3); // horizontal pass
+  for (let y = 0; y < ch; y++) {
     const row = (y + t) * w;
-    for (let x = 0; x < cw; x += step) {
-      const tx = Math.min(n - 1, Math.floor((x * n) / cw));
-      const p = (row + x + l) * 3;
-      out[ty * n + tx] += 0.299 * rgb[p] + 0.587 * rgb[p + 1] + 0.114 * rgb[p + 2];
-      cnt[ty * n + tx] += 1;
+    for (let x = 0; x < n; x++) {
+      let s0 = 0, s1 = 0, s2 = 0;
+      for (const [sx, wt] of tx[x]) {
+        const p = (row + l + sx) * 3;
+        s0 += rgb[p] * wt;
+        s1 += rgb[p + 1] * wt;
+        s2 += rgb[p + 2] * wt;
+      }
+      const o = (y * n + x) * 3;
+      tmp[o] = s0;
+      tmp[o + 1] = s1;
+      tmp[o + 2] = s2;
     }
   }
-  for (let i = 0; i < n * n; i++) out[i] = cnt[i] ? out[i] / cnt[i] : 0;
+  const out = new Uint8Array(n * n * 3);
+  for (let y = 0; y < n; y++) {
+    for (let x = 0; x < n; x++) {
+      let s0 = 0, s1 = 0, s2 = 0;
+      for (const [sy, wt] of ty[y]) {
+        const p = (sy * n + x) * 3;
+        s0 += tmp[p] * wt;
+        s1 += tmp[p + 1] * wt;
+        s2 += tmp[p + 2] * wt;
+      }
+      const o = (y * n + x) * 3;
+      out[o] = Math.min(255, Math.max(0, Math.round(s0)));
+      out[o + 1] = Math.min(255, Math.max(0, Math.round(s1)));
+      out[o + 2] = Math.min(255, Math.max(0, Math.round(s2)));
+    }
+  }
   return out;
 }
 
-/** Assess one frame: {ok, reason, sharpness, dark, bright, mean}. */
-export function assess(rgb, w, h, box, gate = DEFAULT_GATE) {
+/** Measure the crop `box` of an RGB frame: {ok, reason, sharpness, dark, brightness, bright, glare, contrast}. */
+export function assess(rgb, w, h, box, gate) {
   const g = { ...DEFAULT_GATE, ...(gate || {}) };
-  const n = g.size;
-  const thumb = lumaThumb(rgb, w, box, n);
-  let s = 0;
-  let s2 = 0;
-  let m = 0;
-  for (let y = 1; y < n - 1; y++) {
-    for (let x = 1; x < n - 1; x++) {
-      const i = y * n + x;
-      const lap = 4 * thumb[i] - thumb[i - 1] - thumb[i + 1] - thumb[i - n] - thumb[i + n];
-      s += lap;
-      s2 += lap * lap;
-      m++;
+  const n = ANALYSIS;
+  const N = n * n;
+  const small = resizeArea(rgb, w, box, n);
+  const luma = new Uint8Array(N);
+  const field = new Uint8Array(N);
+  let nField = 0;
+  let sumField = 0;
+  let sum = 0;
+  let sum2 = 0;
+  let bright = 0;
+  let specular = 0;
+  for (let i = 0, p = 0; i < N; i++, p += 3) {
+    const R = small[p], G = small[p + 1], B = small[p + 2];
+    const y = (R * 4899 + G * 9617 + B * 1868 + 8192) >> 14; // cv2 RGB2GRAY, 8-bit
+    luma[i] = y;
+    sum += y;
+    sum2 += y * y;
+    if (y >= CLIPPED) bright++;
+    if (y > DARK) {
+      field[i] = 1;
+      nField++;
+      sumField += y;
+      const v = Math.max(R, G, B);
+      const sat = v ? Math.round((255 * (v - Math.min(R, G, B))) / v) : 0; // HSV S, 8-bit
+      if (y >= 235 && sat < 40) specular++;
     }
   }
-  const sharpness = s2 / m - (s / m) ** 2;
-  // exposure inside the inscribed circle, on the thumbnail
-  let dark = 0;
-  let bright = 0;
-  let sum = 0;
-  let k = 0;
-  const c = (n - 1) / 2;
-  const r2 = (n / 2) ** 2;
+  // inner = erode(field, 9x9) (outside the image counts as field, as cv2's default border)
+  const rad = 4;
+  const rowMin = new Uint8Array(N);
   for (let y = 0; y < n; y++) {
     for (let x = 0; x < n; x++) {
-      if ((x - c) ** 2 + (y - c) ** 2 > r2) continue;
-      const v = thumb[y * n + x];
-      if (v <= g.dark_level) dark++;
-      if (v >= g.bright_level) bright++;
-      sum += v;
-      k++;
+      let m = 1;
+      for (let k = Math.max(0, x - rad); k <= Math.min(n - 1, x + rad) && m; k++) m = field[y * n + k];
+      rowMin[y * n + x] = m;
     }
   }
-  const res = {
-    ok: true,
-    reason: 'ok',
-    sharpness: Math.round(sharpness * 10) / 10,
-    dark: dark / k,
-    bright: bright / k,
-    mean: sum / k,
-  };
-  if (res.dark > g.max_dark_fraction || res.mean < g.min_mean) {
-    res.ok = false;
-    res.reason = 'too dark';
-  } else if (res.bright > g.max_bright_fraction || res.mean > g.max_mean) {
-    res.ok = false;
-    res.reason = 'too bright / glare';
-  } else if (sharpness < g.min_sharpness) {
-    res.ok = false;
-    res.reason = 'hold still / focus';
+  // Laplacian (ksize 1: 4-neighbour, BORDER_REFLECT_101) over inner pixels
+  const refl = (i) => (i < 0 ? -i : i >= n ? 2 * n - 2 - i : i);
+  let li = 0;
+  let ls = 0;
+  let ls2 = 0;
+  for (let y = 0; y < n; y++) {
+    for (let x = 0; x < n; x++) {
+      let inner = 1;
+      for (let k = Math.max(0, y - rad); k <= Math.min(n - 1, y + rad) && inner; k++) inner = rowMin[k * n + x];
+      if (!inner) continue;
+      const c = luma[y * n + x];
+      const lap = luma[refl(y - 1) * n + x] + luma[refl(y + 1) * n + x] + luma[y * n + refl(x - 1)] + luma[y * n + refl(x + 1)] - 4 * c;
+      li++;
+      ls += lap;
+      ls2 += lap * lap;
+    }
   }
+  const q = {
+    sharpness: li > 64 ? ls2 / li - (ls / li) ** 2 : 0,
+    dark: 1 - nField / N,
+    brightness: nField ? sumField / nField : 0,
+    bright: bright / N,
+    glare: specular / Math.max(nField, 1),
+    contrast: Math.sqrt(Math.max(0, sum2 / N - (sum / N) ** 2)),
+  };
+  let reason = null;
+  if (q.contrast < g.min_contrast) reason = 'blank frame';
+  else if (q.dark > g.max_dark || q.brightness < g.min_brightness) reason = 'too dark';
+  else if (q.bright > g.max_bright) reason = 'too bright';
+  else if (q.glare > g.max_glare) reason = 'glare';
+  else if (q.sharpness < g.min_sharpness) reason = 'hold still';
   void h;
-  return res;
+  return { ok: reason === null, reason, ...q };
 }
 
-/** Mean absolute difference between two luma thumbnails (0..255). */
-export function frameChange(a, b) {
-  if (!a || !b || a.length !== b.length) return 255;
+/** A tiny blurred colour thumbnail of the crop, for telling one scene from another. */
+export function signature(rgb, w, box) {
+  const n = SIGNATURE;
+  const small = resizeArea(rgb, w, box, n);
+  const k = [0.25, 0.5, 0.25]; // cv2.GaussianBlur((3, 3), 0)
+  const refl = (i) => (i < 0 ? -i : i >= n ? 2 * n - 2 - i : i);
+  const tmp = new Float32Array(n * n * 3);
+  const out = new Float32Array(n * n * 3);
+  for (let y = 0; y < n; y++) {
+    for (let x = 0; x < n; x++) {
+      for (let c = 0; c < 3; c++) {
+        let s = 0;
+        for (let d = -1; d <= 1; d++) s += k[d + 1] * small[(y * n + refl(x + d)) * 3 + c];
+        tmp[(y * n + x) * 3 + c] = s;
+      }
+    }
+  }
+  for (let y = 0; y < n; y++) {
+    for (let x = 0; x < n; x++) {
+      for (let c = 0; c < 3; c++) {
+        let s = 0;
+        for (let d = -1; d <= 1; d++) s += k[d + 1] * tmp[(refl(y + d) * n + x) * 3 + c];
+        out[(y * n + x) * 3 + c] = Math.round(s);
+      }
+    }
+  }
+  return out;
+}
+
+/** True when two signatures differ by more than `limit` (mean absolute 0..255 difference). */
+export function sceneChange(a, b, limit = 20) {
+  if (!a || !b || a.length !== b.length) return true;
   let d = 0;
   for (let i = 0; i < a.length; i++) d += Math.abs(a[i] - b[i]);
-  return d / a.length;
+  return d / a.length > limit;
 }
 
 /**
  * N-of-M smoothing: a decision is shown only when N of the last M good frames agree; the shown
- * probability is the mean over those M frames. reset() on a lesion change.
+ * probability is the mean over the window. reset() on a scene change.
  */
 export class Smoother {
   constructor(n = 3, m = 5) {
