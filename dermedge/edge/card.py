@@ -1,0 +1,406 @@
+"""The dermedge model card inside a `.tflite` file: read, write and inspect, without TensorFlow.
+
+The card is the UTF-8 JSON held by the buffer of the flatbuffer `Model.metadata` entry named
+`dermedge_card` (docs/INTERFACES.md). Reading walks the TFLite schema's tables by hand with the
+`flatbuffers` package. Writing inserts a small block after the 8-byte file header holding a new
+root `Model` table whose `buffers`/`metadata` vectors add (or replace) the card and point forward
+at everything else, which is kept byte for byte; nothing is re-serialized, so other metadata,
+signatures and weights survive untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flatbuffers import number_types as N
+from flatbuffers.table import Table
+
+CARD_NAME = "dermedge_card"
+FILE_ID = b"TFL3"
+HEADER = 8  # root uoffset + file identifier
+
+# Field indices from tensorflow/compiler/mlir/lite/schema/schema.fbs.
+MODEL_VERSION, MODEL_OPCODES, MODEL_SUBGRAPHS, MODEL_DESCRIPTION = 0, 1, 2, 3
+MODEL_BUFFERS, MODEL_METADATA = 4, 6
+MODEL_FIELDS = 10  # up to external_buffers; all but `version` are offsets
+BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
+METADATA_NAME, METADATA_BUFFER = 0, 1
+SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS, SUBGRAPH_OPERATORS = 0, 1, 2, 3
+TENSOR_SHAPE, TENSOR_TYPE, TENSOR_NAME, TENSOR_QUANT, TENSOR_SIGNATURE = 0, 1, 3, 4, 7
+QUANT_SCALE, QUANT_ZERO_POINT = 2, 3
+OPERATOR_OPCODE, OPERATOR_LARGE_OPTIONS_OFFSET = 0, 9
+OPCODE_DEPRECATED, OPCODE_CUSTOM, OPCODE_BUILTIN = 0, 1, 3
+CUSTOM_OP = 32
+
+TENSOR_TYPES = [  # TensorType enum order
+    "float32",
+    "float16",
+    "int32",
+    "uint8",
+    "int64",
+    "string",
+    "bool",
+    "int16",
+    "complex64",
+    "int8",
+    "float64",
+    "complex128",
+    "uint64",
+    "resource",
+    "variant",
+    "uint32",
+    "uint16",
+    "int4",
+    "bfloat16",
+    "int2",
+    "uint4",
+    "float8_e4m3fn",
+    "float8_e5m2",
+]
+
+
+class _Node:
+    """A flatbuffers table addressed by field index (not vtable byte offset)."""
+
+    def __init__(self, buf: Any, pos: int) -> None:
+        self.tab = Table(buf, pos)
+
+    def slot(self, field: int) -> int:
+        """Absolute position of a field's value, or 0 when the field is absent."""
+        off = self.tab.Offset(4 + 2 * field)
+        return self.tab.Pos + off if off else 0
+
+    def scalar(self, field: int, flags: Any, default: int | float = 0) -> Any:
+        pos = self.slot(field)
+        return self.tab.Get(flags, pos) if pos else default
+
+    def string(self, field: int) -> str | None:
+        pos = self.slot(field)
+        return self.tab.String(pos).decode("utf-8", "replace") if pos else None
+
+    def table(self, field: int) -> _Node | None:
+        pos = self.slot(field)
+        return _Node(self.tab.Bytes, self.tab.Indirect(pos)) if pos else None
+
+    def _vector(self, field: int) -> tuple[int, int]:
+        """(start of elements, length) of a vector field; (0, 0) when absent."""
+        off = self.tab.Offset(4 + 2 * field)
+        return (self.tab.Vector(off), self.tab.VectorLen(off)) if off else (0, 0)
+
+    def tables(self, field: int) -> list[_Node]:
+        start, n = self._vector(field)
+        return [_Node(self.tab.Bytes, self.tab.Indirect(start + 4 * i)) for i in range(n)]
+
+    def numbers(self, field: int, flags: Any) -> list[Any]:
+        start, n = self._vector(field)
+        return [self.tab.Get(flags, start + flags.bytewidth * i) for i in range(n)]
+
+    def data(self, field: int) -> memoryview | None:
+        start, n = self._vector(field)
+        return memoryview(self.tab.Bytes)[start : start + n] if start else None
+
+
+def _root(buf: Any) -> _Node:
+    """The Model table of a TFLite flatbuffer; ValueError if it is not one."""
+    if len(buf) < HEADER + 4:
+        raise ValueError("not a TFLite model: file too small")
+    if bytes(buf[4:8]) != FILE_ID:
+        raise ValueError("not a TFLite model: no TFL3 file identifier")
+    (root,) = struct.unpack_from("<I", buf, 0)
+    if not HEADER <= root < len(buf):
+        raise ValueError("not a TFLite model: root table out of range")
+    return _Node(buf, root)
+
+
+@contextmanager
+def _model_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Iterator[Any]:
+    """Bytes of a model given as bytes or a path (memory-mapped, so large files stay cheap)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield source
+        return
+    with open(source, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ValueError("not a TFLite model: empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
+
+
+def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
+    """Contents of buffer `index`: inline data, or offset/size outside the flatbuffer (>2 GB)."""
+    if not 0 <= index < len(buffers):
+        raise ValueError(f"metadata points at buffer {index}, model has {len(buffers)}")
+    node = buffers[index]
+    data = node.data(BUFFER_DATA)
+    if data is not None:
+        return bytes(data)
+    offset = node.scalar(BUFFER_OFFSET, N.Uint64Flags)
+    size = node.scalar(BUFFER_SIZE, N.Uint64Flags)
+    if offset > 1 and offset + size <= len(buf):
+        return bytes(buf[offset : offset + size])
+    return b""
+
+
+def _walk(what: str, fn: Any, *args: Any) -> Any:
+    """Run a flatbuffer walk, turning out-of-range reads of a corrupt file into ValueError."""
+    try:
+        return fn(*args)
+    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt TFLite flatbuffer while reading {what}: {e}") from e
+
+
+def _metadata(buf: Any) -> dict[str, bytes]:
+    model = _root(buf)
+    buffers = model.tables(MODEL_BUFFERS)
+    entries = {}
+    for meta in model.tables(MODEL_METADATA):
+        name = meta.string(METADATA_NAME) or ""
+        entries[name] = _buffer_bytes(buf, buffers, meta.scalar(METADATA_BUFFER, N.Uint32Flags))
+    return entries
+
+
+def read_metadata(source: str | os.PathLike[str] | bytes) -> dict[str, bytes]:
+    """All `Model.metadata` entries of a .tflite (path or bytes) as {name: buffer bytes}."""
+    with _model_bytes(source) as buf:
+        result: dict[str, bytes] = _walk("metadata", _metadata, buf)
+        return result
+
+
+def read_card(source: str | os.PathLike[str] | bytes) -> dict[str, Any] | None:
+    """The embedded dermedge model card of a .tflite (path or bytes), or None if it has none."""
+    raw = read_metadata(source).get(CARD_NAME)
+    if raw is None:
+        return None
+    try:
+        card = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the embedded {CARD_NAME} is not valid JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise ValueError(f"the embedded {CARD_NAME} is not a JSON object")
+    return card
+
+
+class _Block:
+    """The bytes inserted after the header; positions are absolute in the new file."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.old_refs: list[tuple[int, int]] = []  # (slot, position in the old file)
+
+    def pos(self) -> int:
+        return HEADER + len(self.data)
+
+    def pack(self, fmt: str, *values: int) -> int:
+        at = self.pos()
+        self.data += struct.pack("<" + fmt, *values)
+        return at
+
+    def align(self, n: int, extra: int = 0) -> None:
+        self.data += bytes(-(self.pos() + extra) % n)
+
+    def slot(self) -> int:
+        """Reserve a uoffset to fill with `point` once its target is written."""
+        return self.pack("I", 0)
+
+    def point(self, slot: int, target: int) -> None:
+        struct.pack_into("<I", self.data, slot - HEADER, target - slot)
+
+    def point_old(self, target: int) -> None:
+        self.old_refs.append((self.slot(), target))
+
+    def finish(self) -> bytes:
+        """Pad to 16 bytes (keeps the old buffers' alignment) and resolve old-file pointers."""
+        self.align(16)
+        shift = len(self.data)
+        for slot, target in self.old_refs:
+            self.point(slot, target + shift)
+        return bytes(self.data)
+
+
+def _card_json(card: dict[str, Any]) -> bytes:
+    if not isinstance(card, dict):
+        raise TypeError(f"card must be a dict, got {type(card).__name__}")
+    return json.dumps(card, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _write_model_table(block: _Block, model: _Node, nfields: int) -> tuple[int, dict[int, int]]:
+    """New root Model table copying every field but buffers/metadata (returned as open slots)."""
+    present = [i in (MODEL_BUFFERS, MODEL_METADATA) or bool(model.slot(i)) for i in range(nfields)]
+    vtable = block.pack("HH", 4 + 2 * nfields, 4 + 4 * nfields)
+    for i in range(nfields):
+        block.pack("H", 4 + 4 * i if present[i] else 0)
+    block.align(4)
+    table = block.pack("i", block.pos() - vtable)
+    open_slots = {}
+    for i in range(nfields):
+        if i == MODEL_VERSION:
+            block.pack("I", model.scalar(i, N.Uint32Flags))
+        elif i in (MODEL_BUFFERS, MODEL_METADATA):
+            open_slots[i] = block.slot()
+        elif present[i]:
+            block.point_old(model.tab.Indirect(model.slot(i)))
+        else:
+            block.pack("I", 0)
+    return table, open_slots
+
+
+def _vector_of_tables(block: _Block, slot: int, items: list[int | None]) -> int | None:
+    """Write a vector of old tables (positions) plus one new (None); return the new one's slot."""
+    block.align(4)
+    block.point(slot, block.pack("I", len(items)))
+    new_slot = None
+    for item in items:
+        if item is None:
+            new_slot = block.slot()
+        else:
+            block.point_old(item)
+    return new_slot
+
+
+def _write_card_tables(block: _Block, meta_slot: int, buf_slot: int, index: int, data: bytes):
+    """The new Metadata and Buffer tables, the name string and the 16-aligned card data."""
+    vtable = block.pack("HHHH", 8, 12, 4, 8)
+    block.point(meta_slot, block.pack("i", block.pos() - vtable))
+    name_slot = block.slot()
+    block.pack("I", index)
+    vtable = block.pack("HHHH", 6, 8, 4, 0)
+    block.point(buf_slot, block.pack("i", block.pos() - vtable))
+    data_slot = block.slot()
+    block.point(name_slot, block.pack("I", len(CARD_NAME)))
+    block.data += CARD_NAME.encode() + b"\0"
+    block.align(16, extra=4)
+    block.point(data_slot, block.pack("I", len(data)))
+    block.data += data
+
+
+def _shift_absolute_offsets(out: bytearray, model: _Node, shift: int) -> None:
+    """Move the file-absolute offsets of >2 GB models (Buffer.offset, large custom options)."""
+    holders = [(b, BUFFER_OFFSET) for b in model.tables(MODEL_BUFFERS)]
+    for sub in model.tables(MODEL_SUBGRAPHS):
+        holders += [(op, OPERATOR_LARGE_OPTIONS_OFFSET) for op in sub.tables(SUBGRAPH_OPERATORS)]
+    for node, field in holders:
+        pos = node.slot(field)
+        if pos and (value := node.scalar(field, N.Uint64Flags)) > 1:
+            struct.pack_into("<Q", out, pos + shift, value + shift)
+
+
+def _embed(old: bytes, data: bytes) -> bytes:
+    model = _root(old)
+    vtable = model.tab.Pos - model.tab.Get(N.SOffsetTFlags, model.tab.Pos)
+    nfields = max((model.tab.Get(N.VOffsetTFlags, vtable) - 4) // 2, MODEL_METADATA + 1)
+    if nfields > MODEL_FIELDS:
+        raise ValueError("this .tflite uses a newer schema (more Model fields) than dermedge knows")
+    buffers: list[int | None] = [b.tab.Pos for b in model.tables(MODEL_BUFFERS)]
+    metas: list[int | None] = []
+    index = len(buffers)
+    for meta in model.tables(MODEL_METADATA):
+        if meta.string(METADATA_NAME) == CARD_NAME:  # replace: reuse its buffer index
+            index = meta.scalar(METADATA_BUFFER, N.Uint32Flags)
+            buffers[index] = None
+        else:
+            metas.append(meta.tab.Pos)
+    if index == len(buffers):
+        buffers.append(None)
+    metas.append(None)
+
+    block = _Block()
+    table, slots = _write_model_table(block, model, nfields)
+    buf_slot = _vector_of_tables(block, slots[MODEL_BUFFERS], buffers)
+    meta_slot = _vector_of_tables(block, slots[MODEL_METADATA], metas)
+    assert buf_slot is not None and meta_slot is not None
+    _write_card_tables(block, meta_slot, buf_slot, index, data)
+    inserted = block.finish()
+    out = bytearray(struct.pack("<I", table) + old[4:HEADER] + inserted + old[HEADER:])
+    _shift_absolute_offsets(out, model, len(inserted))
+    return bytes(out)
+
+
+def embed_card(tflite: bytes, card: dict[str, Any]) -> bytes:
+    """Return `tflite` with `card` embedded as metadata `dermedge_card` (replacing an old one)."""
+    return _walk("the model to embed a card into", _embed, bytes(tflite), _card_json(card))
+
+
+def _tensor_info(node: _Node) -> dict[str, Any]:
+    type_id = node.scalar(TENSOR_TYPE, N.Int8Flags)
+    quant = node.table(TENSOR_QUANT)
+    scales = quant.numbers(QUANT_SCALE, N.Float32Flags) if quant else []
+    zeros = quant.numbers(QUANT_ZERO_POINT, N.Int64Flags) if quant else []
+    info: dict[str, Any] = {
+        "name": node.string(TENSOR_NAME) or "",
+        "dtype": TENSOR_TYPES[type_id] if 0 <= type_id < len(TENSOR_TYPES) else f"type{type_id}",
+        "shape": node.numbers(TENSOR_SHAPE, N.Int32Flags),
+        "shape_signature": node.numbers(TENSOR_SIGNATURE, N.Int32Flags) or None,
+        "quantization": None,
+    }
+    if scales:
+        info["quantization"] = {"scale": scales, "zero_point": zeros}
+    return info
+
+
+def _op_names() -> dict[int, str]:
+    """Builtin operator names from LiteRT's generated schema when installed, else empty."""
+    try:
+        from ai_edge_litert.schema_py_generated import BuiltinOperator
+    except ImportError:
+        return {}
+    return {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int)}
+
+
+def _op_counts(model: _Node) -> Counter[str]:
+    names = _op_names()
+    codes = []
+    for code in model.tables(MODEL_OPCODES):
+        builtin = max(
+            code.scalar(OPCODE_DEPRECATED, N.Int8Flags), code.scalar(OPCODE_BUILTIN, N.Int32Flags)
+        )
+        custom = code.string(OPCODE_CUSTOM)
+        codes.append(
+            custom if builtin == CUSTOM_OP and custom else names.get(builtin, f"op{builtin}")
+        )
+    ops: Counter[str] = Counter()
+    for sub in model.tables(MODEL_SUBGRAPHS):
+        for op in sub.tables(SUBGRAPH_OPERATORS):
+            ops[codes[op.scalar(OPERATOR_OPCODE, N.Uint32Flags)]] += 1
+    return ops
+
+
+def _io(model: _Node) -> dict[str, list[dict[str, Any]]]:
+    main = model.tables(MODEL_SUBGRAPHS)[0]
+    tensors = main.tables(SUBGRAPH_TENSORS)
+    return {
+        "inputs": [_tensor_info(tensors[i]) for i in main.numbers(SUBGRAPH_INPUTS, N.Int32Flags)],
+        "outputs": [_tensor_info(tensors[i]) for i in main.numbers(SUBGRAPH_OUTPUTS, N.Int32Flags)],
+    }
+
+
+def model_io(source: str | os.PathLike[str] | bytes) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of the main subgraph: name, dtype, shape, quantization."""
+    with _model_bytes(source) as buf:
+        result: dict[str, list[dict[str, Any]]] = _walk("tensors", _io, _root(buf))
+        return result
+
+
+def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary of a .tflite for `dermedge convert --inspect`: size, I/O, ops, metadata, card."""
+    with _model_bytes(path) as buf:
+        model = _root(buf)
+        ops = _walk("operators", _op_counts, model)
+        info = {
+            "path": os.fspath(path),
+            "size_bytes": len(buf),
+            "schema_version": model.scalar(MODEL_VERSION, N.Uint32Flags),
+            "description": model.string(MODEL_DESCRIPTION),
+            "subgraphs": len(model.tables(MODEL_SUBGRAPHS)),
+            **_walk("tensors", _io, model),
+            "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "num_ops": sum(ops.values()),
+            "metadata": sorted(_walk("metadata", _metadata, buf)),
+        }
+    info["card"] = read_card(path)
+    return info
