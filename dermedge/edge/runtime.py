@@ -1,0 +1,314 @@
+"""Run a dermedge `.tflite` on the device: LiteRT, else tflite_runtime, else tensorflow.lite.
+
+`EdgeModel` reads the embedded model card (contract, threshold, classes), feeds raw 0..255 pixels
+(quantized with the input tensor's scale/zero-point for int8 models) and returns P(malignant).
+TensorFlow is only imported when neither LiteRT nor tflite_runtime is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermedge import CLASSES
+from dermedge.data.contract import InputContract, preprocess
+from dermedge.edge.card import read_card
+
+# (module to import, distribution name for the version, label)
+RUNTIMES = {
+    "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
+    "tensorflow": ("tensorflow.lite", "tensorflow"),
+}
+RUNTIME_ENV = "DERMEDGE_EDGE_RUNTIME"  # force one of RUNTIMES (tests, debugging)
+
+
+class EdgeError(RuntimeError):
+    """A problem running a model on the device; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The TFLite interpreter implementation in use."""
+
+    name: str  # e.g. "ai-edge-litert 2.3.0"
+    interpreter: Any
+    load_delegate: Any
+    resolver_types: Any  # OpResolverType enum, or None
+
+
+def _version(dist: str, module: Any) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return str(getattr(module, "__version__", "?"))
+
+
+def _load(key: str) -> Runtime:
+    module_name, dist = RUNTIMES[key]
+    module = importlib.import_module(module_name)
+    if key == "tensorflow":
+        return Runtime(
+            f"tensorflow {_version(dist, module)} (tf.lite)",
+            module.Interpreter,
+            module.experimental.load_delegate,
+            getattr(module.experimental, "OpResolverType", None),
+        )
+    return Runtime(
+        f"{dist} {_version(dist, module)}",
+        module.Interpreter,
+        module.load_delegate,
+        getattr(module, "OpResolverType", None),
+    )
+
+
+def load_runtime(prefer: str | None = None) -> Runtime:
+    """The first TFLite interpreter installed, in RUNTIMES order (or `prefer` / $DERMEDGE_EDGE_RUNTIME)."""
+    prefer = prefer or os.environ.get(RUNTIME_ENV) or None
+    if prefer is not None and prefer not in RUNTIMES:
+        raise EdgeError(f"unknown runtime {prefer!r}; choose one of {', '.join(RUNTIMES)}")
+    for key in [prefer] if prefer else list(RUNTIMES):
+        try:
+            return _load(key)
+        except ImportError:
+            continue
+    wanted = prefer or " or ".join(RUNTIMES)
+    raise EdgeError(
+        f"no TFLite interpreter found ({wanted}): pip install ai-edge-litert "
+        "(or tflite-runtime on older Raspberry Pi OS with Python <= 3.11)"
+    )
+
+
+def default_threads() -> int:
+    """Interpreter threads when not given: the CPU cores, at most 4."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@contextlib.contextmanager
+def _native_info_filtered() -> Iterator[None]:
+    """Drop the runtime's native "INFO: ..." lines (fd 2) while loading; pass anything else on."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if not x.startswith("INFO: ")))
+
+
+def _load_delegate(rt: Runtime, library: str) -> Any:
+    """An external delegate, or EdgeError saying why it cannot be loaded."""
+    path = Path(library)
+    if not path.exists() and "/" in library:
+        raise EdgeError(f"delegate library not found: {library}")
+    name = str(path.resolve()) if path.exists() else library  # bare names: the linker's search
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None  # LiteRT's Delegate.__del__
+    try:  # fails noisily after a failed load; the hook hides that while the object is freed
+        try:
+            return rt.load_delegate(name)
+        except (ValueError, OSError, RuntimeError) as e:
+            reason = str(e).strip()
+    finally:
+        sys.unraisablehook = hook
+    raise EdgeError(
+        f"cannot load delegate {library}: {reason}. It must be a TFLite external delegate "
+        "library for this device (e.g. libedgetpu.so.1 for a Coral Edge TPU, with a model "
+        "compiled for it)"
+    )
+
+
+def _make_interpreter(rt: Runtime, path: Path, threads: int, delegate: str | None, xnnpack: bool):
+    delegates = [_load_delegate(rt, delegate)] if delegate else []
+    kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
+    if delegates:
+        kwargs["experimental_delegates"] = delegates
+    if not xnnpack and rt.resolver_types is not None:
+        kwargs["experimental_op_resolver_type"] = (
+            rt.resolver_types.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    try:
+        with _native_info_filtered():
+            interpreter = rt.interpreter(**kwargs)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise EdgeError(f"cannot load {path} with {rt.name}: {str(e).strip()}") from e
+    return interpreter
+
+
+def no_card_message(path: str | os.PathLike[str]) -> str:
+    """What to pass when a .tflite has no embedded model card."""
+    return (
+        f"{path} has no embedded dermedge model card, so its input contract and decision "
+        "threshold are unknown; pass them: --crop squash|center|fov --threshold P "
+        "[--size N if not the input tensor's size] (Python: EdgeModel(path, "
+        "contract=InputContract(...), threshold=P))"
+    )
+
+
+class EdgeModel:
+    """A dermedge .tflite ready to classify: `.predict(pixels)` and `.classify(photo)`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        delegate: str | os.PathLike[str] | None = None,
+        contract: InputContract | None = None,
+        threshold: float | None = None,
+        xnnpack: bool = True,
+        runtime: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EdgeError(f"model file not found: {self.path}")
+        try:
+            self.card = read_card(self.path)
+        except ValueError as e:
+            raise EdgeError(f"{self.path}: {e}") from e
+        self.contract = self._contract(contract)
+        self.threshold = self._threshold(threshold)
+        card = self.card or {}
+        self.classes: list[str] = list(card.get("classes", CLASSES))
+        self.positive = self.classes.index(card.get("positive_class", self.classes[-1]))
+        self.name: str = card.get("name", self.path.stem)
+        rt = load_runtime(runtime)
+        self.runtime = rt.name
+        self.threads = threads or default_threads()
+        self._interpreter = _make_interpreter(
+            rt, self.path, self.threads, str(delegate) if delegate else None, xnnpack
+        )
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._lock = threading.Lock()
+        self._check_input()
+
+    def _contract(self, contract: InputContract | None) -> InputContract:
+        if contract is not None:
+            return contract
+        if self.card is None:
+            raise EdgeError(no_card_message(self.path))
+        if "input" not in self.card:
+            raise EdgeError(f"{self.path}: the model card has no 'input' contract")
+        return InputContract.from_dict(self.card["input"])
+
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is None:
+            if self.card is None:
+                raise EdgeError(no_card_message(self.path))
+            threshold = self.card.get("threshold")
+            if threshold is None:
+                raise EdgeError(f"{self.path}: the model card has no threshold; pass --threshold")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise EdgeError(f"threshold {threshold} is not a probability in 0..1")
+        return float(threshold)
+
+    def _check_input(self) -> None:
+        """The input tensor must be NHWC RGB of the contract's size (resized when dynamic)."""
+        shape, sig = self._input["shape"], self._input.get("shape_signature", self._input["shape"])
+        size = self.contract.size
+        if len(shape) != 4 or shape[3] != 3:
+            raise EdgeError(f"{self.path}: expected an NHWC RGB input tensor, got shape {shape}")
+        if tuple(shape[1:3]) == (size, size):
+            return
+        if sig[1] != -1 or sig[2] != -1:
+            raise EdgeError(
+                f"contract size {size} does not match the model input {shape[1]}x{shape[2]}; "
+                f"drop --size or pass --size {shape[1]}"
+            )
+        self._resize(int(shape[0]), size)
+
+    def _resize(self, batch: int, size: int) -> None:
+        self._interpreter.resize_tensor_input(self._input["index"], [batch, size, size, 3])
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+
+    @property
+    def input_dtype(self) -> str:
+        """The input tensor's dtype name: float32, uint8 or int8."""
+        return np.dtype(self._input["dtype"]).name
+
+    def _quantize(self, pixels: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._input["dtype"])
+        if dtype.kind == "f":
+            return pixels.astype(dtype)
+        scale, zero = self._input["quantization"]
+        if scale == 1.0 and zero == 0 and dtype == np.uint8:
+            return pixels
+        if not scale:
+            raise EdgeError(f"{self.path}: {dtype} input tensor without quantization parameters")
+        info = np.iinfo(dtype)
+        q = np.round(pixels.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+        if np.dtype(out.dtype).kind == "f":
+            return out.astype(np.float64)
+        scale, zero = self._output["quantization"]
+        return (out.astype(np.float64) - zero) * (scale or 1.0)
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if n != self._input["shape"][0]:
+            sig = self._input.get("shape_signature", self._input["shape"])
+            if sig[0] != -1 and n > 1:
+                return np.concatenate([self._invoke(batch[i : i + 1]) for i in range(n)])
+            self._resize(n, self.contract.size)
+        self._interpreter.set_tensor(self._input["index"], self._quantize(batch))
+        self._interpreter.invoke()
+        return self._dequantize(self._interpreter.get_tensor(self._output["index"]))
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """P(malignant) for uint8 RGB input of shape (N, size, size, 3) or (size, size, 3)."""
+        x = np.asarray(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        size = self.contract.size
+        if x.dtype != np.uint8 or x.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"expected uint8 (N, {size}, {size}, 3) pixels, got {x.dtype} {x.shape}"
+            )
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        with self._lock:
+            out = self._invoke(x).reshape(x.shape[0], -1)
+        column = self.positive if out.shape[1] > 1 else 0
+        return np.clip(out[:, column], 0.0, 1.0)
+
+    def decide(self, prob: float) -> dict[str, Any]:
+        """prob, label (the likelier class) and decision (refer at/above the threshold)."""
+        return {
+            "prob": float(prob),
+            "label": self.classes[self.positive]
+            if prob >= 0.5
+            else self.classes[1 - self.positive],
+            "decision": "refer" if prob >= self.threshold else "routine",
+        }
+
+    def classify(self, source: Any) -> dict[str, Any]:
+        """Classify a photo (path, bytes, PIL image or HxWx3 uint8 RGB array) per the contract.
+
+        Raises dermedge.data.contract.ImageError with the reason for an unusable image.
+        """
+        return self.decide(float(self.predict(preprocess(source, self.contract))[0]))
