@@ -1,0 +1,5 @@
+"""`python -m dermedge.edge` is `edge-classify`."""
+
+from dermedge.edge.cli import main
+
+main()

@@ -1,0 +1,392 @@
+"""edge-classify: classify skin-lesion photos, folders or a live camera with a dermedge .tflite.
+
+A screening aid, never a diagnosis: each result is P(malignant), the likelier label, and the
+decision at the model's threshold ("refer" / "routine").
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dermedge import DISCLAIMER, __version__
+from dermedge.data.contract import CROPS, ImageError, InputContract
+from dermedge.edge.card import model_io, read_card
+from dermedge.edge.files import atomic_write
+from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+BUNDLED = ("default", "tiny")
+CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "error"]
+
+
+class Fatal(click.ClickException):
+    """Cannot run at all (bad model, flags or output path): exit code 2."""
+
+    exit_code = 2
+
+
+def resolve_model(model: str) -> Path:
+    """A .tflite path, or the file of a bundled model name (default, tiny)."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    if model in BUNDLED:
+        bundled = MODELS_DIR / f"{model}.tflite"
+        if bundled.is_file():
+            return bundled
+        raise Fatal(
+            f"no bundled model {model!r} in this install ({MODELS_DIR} has none yet); "
+            "pass --model PATH to a dermedge .tflite"
+        )
+    raise Fatal(
+        f"model file not found: {model} (pass --model PATH, or one of {', '.join(BUNDLED)})"
+    )
+
+
+def build_contract(path: Path, size: int | None, crop: str | None) -> InputContract | None:
+    """The card's contract with --size/--crop applied; for a card-less model, from the flags."""
+    try:
+        card = read_card(path)
+        if card is None:
+            if crop is None:
+                return None  # EdgeModel explains which flags to pass
+            tensor = model_io(path)["inputs"][0]["shape"]
+            return InputContract(size=size or int(tensor[1]), crop=crop)
+    except ValueError as e:
+        raise Fatal(f"{path}: {e}") from e
+    if size is None and crop is None:
+        return None  # the card's own
+    base = InputContract.from_dict(card["input"])
+    return replace(base, size=size or base.size, crop=crop or base.crop)
+
+
+def load_model(
+    model: str,
+    threads: int | None,
+    delegate: str | None,
+    threshold: float | None,
+    size: int | None,
+    crop: str | None,
+    xnnpack: bool,
+) -> EdgeModel:
+    """Resolve, load and configure the model; Fatal with the reason if that fails."""
+    path = resolve_model(model)
+    try:
+        contract = build_contract(path, size, crop)
+        return EdgeModel(path, threads, delegate, contract, threshold, xnnpack=xnnpack)
+    except (EdgeError, ValueError) as e:
+        raise Fatal(str(e)) from e
+
+
+def _folder_images(folder: str) -> tuple[list[str], int]:
+    """Image files under a folder (recursive, hidden ones skipped) and how many others it holds."""
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+    files = [p for p in files if not any(s.startswith(".") for s in p.relative_to(folder).parts)]
+    images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTS]
+    return images, len(files) - len(images)
+
+
+def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], int]:
+    """(path, error or None) per input: files as given, folders' images, glob matches."""
+    items: list[tuple[str, str | None]] = []
+    ignored = 0
+    for arg in args:
+        if os.path.isdir(arg):
+            images, others = _folder_images(arg)
+            ignored += others
+            items += [(p, None) for p in images] or [(arg, "folder holds no image files")]
+        elif not os.path.exists(arg) and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                items.append((arg, "no files match this pattern"))
+            sub, others = expand_inputs(tuple(matches))
+            items += sub
+            ignored += others
+        else:
+            items.append((arg, None))
+    return list(dict.fromkeys(items)), ignored
+
+
+def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
+    try:
+        result = model.classify(path)
+    except ImageError as e:
+        return {"file": path, "error": str(e)}
+    return {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
+
+
+def _table_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{'FAILED':<9} {'-':>6}  {'-':<10} {row['file']}: {row['error']}"
+    decision = row["decision"].upper() if row["decision"] == "refer" else row["decision"]
+    return f"{decision:<9} {row['prob']:>6.3f}  {row['label']:<10} {row['file']}"
+
+
+def _check_csv_target(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise Fatal(f"cannot write --csv {path}: folder {parent} is missing or not writable")
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    try:
+        atomic_write(path, buffer.getvalue().encode("utf-8"))
+    except OSError as e:
+        raise Fatal(f"cannot write --csv {path}: {e.strerror or e}") from e
+
+
+def classify_images(
+    model: EdgeModel, args: tuple[str, ...], as_json: bool, csv_path: str | None
+) -> int:
+    """Classify files/folders/globs, print a table or JSON lines; the number that failed."""
+    from tqdm import tqdm
+
+    items, ignored = expand_inputs(args)
+    out = sys.stdout
+    note = sys.stderr if as_json else sys.stdout
+    print(DISCLAIMER, file=note)
+    if not as_json:
+        print(f"{'decision':<9} {'P(mal)':>6}  {'label':<10} file", file=out, flush=True)
+    rows = []
+    bar = tqdm(items, unit="img", file=sys.stderr, leave=False, disable=len(items) < 2 or None)
+    for path, error in bar:
+        row = {"file": path, "error": error} if error else _result_row(path, model)
+        rows.append(row)
+        bar.write(json.dumps(row) if as_json else _table_line(row), file=out)
+        out.flush()
+    bar.close()
+    failed = sum("error" in r for r in rows)
+    refer = sum(r.get("decision") == "refer" for r in rows)
+    summary = (
+        f"{len(rows)} images: {refer} refer, {len(rows) - refer - failed} routine, {failed} failed "
+        f"(threshold {model.threshold:.3f}, model {model.name})"
+    )
+    if ignored:
+        summary += f"; {ignored} non-image files in folders ignored"
+    print(summary, file=note)
+    if csv_path:
+        _write_csv(csv_path, rows)
+    return failed
+
+
+def _camera_line(event: dict[str, Any]) -> str:
+    kind = event["event"]
+    head = f"{event.get('t_s', 0):7.2f}s {event.get('frame', ''):>7}  "
+    if kind == "decision":
+        decision = event["decision"].upper() if event["decision"] == "refer" else event["decision"]
+        saved = f"  saved {event['frame_file']}" if "frame_file" in event else ""
+        return f"{head}{decision:<8} P(mal)={event['prob']:.3f} ({event['votes']}) {event['label']}{saved}"
+    if kind == "quality":
+        return f"{head}{event['reason']}"
+    if kind == "reconnect":
+        return (
+            f"{head}source unavailable ({event['error']}); retry {event['attempt']}/"
+            f"{event['of']} in {event['wait_s']:g} s"
+        )
+    return f"{head}{kind}: {event.get('error', '')}"
+
+
+def _stop_on_sigterm() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
+    """Live session on --camera/--picamera; prints events and a summary; 1 if it ended by a fault."""
+    from dermedge.edge import camera
+
+    size = (opts["width"], opts["height"], opts["fps"])
+    source: camera.FrameSource = (
+        camera.PiCameraSource(*size)
+        if opts["picamera"]
+        else camera.OpenCVSource(opts["camera"], *size)
+    )
+    saver = camera.Saver(opts["save"]) if opts["save"] else None
+    preview = camera.Preview() if opts["preview"] else None
+    options = camera.SessionOptions(
+        smooth=opts["smooth"],
+        max_frames=opts["max_frames"],
+        duration=opts["duration"],
+        reconnect=opts["reconnect"],
+    )
+    note = sys.stderr if as_json else sys.stdout
+    print(DISCLAIMER, file=note, flush=True)
+
+    def emit(event: dict[str, Any]) -> None:
+        print(json.dumps(event) if as_json else _camera_line(event), flush=True)
+
+    _stop_on_sigterm()
+    try:
+        summary = camera.Session(model, source, options, emit, saver, preview).run()
+    except camera.SourceError as e:
+        raise Fatal(str(e)) from e
+    print(json.dumps(summary.to_dict()) if as_json else summary.text(), flush=True)
+    return 1 if summary.fault else 0
+
+
+def serve_model(model: str, opts: dict[str, Any]) -> None:
+    """Hand over to the web server (dermedge.edge.serve), when it exists."""
+    try:
+        from dermedge.edge.serve import serve
+    except ModuleNotFoundError as e:
+        if e.name != "dermedge.edge.serve":
+            raise
+        raise Fatal("--serve is not built yet (dermedge.edge.serve is missing)") from e
+    keys = ("host", "port", "tls_cert", "tls_key", "self_signed")
+    serve(str(resolve_model(model)), **{k: opts[k] for k in keys})
+
+
+def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("use N/M, e.g. 3/5") from None
+    if not (0 < n <= m and 2 * n > m):
+        raise click.BadParameter("need 0 < N <= M and N more than half of M, e.g. 3/5")
+    return n, m
+
+
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    try:
+        runtime = load_runtime().name
+    except EdgeError as e:
+        runtime = f"none ({e})"
+    click.echo(f"edge-classify (dermedge {__version__}), runtime {runtime}")
+    ctx.exit()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "-m",
+    "--model",
+    default="default",
+    show_default=True,
+    help="A .tflite file, or a bundled model name (default, tiny).",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 64), help="Interpreter threads [CPU cores, max 4]."
+)
+@click.option(
+    "--delegate", metavar="PATH", help="External delegate library (e.g. libedgetpu.so.1)."
+)
+@click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate.")
+@click.option(
+    "--threshold", type=click.FloatRange(0, 1), help="Refer at/above this P(malignant) [card]."
+)
+@click.option("--size", type=click.IntRange(16, 2048), help="Input size override [card].")
+@click.option("--crop", type=click.Choice(CROPS), help="Crop override [card].")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout.")
+@click.option("--csv", "csv_path", metavar="FILE", help="Also write the image results as CSV.")
+@click.option(
+    "--camera", metavar="SRC", help="Camera index, /dev/videoN, video file or stream URL."
+)
+@click.option("--picamera", is_flag=True, help="Raspberry Pi camera via picamera2.")
+@click.option("--width", type=int, help="Requested camera frame width.")
+@click.option("--height", type=int, help="Requested camera frame height.")
+@click.option("--fps", type=float, help="Requested camera frame rate.")
+@click.option(
+    "--smooth",
+    default="3/5",
+    show_default=True,
+    callback=_smooth,
+    help="Decide when N of the last M good frames agree.",
+)
+@click.option(
+    "--preview", is_flag=True, help="Show a preview window (needs a display and GUI OpenCV)."
+)
+@click.option("--save", metavar="DIR", help="Save frame, crop and record of each decision here.")
+@click.option(
+    "--reconnect",
+    type=click.IntRange(0),
+    default=0,
+    is_flag=False,
+    flag_value=5,
+    help="Retry a camera that fails or drops, with backoff (N attempts, bare: 5).",
+)
+@click.option("--max-frames", type=click.IntRange(1), help="Stop after this many frames.")
+@click.option(
+    "--duration", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds."
+)
+@click.option("--serve", is_flag=True, help="Serve the model to phones/browsers on the network.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="--serve address.")
+@click.option("--port", type=int, default=8000, show_default=True, help="--serve port.")
+@click.option("--tls-cert", metavar="PEM", help="--serve TLS certificate.")
+@click.option("--tls-key", metavar="PEM", help="--serve TLS key.")
+@click.option(
+    "--self-signed", is_flag=True, help="--serve with a generated self-signed certificate."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Print model and runtime details.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version and the TFLite runtime, then exit.",
+)
+def main(inputs: tuple[str, ...], **opts: Any) -> None:
+    """Classify skin-lesion photos (files, folders, globs) or a live camera with a dermedge model.
+
+    A screening aid, never a diagnosis. Exit code 1 if any input failed or the camera session
+    ended by a fault, 2 if it could not run at all.
+    """
+    if opts["serve"]:
+        serve_model(opts["model"], opts)
+        return
+    live = opts["camera"] is not None or opts["picamera"]
+    if live and inputs:
+        raise click.UsageError("give either images/folders or --camera/--picamera, not both")
+    if not live and not inputs:
+        raise click.UsageError("give images, folders or globs, --camera SRC, --picamera or --serve")
+    if opts["csv_path"]:
+        _check_csv_target(opts["csv_path"])
+    model = load_model(
+        opts["model"],
+        opts["threads"],
+        opts["delegate"],
+        opts["threshold"],
+        opts["size"],
+        opts["crop"],
+        not opts["no_xnnpack"],
+    )
+    if opts["verbose"]:
+        click.echo(
+            f"model {model.path} ({model.name}, {model.input_dtype} input, {model.contract.size}px "
+            f"{model.contract.crop}, threshold {model.threshold:.3f}); runtime {model.runtime}, "
+            f"{model.threads} threads",
+            err=True,
+        )
+    try:
+        failed = (
+            run_camera(model, opts, opts["as_json"])
+            if live
+            else classify_images(model, inputs, opts["as_json"], opts["csv_path"])
+        )
+    except EdgeError as e:
+        raise Fatal(str(e)) from e
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
