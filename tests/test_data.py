@@ -192,3 +192,23 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "no labelled images" in r.output
     r = CliRunner().invoke(main, ["data", "split", str(tmp_path), "--mode", "given"])
     assert r.exit_code == 1
+
+
+def test_extend_adds_ham_to_train_only_without_leakage(isic_linked, ham_dir, tmp_path):
+    base_dir = tmp_path / "base"
+    write_manifest(make_split(isic_linked, seed=0), isic_linked, base_dir)
+    out = tmp_path / "ext"
+    r = CliRunner().invoke(
+        main, ["data", "split", str(ham_dir), "--extend", str(base_dir), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    base, ext = read_manifest(base_dir), read_manifest(out)
+    held = lambda recs: sorted((x.path, x.split) for x in recs if x.split != "train")  # noqa: E731
+    assert held(ext) == held(base)  # val and test untouched
+    assert sum(x.split == "train" for x in ext) > 5000
+    assert all(len(s) == 1 for s in _groups_per_split(ext).values())
+    reasons = Counter(
+        d["reason"] for d in json.loads((out / "manifest.json").read_text())["dropped"]
+    )
+    assert reasons["same lesion as a base val/test image"] > 100
+    assert reasons["same photo already in the base manifest"] > 1000

@@ -11,7 +11,8 @@ import click
 from dermedge.data.analysis import Analysis, analyse, summary
 from dermedge.data.index import read_dataset
 from dermedge.data.io import atomic_write_text
-from dermedge.data.split import MODES, make_split, write_manifest
+from dermedge.data.manifest import ManifestError, read_manifest
+from dermedge.data.split import MODES, extend_split, make_split, write_manifest
 from dermedge.runs import format_table, new_run_dir
 
 
@@ -99,17 +100,26 @@ def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
     type=click.Path(file_okay=False),
     help="Borrow lesion ids from this dataset through near-identical photos.",
 )
+@click.option(
+    "--extend",
+    type=click.Path(file_okay=False),
+    help="Add ROOT's images to this manifest's train split only (val/test unchanged, their lesions excluded).",
+)
 @click.option("--name", help="Run name under runs/data/ (default exp, exp2, ...).")
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead."
 )
 def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: str | None,
-              name: str | None, out: str | None) -> None:  # fmt: skip
+              extend: str | None, name: str | None, out: str | None) -> None:  # fmt: skip
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
     analysis = _load(root, link)
     try:
-        split = make_split(analysis, mode=mode, val=val, test=test, seed=seed)
-    except ValueError as e:
+        if extend:
+            split, analysis = extend_split(read_manifest(extend), analysis)
+            mode = "extend"
+        else:
+            split = make_split(analysis, mode=mode, val=val, test=test, seed=seed)
+    except (ValueError, ManifestError) as e:
         raise click.ClickException(str(e)) from e
     out_dir = Path(out) if out else new_run_dir("data", name, exist_ok=True)
     csv_path = write_manifest(split, analysis, out_dir)

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dermedge.data.analysis import Analysis, leakage
-from dermedge.data.index import Record
+from dermedge.data.dedup import hash_files, near_duplicates
+from dermedge.data.index import Index, Record
 from dermedge.data.io import atomic_write_text
 
 MODES = ("resplit", "given", "given-purged")
@@ -115,6 +117,51 @@ def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, tes
         _assign_groups(sorted(pool.items()), {"val": share}, rng)
         fractions = {"train": 1 - share, "val": share, "test": "given"}  # type: ignore[dict-item]
     return Split(records, mode, seed, fractions, dropped)
+
+
+def extend_split(base: list[Record], extra: Analysis) -> tuple[Split, Analysis]:
+    """Add a second dataset to a manifest's *training* split only, leakage-free.
+
+    Val and test stay exactly as they were (so models trained with and without the extra data
+    are compared on the same images). An extra image joins train unless its lesion (own group,
+    or a near-identical photo) is in the base val/test, or it is a photo already in the base.
+    """
+    base_hashes, bad = hash_files([r.path for r in base], desc="hashing base manifest")
+    if bad:
+        raise ValueError(
+            f"{len(bad)} images of the base manifest are unreadable, e.g. {next(iter(bad))}"
+        )
+    extras = list(extra.records)
+    pairs = near_duplicates(
+        [extra.hashes[r.path] for r in extras], [base_hashes[r.path] for r in base]
+    )
+    base_sha = {base_hashes[r.path].sha256 for r in base}
+    split_of_group: dict[str, set[str]] = defaultdict(set)
+    twin: dict[str, Record] = {}
+    for i, j, _ in pairs:
+        split_of_group[extras[i].group or extras[i].path].add(base[j].split or "train")
+        twin[extras[i].path] = base[j]
+    records = [Record(r.path, r.label, r.source, r.group, r.split, r.dx) for r in base]
+    dropped: list[dict[str, str]] = []
+    conflicted = {p for paths in extra.label_conflicts for p in paths}
+    for r in sorted(extras, key=lambda r: r.path):
+        splits = split_of_group.get(r.group or r.path, set())
+        if r.path in conflicted:
+            dropped.append({"path": r.path, "reason": "lesion has photos with both labels"})
+        elif splits & {"val", "test"}:
+            dropped.append({"path": r.path, "reason": "same lesion as a base val/test image"})
+        elif r.path in twin and twin[r.path].label != r.label:
+            dropped.append({"path": r.path, "reason": "label differs from the base's photo"})
+        elif r.path in twin or extra.hashes[r.path].sha256 in base_sha:
+            dropped.append({"path": r.path, "reason": "same photo already in the base manifest"})
+        else:
+            group = f"{extra.index.layout}:{r.group}" if r.group and ":" not in r.group else r.group
+            records.append(Record(r.path, r.label, r.source, group, "train", r.dx))
+    roots = [Path(os.path.commonpath([r.path for r in base])), Path(extra.index.root)]
+    combined = Analysis(Index(os.path.commonpath([str(p) for p in roots]), "combined"), records,
+                        {**base_hashes, **extra.hashes}, link_source=extra.index.root)  # fmt: skip
+    return Split(records, "extend", 0, {"train": "base+extra", "val": "base", "test": "base"},
+                 dropped), combined  # type: ignore[dict-item]  # fmt: skip
 
 
 def _relative(path: str, root: Path) -> str:
