@@ -35,7 +35,7 @@ class Split:
     records: list[Record]
     mode: str
     seed: int
-    fractions: dict[str, float]
+    fractions: dict[str, float | str]
     dropped: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -98,7 +98,7 @@ def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, tes
         groups[r.group or r.path].append(r)
     if mode == "resplit":
         _assign_groups(sorted(groups.items()), {"test": test, "val": val}, rng)
-        fractions = {"train": 1 - val - test, "val": val, "test": test}
+        fractions: dict[str, float | str] = {"train": 1 - val - test, "val": val, "test": test}
     else:
         test_groups = {g for g, m in groups.items() if any(r.split == "test" for r in m)}
         if mode == "given-purged":
@@ -115,7 +115,7 @@ def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, tes
                 pool[r.group or r.path].append(r)
         share = val / max(1e-9, 1 - test)
         _assign_groups(sorted(pool.items()), {"val": share}, rng)
-        fractions = {"train": 1 - share, "val": share, "test": "given"}  # type: ignore[dict-item]
+        fractions = {"train": 1 - share, "val": share, "test": "given"}
     return Split(records, mode, seed, fractions, dropped)
 
 
@@ -161,7 +161,7 @@ def extend_split(base: list[Record], extra: Analysis) -> tuple[Split, Analysis]:
     combined = Analysis(Index(os.path.commonpath([str(p) for p in roots]), "combined"), records,
                         {**base_hashes, **extra.hashes}, link_source=extra.index.root)  # fmt: skip
     return Split(records, "extend", 0, {"train": "base+extra", "val": "base", "test": "base"},
-                 dropped), combined  # type: ignore[dict-item]  # fmt: skip
+                 dropped), combined  # fmt: skip
 
 
 def _relative(path: str, root: Path) -> str:
