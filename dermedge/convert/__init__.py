@@ -1,0 +1,36 @@
+"""Keras model -> TFLite variants (fp32, fp16, dynamic, int8) behind an accuracy gate.
+
+`dermedge convert RUN` exports the trained Keras model once (``keras.Model.export`` to a
+SavedModel, then ``tf.lite.TFLiteConverter.from_saved_model``), makes each requested variant,
+embeds the model card in every ``.tflite`` and evaluates each one on the run's test split through
+``dermedge.edge.runtime.EdgeModel`` - the code that runs on the device - against the Keras model
+on the same pixels. A variant outside the tolerances is kept under ``rejected/`` only.
+
+Import-light on purpose: TensorFlow is imported only when a conversion runs, never for
+``dermedge convert --inspect``.
+"""
+
+from __future__ import annotations
+
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+FILE_NAMES = {v: f"model_{v}.tflite" for v in VARIANTS}
+REJECTED_DIR = "rejected"
+
+
+class ConvertError(Exception):
+    """Bad input or a conversion that cannot go on; the message is one line saying what to do."""
+
+
+def parse_quant(spec: str) -> list[str]:
+    """`"fp32,int8"` or `"all"` -> the variants in canonical order; ConvertError on a typo."""
+    items = [s.strip().lower() for s in spec.replace(" ", ",").split(",") if s.strip()]
+    if not items:
+        raise ConvertError("--quant is empty; pick from fp32, fp16, dynamic, int8 or all")
+    if "all" in items:
+        return list(VARIANTS)
+    unknown = [s for s in items if s not in VARIANTS]
+    if unknown:
+        raise ConvertError(
+            f"unknown --quant {', '.join(unknown)}; pick from {', '.join(VARIANTS)} or all"
+        )
+    return [v for v in VARIANTS if v in items]

@@ -1,0 +1,166 @@
+"""`dermedge convert`: TFLite variants behind an accuracy gate, and `--inspect` for any .tflite."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dermedge.convert import VARIANTS, ConvertError, parse_quant
+
+EXIT_GATE_FAILED = 3
+
+
+@click.command("convert")
+@click.argument("run_or_model", required=False, metavar="RUN_OR_MODEL")
+@click.option(
+    "--quant",
+    default="all",
+    show_default=True,
+    help=f"Variants, comma-separated: {', '.join(VARIANTS)} or all.",
+)
+@click.option(
+    "--io",
+    "io_type",
+    type=click.Choice(["uint8", "int8"]),
+    default="uint8",
+    show_default=True,
+    help="int8 variant's input/output type.",
+)
+@click.option(
+    "--calib-images",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Calibration images for int8, a stratified sample of the TRAINING split.",
+)
+@click.option(
+    "--max-auc-drop",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Gate: allowed ROC AUC drop vs Keras.",
+)
+@click.option(
+    "--max-acc-drop",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Gate: allowed accuracy drop (0.01 = 1 point).",
+)
+@click.option(
+    "--max-sens-drop",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Gate: allowed sensitivity drop.",
+)
+@click.option(
+    "--min-agreement",
+    default=0.98,
+    show_default=True,
+    type=float,
+    help="Gate: minimum share of refer/routine decisions equal to Keras'.",
+)
+@click.option(
+    "--allow-float-fallback",
+    is_flag=True,
+    help="Let int8 keep ops without an int8 kernel in float.",
+)
+@click.option(
+    "--data", type=click.Path(), help="Split manifest (CSV or folder) instead of the run's own."
+)
+@click.option(
+    "--card",
+    type=click.Path(dir_okay=False),
+    help="Model card JSON instead of the run's model_card.json.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Output folder (default runs/convert/<run name>).",
+)
+@click.option("--threads", type=click.IntRange(1), help="Edge runtime threads for the gate.")
+@click.option("--seed", default=0, show_default=True, help="Calibration sample seed.")
+@click.option(
+    "--inspect",
+    "inspect_path",
+    type=click.Path(),
+    metavar="FILE.tflite",
+    help="Print what a .tflite holds (I/O, quantization, ops, size, card) and exit.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --inspect: print JSON.")
+def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
+            max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
+            allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
+            threads: int | None, seed: int, inspect_path: str | None, as_json: bool) -> None:  # fmt: skip
+    """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
+
+    \b
+    Every variant is evaluated on the run's test split through the edge runtime and compared
+    with the Keras model; a variant outside the tolerances is kept only under rejected/.
+    The model card (contract, threshold, gate metrics...) is embedded in each .tflite.
+    Exit status: 0 all passed, 1 bad input or error, 3 the gate rejected a variant.
+
+    \b
+    dermedge convert runs/train/lite0-isic --quant all
+    dermedge convert --inspect runs/convert/lite0-isic/model_int8.tflite
+    """
+    try:
+        if inspect_path:
+            _inspect(inspect_path, as_json)
+            return
+        if not run_or_model:
+            raise ConvertError(
+                "give a training run folder or a .keras model (or --inspect FILE.tflite)"
+            )
+        _convert(run_or_model, quant, io_type, calib_images, max_auc_drop, max_acc_drop,
+                 max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed)  # fmt: skip
+    except ConvertError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; nothing was written") from None
+
+
+def _inspect(path: str, as_json: bool) -> None:
+    from dermedge.convert.inspect import format_inspect, inspect_file
+
+    info = inspect_file(path)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspect(info))
+
+
+def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop: float,
+             max_acc_drop: float, max_sens_drop: float, min_agreement: float,
+             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
+             threads: int | None, seed: int) -> None:  # fmt: skip
+    from dermedge import DISCLAIMER
+    from dermedge.convert import gate, pipeline
+
+    try:
+        tol = gate.Tolerances(max_auc_drop, max_acc_drop, max_sens_drop, min_agreement)
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    opts = pipeline.Options(quant=parse_quant(quant), io=io_type, calib_images=calib_images,
+                            tolerances=tol, allow_float_fallback=allow_float_fallback, data=data,
+                            card=card, out=out, threads=threads, seed=seed)  # fmt: skip
+    res = pipeline.run(arg, opts)
+    click.echo(res.markdown)
+    click.echo(
+        f"written to {res.out_dir}/ (report.md, report.json"
+        + (", rejected/" if (res.out_dir / "rejected").is_dir() else "")
+        + ")"
+    )
+    click.echo(DISCLAIMER)
+    if not res.passed:
+        contract = res.report.get("contract_failures", [])
+        for f in contract:
+            click.echo(f"GATE FAILED (every variant): {f}", err=True)
+        if contract:
+            click.echo(f"  try: {gate.advice('', contract)}", err=True)
+        for r in res.rows:
+            own = [f for f in r.get("failures", []) if f not in contract]
+            for f in own:
+                click.echo(f"GATE FAILED {r['variant']}: {f}", err=True)
+            if own and r.get("advice"):
+                click.echo(f"  try: {r['advice']}", err=True)
+        click.get_current_context().exit(EXIT_GATE_FAILED)
