@@ -65,14 +65,15 @@ def _reason(q: dict[str, float], gate: Gate) -> str | None:
 
 
 def analysis_image(rgb: np.ndarray) -> np.ndarray:
-    """The crop at ANALYSIS x ANALYSIS (Gaussian pyramid, then bilinear): the measures' input."""
-    while min(rgb.shape[:2]) >= 2 * ANALYSIS:
-        rgb = cv2.pyrDown(rgb)
-    return cv2.resize(rgb, (ANALYSIS, ANALYSIS), interpolation=cv2.INTER_LINEAR)
+    """An RGB crop resized (area-averaged) to ANALYSIS x ANALYSIS, the measures' input."""
+    if rgb.shape[:2] == (ANALYSIS, ANALYSIS):
+        return rgb
+    return cv2.resize(rgb, (ANALYSIS, ANALYSIS), interpolation=cv2.INTER_AREA)
 
 
-def measure(small: np.ndarray, gate: Gate | None = None) -> Quality:
-    """Measure an `analysis_image` and gate it."""
+def measure(rgb: np.ndarray, gate: Gate | None = None) -> Quality:
+    """Measure an RGB uint8 crop (any size) and gate it."""
+    small = analysis_image(rgb)
     luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     field = luma > DARK
     inner = cv2.erode(field.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
@@ -91,9 +92,9 @@ def measure(small: np.ndarray, gate: Gate | None = None) -> Quality:
     return Quality(reason=_reason(q, gate or Gate()), **q)
 
 
-def signature(small: np.ndarray) -> np.ndarray:
-    """A tiny blurred colour thumbnail of an `analysis_image`, to tell one scene from another."""
-    thumb = cv2.resize(small, (SIGNATURE, SIGNATURE), interpolation=cv2.INTER_AREA)
+def signature(rgb: np.ndarray) -> np.ndarray:
+    """A tiny blurred colour thumbnail of an RGB crop, to tell one scene from another."""
+    thumb = cv2.resize(analysis_image(rgb), (SIGNATURE, SIGNATURE), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(thumb, (3, 3), 0).astype(np.float32)
 
 

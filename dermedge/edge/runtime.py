@@ -28,7 +28,7 @@ from dermedge.edge.card import read_card
 RUNTIMES = {
     "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
     "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
-    "tensorflow": ("tensorflow.lite", "tensorflow"),
+    "tensorflow": ("tensorflow", "tensorflow"),  # its tf.lite
 }
 RUNTIME_ENV = "DERMEDGE_EDGE_RUNTIME"  # force one of RUNTIMES (tests, debugging)
 
@@ -60,11 +60,12 @@ def _load(key: str) -> Runtime:
     module_name, dist = RUNTIMES[key]
     module = importlib.import_module(module_name)
     if key == "tensorflow":
+        lite = module.lite
         return Runtime(
             f"tensorflow {_version(dist, module)} (tf.lite)",
-            module.Interpreter,
-            module.experimental.load_delegate,
-            getattr(module.experimental, "OpResolverType", None),
+            lite.Interpreter,
+            lite.experimental.load_delegate,
+            getattr(lite.experimental, "OpResolverType", None),
         )
     return Runtime(
         f"{dist} {_version(dist, module)}",

@@ -1,0 +1,165 @@
+"""The model card inside .tflite files: read, embed, inspect, without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+import pytest
+
+from dermedge import CLASSES
+from dermedge.data.contract import InputContract
+from dermedge.edge.card import CARD_NAME, embed_card, inspect_model, read_card, read_metadata
+from dermedge.edge.runtime import EdgeModel
+
+ASSETS = Path(__file__).parent / "assets"
+FP32, INT8, INT8IO, NOCARD = (
+    ASSETS / f"{n}.tflite"
+    for n in ("tiny_fp32", "tiny_int8", "tiny_int8_int8io", "tiny_fp32_nocard")
+)
+
+
+def test_assets_carry_cards_per_the_interface() -> None:
+    for path, quantization in ((FP32, "fp32"), (INT8, "int8"), (INT8IO, "int8")):
+        card = read_card(path)
+        assert card is not None
+        assert card["schema"] == "dermedge.card/1"
+        assert card["classes"] == list(CLASSES) and card["positive_class"] == "malignant"
+        assert card["quantization"] == quantization
+        assert 0 < card["threshold"] < 1
+        assert InputContract.from_dict(card["input"]).size == 64
+        assert read_card(path.read_bytes()) == card  # bytes and path agree
+    assert read_card(NOCARD) is None
+    assert "min_runtime_version" in read_metadata(NOCARD)
+
+
+def test_embed_then_read_back_and_model_unchanged(tmp_path: Path) -> None:
+    card = {"schema": "dermedge.card/1", "name": "ünïcode ✓", "threshold": 0.25, "x": [1, 2.5]}
+    out = tmp_path / "m.tflite"
+    out.write_bytes(embed_card(NOCARD.read_bytes(), card))
+    assert read_card(out) == card
+    before = read_metadata(NOCARD)
+    after = read_metadata(out)
+    assert {k: v for k, v in after.items() if k != CARD_NAME} == before  # others kept byte for byte
+    # The interpreter (which verifies the flatbuffer) runs it and gets the same numbers.
+    contract = InputContract(size=64, crop="squash")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    original = EdgeModel(NOCARD, contract=contract, threshold=0.5).predict(pixels)
+    embedded = EdgeModel(out, contract=contract, threshold=0.5).predict(pixels)
+    np.testing.assert_array_equal(original, embedded)
+
+
+def test_reembedding_replaces_the_card() -> None:
+    first = embed_card(FP32.read_bytes(), {"v": 1})
+    second = embed_card(first, {"v": 2, "pad": "x" * 1000})
+    assert read_card(first) == {"v": 1} and read_card(second) == {"v": 2, "pad": "x" * 1000}
+    names = list(read_metadata(second))
+    assert names.count(CARD_NAME) == 1 and "CONVERSION_METADATA" in names
+    assert len(second) - len(FP32.read_bytes()) < 4000  # no runaway growth
+
+
+def test_structure_matches_the_official_schema_reader() -> None:
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    embedded = embed_card(INT8.read_bytes(), {"v": 3})
+    old = schema.ModelT.InitFromPackedBuf(INT8.read_bytes(), 0)
+    new = schema.ModelT.InitFromPackedBuf(embedded, 0)
+    assert len(new.subgraphs[0].operators) == len(old.subgraphs[0].operators)
+    assert len(new.buffers) == len(old.buffers)  # the old card's buffer slot was reused
+    meta = {m.name.decode(): m.buffer for m in new.metadata}
+    data = bytes(new.buffers[meta[CARD_NAME]].data.astype(np.uint8))
+    assert json.loads(data) == {"v": 3}
+
+
+def _large_style_model(card: bytes, other: bytes) -> bytes:
+    """A hand-built TFLite flatbuffer whose buffers live after it (offset/size, as >2 GB models)."""
+    placeholders = (0x1111111111111111, 0x2222222222222222)
+    b = flatbuffers.Builder(256)
+    b.StartObject(3)
+    empty = b.EndObject()
+    outside = []
+    for mark, data in zip(placeholders, (other, card), strict=True):
+        b.StartObject(3)
+        b.PrependUint64Slot(1, mark, 0)
+        b.PrependUint64Slot(2, len(data), 0)
+        outside.append(b.EndObject())
+    b.StartVector(4, 3, 4)
+    for table in reversed([empty, *outside]):
+        b.PrependUOffsetTRelative(table)
+    buffers = b.EndVector()
+    metas = []
+    for name, index in (("other", 1), (CARD_NAME, 2)):
+        s = b.CreateString(name)
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(0, s, 0)
+        b.PrependUint32Slot(1, index, 0)
+        metas.append(b.EndObject())
+    b.StartVector(4, 2, 4)
+    for table in reversed(metas):
+        b.PrependUOffsetTRelative(table)
+    metadata = b.EndVector()
+    b.StartObject(8)
+    b.PrependUint32Slot(0, 3, 0)
+    b.PrependUOffsetTRelativeSlot(4, buffers, 0)
+    b.PrependUOffsetTRelativeSlot(6, metadata, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    fb = bytes(b.Output())
+    fb += bytes(-len(fb) % 16)
+    blob = other + bytes(-len(other) % 16) + card
+    for mark, offset in zip(
+        placeholders, (len(fb), len(fb) + len(other) + (-len(other) % 16)), strict=True
+    ):
+        fb = fb.replace(struct.pack("<Q", mark), struct.pack("<Q", offset))
+    return fb + blob
+
+
+def test_buffers_outside_the_flatbuffer() -> None:
+    model = _large_style_model(json.dumps({"v": 1}).encode(), b"weights" * 10)
+    assert read_card(model) == {"v": 1}
+    assert read_metadata(model)["other"] == b"weights" * 10
+    embedded = embed_card(model, {"v": 2})
+    assert read_card(embedded) == {"v": 2}
+    assert read_metadata(embedded)["other"] == b"weights" * 10  # absolute offsets were moved
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"not a model at all, just text", "no TFL3"),
+        (None, "corrupt"),  # a real model cut short
+    ],
+)
+def test_bad_files_raise_value_error(tmp_path: Path, data: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(INT8.read_bytes()[:400] if data is None else data)
+    with pytest.raises(ValueError, match=message):
+        read_card(path)
+
+
+def test_embed_rejects_what_is_not_json() -> None:
+    with pytest.raises(ValueError):
+        embed_card(FP32.read_bytes(), {"metric": float("nan")})
+    with pytest.raises(TypeError):
+        embed_card(FP32.read_bytes(), ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_inspect_model() -> None:
+    info = inspect_model(INT8)
+    (inp,) = info["inputs"]
+    (out,) = info["outputs"]
+    assert inp["dtype"] == "uint8" and inp["shape"] == [1, 64, 64, 3]
+    assert inp["shape_signature"] == [-1, 64, 64, 3]
+    assert inp["quantization"]["scale"][0] > 0 and out["dtype"] == "uint8"
+    assert info["num_ops"] == sum(info["ops"].values()) >= 4
+    assert info["size_bytes"] == INT8.stat().st_size
+    assert info["card"]["name"] == "tiny-int8" and CARD_NAME in info["metadata"]
+    fp32 = inspect_model(FP32)
+    assert fp32["inputs"][0]["dtype"] == "float32" and fp32["inputs"][0]["quantization"] is None
+    try:
+        import ai_edge_litert.schema_py_generated  # noqa: F401
+    except ImportError:
+        return  # op names need LiteRT's schema; codes otherwise
+    assert info["ops"]["CONV_2D"] == 2

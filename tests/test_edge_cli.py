@@ -1,0 +1,175 @@
+"""edge-classify on still images: table, JSON lines, CSV, bad files, flags and their errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dermedge import DISCLAIMER
+from dermedge.edge.cli import main
+
+ASSETS = Path(__file__).parent / "assets"
+INT8 = str(ASSETS / "tiny_int8.tflite")
+NOCARD = str(ASSETS / "tiny_fp32_nocard.tflite")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def folder(isic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four real photos and the usual field mess: corrupt, empty, truncated, not images."""
+    d = tmp_path_factory.mktemp("photos")
+    sources = (
+        sorted(isic_dir.glob("test/benign/*.jpg"))[:2]
+        + sorted(isic_dir.glob("test/malignant/*.jpg"))[:2]
+    )
+    for i, src in enumerate(sources):
+        shutil.copy(src, d / f"{i}_{src.parent.name}.JPG")
+    data = sources[0].read_bytes()
+    (d / "sub").mkdir()
+    (d / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (d / "notes.jpeg").write_text("this is not a photo")
+    (d / "readme.txt").write_text("ignored: no image extension")
+    (d / ".hidden.jpg").write_bytes(b"")
+    return d
+
+
+def test_table_reports_every_file_and_fails_with_exit_1(folder: Path) -> None:
+    code, out, _ = run("-m", INT8, str(folder))
+    assert code == 1
+    assert out.count(DISCLAIMER) == 1
+    lines = out.splitlines()
+    ok = [line for line in lines if line.startswith(("REFER", "routine"))]
+    failed = dict(
+        line.split(None, 3)[3].split(": ", 1) for line in lines if line.startswith("FAILED")
+    )
+    assert len(ok) == 4
+    assert len(failed) == 4 and not any("hidden" in line for line in lines)
+    assert "empty file (0 bytes)" in failed[str(folder / "empty.jpg")]
+    assert "truncated" in failed[str(folder / "sub" / "truncated.jpg")]
+    assert "not an image" in failed[str(folder / "notes.jpeg")]
+    assert (
+        "corrupt" in failed[str(folder / "corrupt.png")]
+        or "not an image" in failed[str(folder / "corrupt.png")]
+    )
+    assert (
+        "8 images: " in out and "4 failed" in out and "1 non-image files in folders ignored" in out
+    )
+
+
+def test_all_good_exit_0_and_globs(folder: Path) -> None:
+    code, out, _ = run("-m", INT8, str(folder / "*_benign.JPG"), str(folder / "*_malignant.JPG"))
+    assert code == 0, out
+    assert "4 images:" in out and "0 failed" in out
+    code, out, _ = run("-m", INT8, str(folder / "nothing-*.jpg"))
+    assert code == 1 and "no files match" in out
+
+
+def test_json_lines(folder: Path) -> None:
+    code, out, err = run("-m", INT8, "--json", str(folder))
+    assert code == 1
+    rows = [json.loads(line) for line in out.splitlines()]  # stdout is pure JSON lines
+    assert len(rows) == 8
+    good = [r for r in rows if "error" not in r]
+    assert all(set(r) == {"file", "prob", "label", "decision", "threshold"} for r in good)
+    assert all(
+        r["decision"] == ("refer" if r["prob"] >= r["threshold"] else "routine") for r in good
+    )
+    assert DISCLAIMER in err
+
+
+def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
+    target = tmp_path / "results.csv"
+    code, _, _ = run("-m", INT8, "--csv", str(target), str(folder))
+    assert code == 1
+    with open(target, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and rows[0].keys() == {
+        "file",
+        "prob",
+        "label",
+        "decision",
+        "threshold",
+        "error",
+    }
+    assert sum(bool(r["error"]) for r in rows) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left behind
+    code, _, err = run("-m", INT8, "--csv", str(tmp_path / "no" / "dir" / "x.csv"), str(folder))
+    assert code == 2 and "cannot write --csv" in err
+
+
+def test_flags_override_the_card(folder: Path) -> None:
+    images = str(folder / "*.JPG")
+    _, out, _ = run("-m", INT8, "--threshold", "0", images)
+    assert "4 refer, 0 routine" in out
+    _, out, _ = run("-m", INT8, "--threshold", "1", images)
+    assert "0 refer, 4 routine" in out
+    code, out, _ = run("-m", INT8, "--crop", "center", images)
+    assert code == 0
+    code, _, err = run("-m", INT8, "--size", "96", images)
+    assert code == 2 and "does not match the model input 64x64" in err
+
+
+def test_model_without_card(folder: Path) -> None:
+    code, _, err = run("-m", NOCARD, str(folder / "0_benign.JPG"))
+    assert code == 2 and "--crop" in err and "--threshold" in err
+    code, out, _ = run(
+        "-m", NOCARD, "--crop", "squash", "--threshold", "0.5", str(folder / "0_benign.JPG")
+    )
+    assert code == 0 and "1 images:" in out
+
+
+def test_model_errors(folder: Path, tmp_path: Path) -> None:
+    code, _, err = run(str(folder / "0_benign.JPG"))  # no --model and nothing bundled (yet)
+    if code == 2:
+        assert "--model PATH" in err
+    code, _, err = run("-m", str(tmp_path / "missing.tflite"), str(folder))
+    assert code == 2 and "model file not found" in err
+    code, _, err = run("-m", INT8, "--delegate", str(folder / "notes.jpeg"), str(folder))
+    assert code == 2 and "cannot load delegate" in err
+
+
+def test_usage_errors() -> None:
+    code, _, err = run("-m", INT8)
+    assert code == 2 and "give images" in err
+    code, _, err = run("-m", INT8, "--camera", "0", "x.jpg")
+    assert code == 2 and "not both" in err
+    code, _, err = run("-m", INT8, "--camera", "0", "--smooth", "2/5")
+    assert code == 2 and "more than half" in err
+
+
+def test_version_names_the_runtime() -> None:
+    code, out, _ = run("--version")
+    assert code == 0 and "runtime" in out
+    assert any(name in out for name in ("ai-edge-litert", "tflite-runtime", "tensorflow"))
+
+
+def test_installed_entry_point_prints_a_result_fast(folder: Path) -> None:
+    """The real process, as on the device: first result on stdout, no tracebacks."""
+    start = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "dermedge.edge", "-m", INT8, str(folder / "0_benign.JPG"), "-v"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert "0_benign.JPG" in r.stdout and "runtime" in r.stderr
+    assert "INFO:" not in r.stderr  # the runtime's native chatter is filtered
+    assert elapsed < 20  # generous: a loaded CI box; the benchmark measures it properly
