@@ -69,6 +69,7 @@ CONTENT_TYPES = {
 MAX_URL = 2048  # bytes of request target
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
+KEEPALIVE_IDLE_S = 5  # an idle kept-alive connection is closed after this (frees browser sockets)
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 
@@ -286,6 +287,13 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dermedge"
     sys_version = ""
     timeout = REQUEST_TIMEOUT_S
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.connection.settimeout(KEEPALIVE_IDLE_S)
+            self.handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:

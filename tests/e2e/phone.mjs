@@ -19,7 +19,8 @@ const offline = flags.includes('--offline');
 const swap = flags.includes('--swap');
 const exe = process.env.CHROMIUM || '/usr/bin/chromium';
 const userDataDir = mkdtempSync(join(tmpdir(), 'dermedge-chromium-'));
-const log = (...a) => console.error('[phone.mjs]', ...a);
+const started = Date.now();
+const log = (...a) => console.error('[phone.mjs]', `${((Date.now() - started) / 1000).toFixed(1)}s`, ...a);
 
 const args = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -55,11 +56,13 @@ async function waitFrames(page, n, { needOffline = false, notVersion = null, nee
         timeout(Math.max(1000, deadline - Date.now())),
       );
       const s = await page.evaluate(() => JSON.parse(JSON.stringify(window.dermedge)));
+      log(`frames ok: version ${s.version}, ${s.goodFrames} good frames`);
       if (s.error) throw new Error(`page error: ${s.error}`);
       return s;
     } catch (e) {
       // the page reloads itself when a new service worker takes over: wait again
       if (Date.now() < deadline && /context was destroyed|navigat/i.test(String(e.message))) {
+        log('page navigated while waiting; waiting again');
         await page.waitForLoadState('load').catch(() => {});
         continue;
       }
@@ -69,6 +72,7 @@ async function waitFrames(page, n, { needOffline = false, notVersion = null, nee
 }
 
 async function pause(what) {
+  log(`pause ${what}`);
   console.log(`PAUSE ${what}`);
   const rl = createInterface({ input: process.stdin });
   await new Promise((r) => rl.once('line', r));
@@ -101,7 +105,7 @@ let exitCode = 0;
 try {
   const page = context.pages()[0] || (await context.newPage());
   const consoleLines = [];
-  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('console', (m) => { consoleLines.push(`${m.type()}: ${m.text()}`); if (m.text().startsWith('[sw ')) log(m.text()); });
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   const resp = await page.goto(url, { waitUntil: 'load' });
   const headers = resp.headers();

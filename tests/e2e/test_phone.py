@@ -161,6 +161,7 @@ def _run_page(url: str, video: Path, out: Path, srv, on_swap) -> dict[str, dict]
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read() if proc.stderr else ""
+    print(err[-3000:])
     assert rc == 0, f"browser run failed (rc {rc}):\n{err[-4000:]}\nresults: {list(results)}"
     return results
 

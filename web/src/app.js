@@ -9,6 +9,7 @@ import { assess, sceneChange, signature, Smoother } from './quality.js';
 const $ = (id) => document.getElementById(id);
 const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
 const RUNTIME_VERSION = '__LITERT_VERSION__';
+const FRAME_INTERVAL_MS = 100;
 
 // Read-only view of the page state, for people debugging on a phone and for the e2e tests.
 const state = {
@@ -108,36 +109,43 @@ async function fetchOk(url, as) {
   return as === 'json' ? res.json() : new Uint8Array(await res.arrayBuffer());
 }
 
+// Offline use: a service worker (sw.js, stamped with this version) serves the page, runtime and
+// model from its cache when the network is gone. The page always runs the version the server
+// gave it (HTML is network-first, model and card carry ?v=VERSION), so a new model is used on the
+// next online load at once; the worker for the new version installs in the background.
 async function registerServiceWorker() {
   if (!('serviceWorker' in navigator)) {
     $('offline').textContent = '· offline use unavailable in this browser';
     return;
   }
-  let reloading = false;
-  const hadController = !!navigator.serviceWorker.controller;
-  navigator.serviceWorker.addEventListener('controllerchange', () => {
-    // a new model/page version took over: reload once so this tab runs it
-    if (hadController && !reloading) {
-      reloading = true;
-      location.reload();
-    }
-  });
   const reg = await navigator.serviceWorker.register('sw.js', { scope: './' });
-  await navigator.serviceWorker.ready;
-  const sw = reg.active;
-  // keep every same-origin file this page actually loaded (the runtime variant it picked)
+  const t0 = performance.now();
+  const note = (m) => console.info(`[sw ${(performance.now() - t0).toFixed(0)}ms] ${m}`);
+  if (reg.active) reg.update().catch(() => note('update check failed (offline?)'));
+  // keep every same-origin file this page loaded (the runtime variant this browser picked)
   const urls = [...new Set(performance.getEntriesByType('resource')
     .map((e) => e.name)
     .filter((u) => new URL(u).origin === location.origin && !u.endsWith('/sw.js')))];
-  const ok = await new Promise((resolve) => {
-    const ch = new MessageChannel();
-    // ready offline only when the worker that answers caches this page's version
-    ch.port1.onmessage = (e) => resolve(!!(e.data && e.data.ok && e.data.version === VERSION));
-    sw.postMessage({ type: 'cache', urls }, [ch.port2]);
-    setTimeout(() => resolve(false), 60000);
-  });
-  state.offlineReady = !!ok;
-  $('offline').textContent = ok ? '· ready offline' : '· updating offline cache…';
+  const keep = async () => {
+    const ready = await navigator.serviceWorker.ready;
+    const worker = navigator.serviceWorker.controller || ready.active;
+    const reply = await new Promise((resolve) => {
+      const ch = new MessageChannel();
+      const timer = setTimeout(() => resolve({ ok: false, error: 'no answer' }), 60000);
+      ch.port1.onmessage = (e) => {
+        clearTimeout(timer);
+        ch.port1.close();
+        resolve(e.data || {});
+      };
+      worker.postMessage({ type: 'cache', urls: [location.href, ...urls] }, [ch.port2]);
+    });
+    note(`cache ${reply.ok ? 'complete' : `incomplete: ${reply.error}`} (worker ${reply.version})`);
+    state.offlineReady = !!reply.ok;
+    $('offline').textContent = reply.ok ? '· ready offline' : '· offline cache incomplete';
+  };
+  // a new worker (new model version) took over: make sure its cache holds this page's files too
+  navigator.serviceWorker.addEventListener('controllerchange', () => keep().catch(() => {}));
+  await keep();
 }
 
 async function startCamera(video) {
@@ -289,14 +297,15 @@ async function main() {
     $('timing').textContent = `· inference ${med.toFixed(1)} ms/frame`;
   };
 
+  // at most ~10 classifications a second, leaving the main thread idle in between
   const loop = async () => {
+    const t = performance.now();
     try {
       await step();
     } catch (e) {
       fail(`frame failed: ${e.message}`);
     }
-    if ('requestVideoFrameCallback' in video) video.requestVideoFrameCallback(() => loop());
-    else setTimeout(loop, 50);
+    setTimeout(loop, Math.max(10, FRAME_INTERVAL_MS - (performance.now() - t)));
   };
   loop();
 }

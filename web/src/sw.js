@@ -53,7 +53,15 @@ self.addEventListener('message', (event) => {
   event.waitUntil((async () => {
     try {
       const cache = await caches.open(CACHE);
-      for (const u of urls) if (!(await cache.match(u))) await cache.add(new Request(u, { cache: 'no-cache' }));
+      for (const u of urls) {
+        const key = new URL(u, self.location);
+        const isPage = key.pathname === new URL('./', self.location).pathname || key.pathname.endsWith('/index.html');
+        if (isPage) {
+          if (!(await cache.match('./'))) await cache.add('./');
+        } else if (!(await cache.match(u))) {
+          await cache.add(new Request(u, { cache: 'no-cache' }));
+        }
+      }
       const runtime = urls.map((u) => new URL(u, self.location).pathname).filter((p) => p.includes('/litert/'));
       if (runtime.length) await cache.put(RUNTIME_LIST, new Response(JSON.stringify(runtime.map((p) => `.${p}`))));
       reply({ ok: true, version: VERSION });
