@@ -1,12 +1,18 @@
 // Builds the phone page into the Python package (dermedge/edge/web/), so `pip install` and
-// `edge-classify --serve` need no Node at run time.  Usage: npm ci && npm run build
+// `edge-classify --serve` need no Node at run time.
+//   npm ci && npm run build          build into dermedge/edge/web/
+//   node build.mjs --check           build into a temp dir and fail if the committed build differs
 import { build } from 'esbuild';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 
 const here = import.meta.dirname;
-const out = resolve(here, '..', 'dermedge', 'edge', 'web');
+const committed = resolve(here, '..', 'dermedge', 'edge', 'web');
+const check = process.argv.includes('--check');
+const out = check ? mkdtempSync(join(tmpdir(), 'dermedge-web-')) : committed;
 const src = join(here, 'src');
 const litertDir = join(here, 'node_modules', '@litertjs', 'core');
 const litertVersion = JSON.parse(readFileSync(join(litertDir, 'package.json'), 'utf8')).version;
@@ -61,3 +67,19 @@ for (const f of walk(out)) {
 }
 console.log(`built ${out} (${(total / 1e6).toFixed(2)} MB on disk, LiteRT.js ${litertVersion})`);
 void dirname;
+
+if (check) {
+  const files = (d) => walk(d).map((f) => relative(d, f)).sort();
+  const want = files(out);
+  const have = statSync(committed, { throwIfNoEntry: false }) ? files(committed) : [];
+  const diff = [...new Set([...want, ...have])].filter((f) => {
+    if (!want.includes(f) || !have.includes(f)) return true;
+    return !readFileSync(join(out, f)).equals(readFileSync(join(committed, f)));
+  });
+  rmSync(out, { recursive: true, force: true });
+  if (diff.length) {
+    console.error(`dermedge/edge/web is out of date with web/ (${diff.join(', ')}): run \`npm run build\` in web/ and commit`);
+    process.exit(1);
+  }
+  console.log('dermedge/edge/web matches a fresh build');
+}
