@@ -15,6 +15,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,7 @@ from dermedge.data.contract import crop_box, preprocess  # noqa: E402
 from dermedge.edge.files import atomic_write, check_writable  # noqa: E402
 from dermedge.edge.quality import (  # noqa: E402
     Gate,
+    Quality,
     analysis_image,
     measure,
     scene_change,
@@ -412,6 +414,18 @@ class Summary:
         return f"{self.source}: " + "; ".join(parts) + f". Ended: {self.ended}."
 
 
+@dataclass
+class _Frame:
+    """A frame made ready for inference: crop, gate verdict, and (if it passed) model input."""
+
+    index: int  # 1-based frame number in the session
+    frame: np.ndarray  # BGR, as read
+    crop: np.ndarray  # RGB, the contract's crop
+    quality: Quality
+    signature: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+
+
 class _Quit(Exception):
     """The user closed the session from the preview window."""
 
@@ -497,11 +511,11 @@ class Session:
             return f"--duration {self.options.duration:g} s reached"
         return None
 
-    def _record(self, result: dict[str, Any], trigger: str) -> dict[str, Any]:
+    def _record(self, result: dict[str, Any], trigger: str, index: int) -> dict[str, Any]:
         return {
             "event": "decision",
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "frame": self.summary.frames,
+            "frame": index,
             "t_s": self._t(),
             "prob": round(result["prob"], 4),
             "label": self.model.decide(result["prob"])["label"],
@@ -533,65 +547,62 @@ class Session:
 
     def _crop(self, rgb: np.ndarray) -> np.ndarray:
         """The contract's crop; the FOV search (slow) is redone every `fov_every` frames."""
-        if (
-            self._box is None
-            or self._box_age >= self.options.fov_every
-            or self.model.contract.crop != "fov"
-        ):
+        if rgb.shape[:2] != self._shape:  # first frame, or a new resolution after a reconnect
+            self._shape, self._box = rgb.shape[:2], None
+        fov = self.model.contract.crop == "fov"
+        if self._box is None or not fov or self._box_age >= self.options.fov_every:
             self._box, self._box_age = contract_box(rgb, self.model), 0
         self._box_age += 1
         left, top, right, bottom = self._box
         return rgb[top:bottom, left:right]
 
-    def _classify(self, crop: np.ndarray, small: np.ndarray) -> dict[str, Any] | None:
-        sig = signature(small)
-        if scene_change(self._signature, sig):
-            self.smoother.reset()
-        self._signature = sig
-        prob = float(self.model.predict(model_input(crop, self.model))[0])
-        self.summary.classified += 1
-        self.state.update(prob=prob, reason=None)
-        return self.smoother.add(prob)
-
-    def _frame(self, frame: np.ndarray) -> None:
-        if frame.shape[:2] != self._shape:  # a new resolution (reconnect): new box
-            self._shape, self._box = frame.shape[:2], None
+    def _prepare(self, index: int, frame: np.ndarray) -> _Frame:
+        """Everything before inference (runs in the worker thread): crop, gate, resize."""
         crop = self._crop(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         small = analysis_image(crop)
         quality = measure(small, self.options.gate)
+        if not quality.ok:
+            return _Frame(index, frame, crop, quality)
+        return _Frame(index, frame, crop, quality, signature(small), model_input(crop, self.model))
+
+    def _gated(self, f: _Frame) -> None:
+        reason = f.quality.reason
+        self.summary.gated[reason or ""] += 1
+        self.state["reason"] = reason
+        if reason != self._reason:
+            event = {"event": "quality", "frame": f.index, "t_s": self._t(), "reason": reason}
+            self.emit({**event, **f.quality.to_dict()})
+
+    def _finish(self, f: _Frame) -> None:
+        """Inference, smoothing, reporting, saving, preview for a prepared frame (main thread)."""
         stable = None
-        if quality.ok:
-            stable = self._classify(crop, small)
+        if f.pixels is None or f.signature is None:
+            self._gated(f)
         else:
-            self.summary.gated[quality.reason or ""] += 1
-            self.state["reason"] = quality.reason
-            if quality.reason != self._reason:
-                self.emit(
-                    {
-                        "event": "quality",
-                        "frame": self.summary.frames,
-                        "t_s": self._t(),
-                        "reason": quality.reason,
-                        **quality.to_dict(),
-                    }
-                )
-        self._reason = quality.reason
+            if scene_change(self._signature, f.signature):
+                self.smoother.reset()
+            self._signature = f.signature
+            prob = float(self.model.predict(f.pixels)[0])
+            self.summary.classified += 1
+            self.state.update(prob=prob, reason=None)
+            stable = self.smoother.add(prob)
+        self._reason = f.quality.reason
         if stable:
-            record = self._save(self._record(stable, "stable"), frame, crop)
+            record = self._save(self._record(stable, "stable", f.index), f.frame, f.crop)
             self.summary.decisions[stable["decision"]] += 1
             self.state.update(stable)
             self.emit(record)
-        elif quality.ok and self.smoother.stable is None:
+        elif f.pixels is not None and self.smoother.stable is None:
             self.state.pop("decision", None)
         if self.preview is not None:
-            self._preview(frame, crop)
+            self._preview(f)
 
-    def _preview(self, frame: np.ndarray, crop: np.ndarray) -> None:
+    def _preview(self, f: _Frame) -> None:
         assert self.preview is not None
-        action = self.preview.show(frame, self.state)
+        action = self.preview.show(f.frame, self.state)
         if action == "save" and "prob" in self.state:
             result = self.model.decide(self.state["prob"])
-            self._save(self._record(result, "key"), frame, crop)
+            self._save(self._record(result, "key", f.index), f.frame, f.crop)
         elif action == "quit":
             raise _Quit("quit from the preview window")
 
@@ -608,26 +619,34 @@ class Session:
         except SourceError:
             self.source.close()
             raise
-        try:
-            while (ended := self._limit()) is None:
-                frame = self.source.read()
-                if frame is None:
-                    ended = self._read_failed()
-                    if ended:
-                        break
-                    continue
-                self.summary.corrupt += self._failures
-                self._failures = 0
-                self.summary.frames += 1
-                self._frame(frame)
-        except _Quit as e:
-            ended = str(e)
-        except KeyboardInterrupt:
-            ended = "interrupted (Ctrl-C)"
-        finally:
-            self.source.close()
-            if self.preview is not None:
-                self.preview.close()
+        pending: Future[_Frame] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="dermedge-frames") as worker:
+            try:
+                while (ended := self._limit()) is None:
+                    frame = self.source.read()
+                    if frame is None:
+                        ended = self._read_failed()
+                        if ended:
+                            break
+                        continue
+                    self.summary.corrupt += self._failures
+                    self._failures = 0
+                    self.summary.frames += 1
+                    # Frame k is prepared in the worker while frame k-1 is being inferred.
+                    job = worker.submit(self._prepare, self.summary.frames, frame)
+                    if pending is not None:
+                        self._finish(pending.result())
+                    pending = job
+                if pending is not None:
+                    self._finish(pending.result())
+            except _Quit as e:
+                ended = str(e)
+            except KeyboardInterrupt:
+                ended = "interrupted (Ctrl-C)"
+            finally:
+                self.source.close()
+                if self.preview is not None:
+                    self.preview.close()
         self.summary.ended = ended or "done"
         self.summary.fault = bool(self.summary.save_error) or not self.summary.ended.startswith(
             NORMAL_ENDINGS

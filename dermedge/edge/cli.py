@@ -151,12 +151,19 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
         raise Fatal(f"cannot write --csv {path}: {e.strerror or e}") from e
 
 
+def _progress(total: int) -> Any:
+    """A tqdm bar on stderr for many files at a terminal, else None (tqdm is then not imported)."""
+    if total < 2 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+
+
 def classify_images(
     model: EdgeModel, args: tuple[str, ...], as_json: bool, csv_path: str | None
 ) -> int:
     """Classify files/folders/globs, print a table or JSON lines; the number that failed."""
-    from tqdm import tqdm
-
     items, ignored = expand_inputs(args)
     out = sys.stdout
     note = sys.stderr if as_json else sys.stdout
@@ -164,13 +171,19 @@ def classify_images(
     if not as_json:
         print(f"{'decision':<9} {'P(mal)':>6}  {'label':<10} file", file=out, flush=True)
     rows = []
-    bar = tqdm(items, unit="img", file=sys.stderr, leave=False, disable=len(items) < 2 or None)
-    for path, error in bar:
+    bar = _progress(len(items))
+    for path, error in items:
         row = {"file": path, "error": error} if error else _result_row(path, model)
         rows.append(row)
-        bar.write(json.dumps(row) if as_json else _table_line(row), file=out)
+        line = json.dumps(row) if as_json else _table_line(row)
+        if bar:
+            bar.write(line, file=out)
+            bar.update()
+        else:
+            print(line, file=out)
         out.flush()
-    bar.close()
+    if bar:
+        bar.close()
     failed = sum("error" in r for r in rows)
     refer = sum(r.get("decision") == "refer" for r in rows)
     summary = (

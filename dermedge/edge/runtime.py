@@ -47,13 +47,17 @@ class Runtime:
     resolver_types: Any  # OpResolverType enum, or None
 
 
-def _version(dist: str, module: Any) -> str:
+def _version(module_name: str, dist: str) -> str:
+    """The package's __version__ (cheap), else its installed distribution's version."""
+    version = getattr(sys.modules.get(module_name.split(".")[0]), "__version__", None)
+    if version:
+        return str(version)
     from importlib import metadata
 
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return str(getattr(module, "__version__", "?"))
+        return "?"
 
 
 def _load(key: str) -> Runtime:
@@ -62,13 +66,13 @@ def _load(key: str) -> Runtime:
     if key == "tensorflow":
         lite = module.lite
         return Runtime(
-            f"tensorflow {_version(dist, module)} (tf.lite)",
+            f"tensorflow {_version(module_name, dist)} (tf.lite)",
             lite.Interpreter,
             lite.experimental.load_delegate,
             getattr(lite.experimental, "OpResolverType", None),
         )
     return Runtime(
-        f"{dist} {_version(dist, module)}",
+        f"{dist} {_version(module_name, dist)}",
         module.Interpreter,
         module.load_delegate,
         getattr(module, "OpResolverType", None),
