@@ -5,6 +5,7 @@
 // `RESULT {...}` lines. The driving test answers `PAUSE <what>` lines with a line on stdin:
 //   --swap     PAUSE swap: the test puts a new model in place; reload online, expect the new version
 //   --offline  PAUSE stop: the test stops the server; reload, and the page must still classify
+//   --frames=N classify N frames before the first result (default 12)
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -17,6 +18,7 @@ const { chromium } = require('playwright-core');
 const [url, video, outDir, ...flags] = process.argv.slice(2);
 const offline = flags.includes('--offline');
 const swap = flags.includes('--swap');
+const frames = Number((flags.find((f) => f.startsWith('--frames=')) || '--frames=12').split('=')[1]);
 const exe = process.env.CHROMIUM || '/usr/bin/chromium';
 const userDataDir = mkdtempSync(join(tmpdir(), 'dermedge-chromium-'));
 const started = Date.now();
@@ -109,7 +111,7 @@ try {
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   const resp = await page.goto(url, { waitUntil: 'load' });
   const headers = resp.headers();
-  const s1 = await waitFrames(page, 12, { needOffline: true, needDecision: true });
+  const s1 = await waitFrames(page, frames, { needOffline: true, needDecision: true });
   await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true });
 
   // the capture button: frame PNG + result JSON as downloads

@@ -54,20 +54,46 @@ function linearTable(ssize, dsize) {
   return tab;
 }
 
+// Flatten a [[src, weight], ...] table per output index into typed arrays for the hot loops.
+function flatten(tab) {
+  const start = new Int32Array(tab.length + 1);
+  for (let i = 0; i < tab.length; i++) start[i + 1] = start[i] + tab[i].length;
+  const src = new Int32Array(start[tab.length]);
+  const wt = new Float64Array(start[tab.length]);
+  tab.forEach((row, i) => row.forEach(([sIdx, wv], k) => {
+    src[start[i] + k] = sIdx;
+    wt[start[i] + k] = wv;
+  }));
+  return { start, src, wt };
+}
+
+const tableCache = new Map();
+function axisTable(ssize, dsize) {
+  const key = `${ssize}:${dsize}`;
+  let t = tableCache.get(key);
+  if (!t) {
+    t = flatten(ssize >= dsize ? areaTable(ssize, dsize) : linearTable(ssize, dsize));
+    if (tableCache.size > 16) tableCache.clear();
+    tableCache.set(key, t);
+  }
+  return t;
+}
+
 /** Resize the crop `box` of an RGB frame to n x n (RGB uint8), like cv2.resize(..., INTER_AREA). */
 export function resizeArea(rgb, w, box, n) {
   const [l, t, r, b] = box;
   const cw = r - l;
   const ch = b - t;
-  const tx = cw >= n ? areaTable(cw, n) : linearTable(cw, n);
-  const ty = ch >= n ? areaTable(ch, n) : linearTable(ch, n);
-  const tmp = new Float32Array(ch * n * 3); // horizontal pass
+  const X = axisTable(cw, n);
+  const Y = axisTable(ch, n);
+  const tmp = new Float64Array(ch * n * 3); // horizontal pass
   for (let y = 0; y < ch; y++) {
-    const row = (y + t) * w;
+    const row = ((y + t) * w + l) * 3;
     for (let x = 0; x < n; x++) {
       let s0 = 0, s1 = 0, s2 = 0;
-      for (const [sx, wt] of tx[x]) {
-        const p = (row + l + sx) * 3;
+      for (let k = X.start[x], e = X.start[x + 1]; k < e; k++) {
+        const p = row + X.src[k] * 3;
+        const wt = X.wt[k];
         s0 += rgb[p] * wt;
         s1 += rgb[p + 1] * wt;
         s2 += rgb[p + 2] * wt;
@@ -79,19 +105,18 @@ export function resizeArea(rgb, w, box, n) {
     }
   }
   const out = new Uint8Array(n * n * 3);
+  const acc = new Float64Array(n * 3);
   for (let y = 0; y < n; y++) {
-    for (let x = 0; x < n; x++) {
-      let s0 = 0, s1 = 0, s2 = 0;
-      for (const [sy, wt] of ty[y]) {
-        const p = (sy * n + x) * 3;
-        s0 += tmp[p] * wt;
-        s1 += tmp[p + 1] * wt;
-        s2 += tmp[p + 2] * wt;
-      }
-      const o = (y * n + x) * 3;
-      out[o] = Math.min(255, Math.max(0, Math.round(s0)));
-      out[o + 1] = Math.min(255, Math.max(0, Math.round(s1)));
-      out[o + 2] = Math.min(255, Math.max(0, Math.round(s2)));
+    acc.fill(0);
+    for (let k = Y.start[y], e = Y.start[y + 1]; k < e; k++) {
+      const base = Y.src[k] * n * 3;
+      const wt = Y.wt[k];
+      for (let i = 0; i < n * 3; i++) acc[i] += tmp[base + i] * wt;
+    }
+    const o = y * n * 3;
+    for (let i = 0; i < n * 3; i++) {
+      const v = Math.round(acc[i]);
+      out[o + i] = v < 0 ? 0 : v > 255 ? 255 : v;
     }
   }
   return out;
