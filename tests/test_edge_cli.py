@@ -150,6 +150,10 @@ def test_usage_errors() -> None:
     assert code == 2 and "not both" in err
     code, _, err = run("-m", INT8, "--camera", "0", "--smooth", "2/5")
     assert code == 2 and "more than half" in err
+    code, _, err = run("-m", INT8, "--save", "out", "--max-frames", "3", "x.jpg")
+    assert code == 2 and "--save, --max-frames: only for --camera" in err
+    code, _, err = run("-m", INT8, "--camera", "0", "--csv", "out.csv")
+    assert code == 2 and "--csv: only for still images" in err
 
 
 def test_version_names_the_runtime() -> None:

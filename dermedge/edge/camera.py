@@ -258,7 +258,7 @@ class Saver:
             self.dir = check_writable(directory)
         except OSError as e:
             raise EdgeError(f"cannot write to --save folder {directory}: {e.strerror or e}") from e
-        self.session = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.session = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # to the ms
         self.jsonl = self.dir / f"session-{self.session}.jsonl"
         self.csv = self.dir / f"session-{self.session}.csv"
         self.count = 0

@@ -102,9 +102,9 @@ class _Node:
         start, n = self._vector(field)
         return [self.tab.Get(flags, start + flags.bytewidth * i) for i in range(n)]
 
-    def data(self, field: int) -> memoryview | None:
+    def data(self, field: int) -> bytes | None:
         start, n = self._vector(field)
-        return memoryview(self.tab.Bytes)[start : start + n] if start else None
+        return bytes(self.tab.Bytes[start : start + n]) if start else None
 
 
 def _root(buf: Any) -> _Node:
@@ -139,7 +139,7 @@ def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
     node = buffers[index]
     data = node.data(BUFFER_DATA)
     if data is not None:
-        return bytes(data)
+        return data
     offset = node.scalar(BUFFER_OFFSET, N.Uint64Flags)
     size = node.scalar(BUFFER_SIZE, N.Uint64Flags)
     if offset > 1 and offset + size <= len(buf):
@@ -386,21 +386,24 @@ def model_io(source: str | os.PathLike[str] | bytes) -> dict[str, list[dict[str,
         return result
 
 
+def _summary(buf: Any) -> dict[str, Any]:
+    model = _root(buf)
+    ops = _op_counts(model)
+    return {
+        "size_bytes": len(buf),
+        "schema_version": model.scalar(MODEL_VERSION, N.Uint32Flags),
+        "description": model.string(MODEL_DESCRIPTION),
+        "subgraphs": len(model.tables(MODEL_SUBGRAPHS)),
+        **_io(model),
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "num_ops": sum(ops.values()),
+        "metadata": sorted(_metadata(buf)),
+    }
+
+
 def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summary of a .tflite for `dermedge convert --inspect`: size, I/O, ops, metadata, card."""
     with _model_bytes(path) as buf:
-        model = _root(buf)
-        ops = _walk("operators", _op_counts, model)
-        info = {
-            "path": os.fspath(path),
-            "size_bytes": len(buf),
-            "schema_version": model.scalar(MODEL_VERSION, N.Uint32Flags),
-            "description": model.string(MODEL_DESCRIPTION),
-            "subgraphs": len(model.tables(MODEL_SUBGRAPHS)),
-            **_walk("tensors", _io, model),
-            "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "num_ops": sum(ops.values()),
-            "metadata": sorted(_walk("metadata", _metadata, buf)),
-        }
+        info: dict[str, Any] = {"path": os.fspath(path), **_walk("the model", _summary, buf)}
     info["card"] = read_card(path)
     return info

@@ -267,6 +267,21 @@ def serve_model(model: str, opts: dict[str, Any]) -> None:
     serve(str(resolve_model(model)), **{k: opts[k] for k in keys})
 
 
+IMAGE_ONLY = {"csv_path": "--csv"}
+CAMERA_ONLY = {
+    k: "--" + k.replace("_", "-")
+    for k in ("save", "preview", "reconnect", "max_frames", "duration", "width", "height", "fps")
+}
+
+
+def _check_mode(opts: dict[str, Any], live: bool) -> None:
+    """Refuse options that the chosen mode would silently ignore."""
+    wrong = [flag for key, flag in (IMAGE_ONLY if live else CAMERA_ONLY).items() if opts[key]]
+    if wrong:
+        mode = "still images" if live else "--camera/--picamera"
+        raise click.UsageError(f"{', '.join(wrong)}: only for {mode}")
+
+
 def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         n, m = (int(v) for v in value.split("/"))
@@ -372,6 +387,7 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
         raise click.UsageError("give either images/folders or --camera/--picamera, not both")
     if not live and not inputs:
         raise click.UsageError("give images, folders or globs, --camera SRC, --picamera or --serve")
+    _check_mode(opts, live)
     if opts["csv_path"]:
         _check_csv_target(opts["csv_path"])
     model = load_model(

@@ -20,7 +20,11 @@ SIGNATURE = 24  # side of the thumbnail used to detect a change of scene
 
 @dataclass(frozen=True)
 class Gate:
-    """Pass limits; a frame failing any is not classified. Defaults set on isic-mvb photos."""
+    """Pass limits; a frame failing any is not classified.
+
+    Set on 300 isic-mvb photos shown as 480 px frames: 99% pass (the rest show real specular
+    glare); Gaussian blur of sigma 2 px (at 224 px) fails ~97%, a 31 px motion smear ~78%.
+    """
 
     min_sharpness: float = 5.0  # variance of the Laplacian inside the field of view
     max_dark: float = 0.6  # fraction of the crop at or below DARK

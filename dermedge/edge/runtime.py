@@ -24,7 +24,7 @@ from dermedge import CLASSES
 from dermedge.data.contract import InputContract, preprocess
 from dermedge.edge.card import read_card
 
-# (module to import, distribution name for the version, label)
+# key: (module to import, distribution name for its version)
 RUNTIMES = {
     "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
     "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -195,7 +195,12 @@ class EdgeModel:
         self.threshold = self._threshold(threshold)
         card = self.card or {}
         self.classes: list[str] = list(card.get("classes", CLASSES))
-        self.positive = self.classes.index(card.get("positive_class", self.classes[-1]))
+        positive = card.get("positive_class", self.classes[-1])
+        if len(self.classes) != 2 or positive not in self.classes:
+            raise EdgeError(
+                f"{self.path}: the card's classes {self.classes} / {positive!r} are not binary"
+            )
+        self.positive = self.classes.index(positive)
         self.name: str = card.get("name", self.path.stem)
         rt = load_runtime(runtime)
         self.runtime = rt.name
@@ -303,11 +308,10 @@ class EdgeModel:
 
     def decide(self, prob: float) -> dict[str, Any]:
         """prob, label (the likelier class) and decision (refer at/above the threshold)."""
+        likelier = self.positive if prob >= 0.5 else 1 - self.positive
         return {
             "prob": float(prob),
-            "label": self.classes[self.positive]
-            if prob >= 0.5
-            else self.classes[1 - self.positive],
+            "label": self.classes[likelier],
             "decision": "refer" if prob >= self.threshold else "routine",
         }
 
