@@ -159,7 +159,7 @@ def load_card(model_path: str | os.PathLike[str], blob: bytes | None = None) -> 
     blob = path.read_bytes() if blob is None else blob
     card: dict[str, Any] | None = None
     try:
-        from dermedge.edge.card import read_card  # type: ignore[import-not-found]
+        from dermedge.edge.card import read_card
 
         card = read_card(blob)
     except ImportError:
@@ -435,13 +435,14 @@ class DermServer(ThreadingHTTPServer):
         self.model = _Model(model_path, digest.hexdigest())
         self.verbose = verbose
         self.ssl_context = ssl_context
+        self.tls_cert: str | None = None  # the certificate file in use, when serving https
         self._stamped: dict[tuple[str, str], Asset] = {}
         self._gunzipped: dict[str, bytes] = {}
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
-        host, port = self.server_address[:2]
-        shown = host if ":" not in str(host) else f"[{host}]"
-        if str(host) in ("0.0.0.0", "::"):
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        shown = host if ":" not in host else f"[{host}]"
+        if host in ("0.0.0.0", "::"):
             shown = socket.gethostname()
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}/"
 
@@ -672,7 +673,7 @@ def make_server(
         )
     except OSError as e:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-    srv.tls_cert = tls_cert  # type: ignore[attr-defined]
+    srv.tls_cert = tls_cert
     return srv
 
 
@@ -694,10 +695,10 @@ def serve(
     )
     if srv.ssl_context is not None and self_signed:
         print(
-            f"self-signed certificate {srv.tls_cert}  SHA-256 "  # type: ignore[attr-defined]
-            f"{certificate_fingerprint(srv.tls_cert)}",
+            f"self-signed certificate {srv.tls_cert}  SHA-256 "
+            f"{certificate_fingerprint(srv.tls_cert or '')}",
             flush=True,
-        )  # type: ignore[attr-defined]
+        )
         print("the phone will warn about it once: check the fingerprint, then accept", flush=True)
     print("frames are classified on the phone; nothing is uploaded. Ctrl-C stops.", flush=True)
     print(card.get("disclaimer", ""), flush=True)
