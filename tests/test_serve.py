@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -10,6 +11,7 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +279,23 @@ def test_packaged_assets_are_small_and_complete() -> None:
         assert need in names
     total = sum(p.stat().st_size for p in web.rglob("*") if p.is_file())
     assert total < 8 * 1024 * 1024, total
+
+
+def test_connection_cap(server: S.DermServer) -> None:
+    idle = [socket.create_connection(server.server_address[:2], timeout=5) for _ in range(S.MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)
+        with socket.create_connection(server.server_address[:2], timeout=5) as extra:
+            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(100) == b""  # closed without an answer
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:  # slots come back once the idle connections are gone
+        with contextlib.suppress(OSError):
+            if request(server, "GET", "/card.json")[0] == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail("server did not recover after the idle connections closed")

@@ -71,6 +71,7 @@ MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
 KEEPALIVE_IDLE_S = 5  # an idle kept-alive connection is closed after this (frees browser sockets)
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+MAX_CONNECTIONS = 64  # concurrent connections; more are closed at once
 
 
 try:  # raised inside a click command, click prints it as "Error: ..." and exits 2
@@ -436,6 +437,7 @@ class DermServer(ThreadingHTTPServer):
         self.verbose = verbose
         self.ssl_context = ssl_context
         self.tls_cert: str | None = None  # the certificate file in use, when serving https
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stamped: dict[tuple[str, str], Asset] = {}
         self._gunzipped: dict[str, bytes] = {}
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -464,6 +466,22 @@ class DermServer(ThreadingHTTPServer):
         sock, addr = self.socket.accept()
         sock.settimeout(REQUEST_TIMEOUT_S)
         return sock, addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many open connections: drop this one
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # runs in the connection's thread: a slow or broken TLS handshake blocks only that thread
