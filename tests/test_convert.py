@@ -273,6 +273,11 @@ def test_converts_all_four_variants_through_the_gate(converted, run_dir):
     )
     assert float_ops((out / "model_fp32.tflite").read_bytes())  # sanity: the check sees floats
     assert len(int8) < (out / "model_fp32.tflite").stat().st_size
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (
+        out / "model_int8.tflite"
+    ).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.slow

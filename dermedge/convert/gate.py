@@ -164,9 +164,10 @@ def advice(variant: str, failures: Sequence[str], calib_images: int | None = Non
     if variant == "int8":
         used = f"; used {calib_images}" if calib_images else ""
         return (f"more calibration images (--calib-images 1000{used}); per-channel weight "
-                "quantization (on by default - per-tensor loses more); --allow-float-fallback to "
-                "keep the layers without good int8 ranges in float. An int8 drop of more than "
-                "about a point on this task usually means a preprocessing mismatch: check that "
+                "quantization (on by default; per-tensor loses more); float fallback "
+                "(--allow-float-fallback: ops without an int8 kernel stay float - no longer fully "
+                "integer), or ship fp16/dynamic for this device. An int8 drop of more than about "
+                "a point on this task usually means a preprocessing mismatch: check that "
                 "training, calibration and the card use the same input contract")  # fmt: skip
     if variant == "fp32":
         return ("checking the input contract and layers that behave differently at inference: "

@@ -259,7 +259,7 @@ def run(arg: str, opts: Options) -> Result:
             work / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n"
         )
         atomic_write_text(work / "report.md", md)
-        _deliver(work, out_dir, produced)
+        _deliver(work, out_dir, produced, opts.quant)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if not out_parent_existed:
@@ -355,18 +355,28 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
     return rows, produced
 
 
-def _deliver(work: Path, out_dir: Path, produced: list[str]) -> None:
-    """Move the new files into `out_dir`, replacing older copies of the same variants."""
+def _file_mode() -> int:
+    """rw for everyone the umask allows (mkstemp's 0600 would hide a model from a web server)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _deliver(work: Path, out_dir: Path, produced: list[str], requested: list[str]) -> None:
+    """Move the new files into `out_dir`, replacing older copies of the requested variants."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    variants_done = {Path(rel).name for rel in produced}
-    for name in variants_done:  # a variant re-made now must not also linger from an older run
+    for name in (
+        FILE_NAMES[v] for v in requested
+    ):  # no stale copy of a variant re-made (or failed) now
         for old in (out_dir / name, out_dir / REJECTED_DIR / name):
             for p in (old, old.with_name(old.name + ".json")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+    mode = _file_mode()
     for rel in [*produced, *(r + ".json" for r in produced), "report.json", "report.md"]:
         dst = out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(work / rel, mode)
         os.replace(work / rel, dst)
     rej = out_dir / REJECTED_DIR
     if rej.is_dir() and not any(rej.iterdir()):
