@@ -425,3 +425,26 @@ def test_corrupt_tflite_is_one_clear_line(tmp_path):
     assert res.output.startswith("Error:") and "not a readable TFLite model" in res.output
     res = CliRunner().invoke(main, ["convert", str(path)])
     assert res.exit_code == 1 and "already a TFLite model" in res.output
+
+
+@pytest.mark.slow
+def test_normalization_found_in_nested_models(env):
+    import keras
+    from keras import layers
+
+    from dermedge.convert.source import layer_normalization
+
+    inp = keras.Input((32, 32, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inp)
+    backbone = keras.Model(inp, layers.Conv2D(4, 3)(x), name="backbone")
+    outer_in = keras.Input((32, 32, 3))
+    outer = keras.Model(outer_in, layers.Dense(1)(layers.Flatten()(backbone(outer_in))))
+    norm = layer_normalization(outer)
+    assert norm["mean"] == pytest.approx([127.5]) and norm["std"] == pytest.approx([127.5])
+    n = layers.Normalization(
+        mean=[120.0, 110.0, 100.0], variance=[3600.0, 2500.0, 1600.0], name="normalize"
+    )
+    m = keras.Model(outer_in, n(outer_in))
+    norm = layer_normalization(m)
+    assert norm["std"] == pytest.approx([60.0, 50.0, 40.0])
+    assert "mean=[1, 2, 3]" in G.check_normalization({"mean": [1, 2, 3], "std": 1}, norm)[0]

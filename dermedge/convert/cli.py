@@ -118,6 +118,9 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
                  max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed)  # fmt: skip
     except ConvertError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a full disk, a read-only or missing folder...
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        raise click.ClickException(f"cannot write or read{where}: {e.strerror or e}") from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; nothing was written") from None
 

@@ -187,6 +187,8 @@ def run(arg: str, opts: Options) -> Result:
     calib_recs = quantize.calibration_sample(records, opts.calib_images, opts.seed) \
         if "int8" in opts.quant else []  # fmt: skip
     out_dir = Path(opts.out) if opts.out else runs_root() / "convert" / src.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConvertError(f"--out {out_dir} is a file, not a folder")
 
     quantize.quiet_tf()
     _log(f"loading {src.model_path}")
@@ -341,6 +343,8 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
             produced.append(rel)
             row.update({"file": rel, "size_bytes": len(final), **cmp, "verdict": verdict,
                         "failures": failures, "runtime": runtime})  # fmt: skip
+            if variant == "int8":
+                row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"])
             if own:
                 row["advice"] = gate.advice(variant, own, len(calib) if calib is not None else None)
         except ConvertError as e:
@@ -406,6 +410,13 @@ def _markdown(report: dict[str, Any], opts: Options) -> str:
             lines += [f"- **{r['variant']}** ({r['verdict']}):", *(f"  - {f}" for f in fs)]
             if r.get("advice"):
                 lines += [f"  - try: {r['advice']}"]
+    int8 = next((r for r in rows if r["variant"] == "int8" and r.get("io_quantization")), None)
+    if int8:
+        q, cal = int8["io_quantization"], report.get("calibration") or {}
+        lines += ["", f"int8: {q['input']['dtype']} input (scale {q['input'].get('scale')}, zero point "
+                  f"{q['input'].get('zero_point')}), {q['output']['dtype']} output; calibrated on "
+                  f"{cal.get('images')} training images {cal.get('per_class')}; float ops: "
+                  f"{int8.get('float_ops') or 'none'}."]  # fmt: skip
     if report.get("notes"):
         lines += ["", "## Notes", *(f"- {n}" for n in report["notes"])]
     lines += ["", f"Verdict: **{report['verdict'].upper()}**", ""]

@@ -174,13 +174,23 @@ def layer_normalization(model: Any) -> dict[str, Any] | None:
     import numpy as np
     from keras import layers, ops
 
-    layer = None
-    try:
-        layer = model.get_layer("normalize")
-    except ValueError:
-        first = [ly for ly in model.layers if not isinstance(ly, layers.InputLayer)][:1]
-        if first and isinstance(first[0], (layers.Rescaling, layers.Normalization)):
-            layer = first[0]
+    def named(m: Any) -> Any:  # also inside nested models (a backbone used as a layer)
+        for ly in m.layers:
+            if ly.name == "normalize":
+                return ly
+            if hasattr(ly, "layers") and (found := named(ly)) is not None:
+                return found
+        return None
+
+    def first(m: Any) -> Any:
+        body = [ly for ly in m.layers if not isinstance(ly, layers.InputLayer)][:1]
+        if body and hasattr(body[0], "layers"):
+            return first(body[0])
+        return body[0] if body else None
+
+    layer = named(model)
+    if layer is None and isinstance(f := first(model), (layers.Rescaling, layers.Normalization)):
+        layer = f
     if isinstance(layer, layers.Rescaling):
         scale = np.asarray(layer.scale, dtype=np.float64)
         offset = np.asarray(layer.offset, dtype=np.float64)
