@@ -1,0 +1,130 @@
+"""The `dermedge benchmark` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dermedge import DISCLAIMER
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from e
+    if not out or min(out) < 1:
+        raise click.BadParameter("thread counts must be >= 1")
+    return out
+
+
+@click.command("benchmark", epilog=DISCLAIMER)
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--threads", default="1,2,4", show_default=True, help="Thread counts, comma-separated."
+)
+@click.option(
+    "--runs", default=100, show_default=True, help="Timed single-image runs per variant x threads."
+)
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
+@click.option(
+    "--block",
+    default=1,
+    show_default=True,
+    help="Runs per turn in the round-robin over variants (1: A B C A B C ...).",
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    default="keras,tflite,onnx",
+    show_default=True,
+    help="Which runtimes: keras (TensorFlow), tflite (edge runtime), onnx (ONNX Runtime).",
+)
+@click.option(
+    "--variant",
+    "variants",
+    default=None,
+    help="Only these variants, e.g. tflite-int8,keras (default: all found).",
+)
+@click.option(
+    "--data",
+    default=None,
+    help="Test data instead of the run's test split: a manifest.csv / run folder, or a dataset folder.",
+)
+@click.option("--limit", type=int, default=None, help="At most this many test images (stratified).")
+@click.option("--batch", default=16, show_default=True, help="Batch size of the accuracy pass.")
+@click.option(
+    "--camera-source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Also benchmark the camera loop on this video (frames/s, time per stage).",
+)
+@click.option("--frames", default=300, show_default=True, help="Camera frames to process at most.")
+@click.option(
+    "--camera-variant",
+    default=None,
+    help="Variant for the camera loop (default tflite-int8 of the first model).",
+)
+@click.option(
+    "--name", default=None, help="Output folder name under runs/benchmark/ (default exp, exp2...)."
+)
+@click.option("--exist-ok", is_flag=True, help="Overwrite an existing runs/benchmark/<name>.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def benchmark(sources: tuple[Path, ...], threads: str, runs: int, warmup: int, block: int,
+              runtimes: str, variants: str | None, data: str | None, limit: int | None, batch: int,
+              camera_source: Path | None, frames: int, camera_variant: str | None, name: str | None, exist_ok: bool,
+              no_plots: bool) -> None:  # fmt: skip
+    """Latency vs accuracy of every variant of SOURCES (train runs, convert runs, folders of
+    .tflite files, or model files) under each runtime and thread count.
+
+    \b
+    dermedge benchmark runs/train/lite0-isic runs/train/simple-isic --threads 1,2
+    dermedge benchmark runs/convert/lite0-isic --runtime tflite      # edge install: no TF
+    dermedge benchmark model_int8.tflite --data DATA --camera-source clip.mp4
+
+    Writes runs/benchmark/<name>/: results.csv, results.json (with the machine's facts),
+    results.md and pareto.png / latency.png, and prints the table.
+    """
+    from dermedge.benchmark import core, report
+    from dermedge.runs import new_run_dir
+
+    wanted = tuple(r.strip() for r in runtimes.split(",") if r.strip())
+    unknown = set(wanted) - set(core.RUNTIMES)
+    if unknown:
+        raise click.BadParameter(f"unknown runtime(s) {', '.join(sorted(unknown))}; "
+                                 f"choose from {', '.join(core.RUNTIMES)}", param_hint="--runtime")  # fmt: skip
+    if runs < 1 or warmup < 0 or block < 1:
+        raise click.BadParameter("--runs and --block must be >= 1, --warmup >= 0")
+    settings = core.Settings(
+        threads=_ints(threads),
+        runs=runs,
+        warmup=warmup,
+        block=block,
+        runtimes=wanted,
+        variants=tuple(v.strip() for v in variants.split(",")) if variants else None,
+        data=data,
+        limit=limit,
+        batch=batch,
+    )
+    try:
+        out = new_run_dir("benchmark", name, exist_ok=exist_ok)
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        results = core.run([str(s) for s in sources], out, settings)
+        if camera_source is not None:
+            from dermedge.benchmark.camera import camera_benchmark
+
+            results["camera"] = camera_benchmark(
+                results, camera_source, frames, settings, camera_variant
+            )
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    paths = report.write(results, out, plots=not no_plots)
+    click.echo(report.table(results["rows"]))
+    if results.get("camera"):
+        click.echo("\n" + report.camera_markdown(results["camera"]))
+    for n in results["notes"]:
+        click.echo(f"note: {n}", err=True)
+    click.echo(f"\nresults: {out}/ ({', '.join(p.name for p in paths.values())})", err=True)

@@ -1,0 +1,276 @@
+"""A benchmark worker: one process that loads one variant at one thread count and runs it.
+
+    python -m dermedge.benchmark --worker SPEC_JSON
+
+The parent talks to it in JSON lines (stdin commands, replies on the original stdout; everything
+the libraries print goes to stderr). Only this variant's runtime is imported, so the process's
+peak resident memory (VmHWM, see `_maxrss_kb`) is what a device pays to load and run it.
+
+Commands (one JSON object a line):
+- {"cmd": "run", "n": k} -> {"times": [s, ...]}: k single-image inferences, each timed;
+- {"cmd": "stats"} -> {"maxrss_kb", "cpu_s", "tensorflow_loaded"}; "quit": the same, then exit;
+- {"cmd": "accuracy", "images": npy, "batch": b} -> {"probs": [...], "seconds": s};
+- {"cmd": "peak", "dtype": "fp32"|"int8", "shape": [m, k, n], "path": p, "n": k} ->
+  {"times": [...]}: an m x k by k x n matrix multiply through the same runtime and threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _maxrss_kb() -> int:
+    """Peak resident set size of this process in KiB.
+
+    Linux: `VmHWM` of /proc/self/status, the high-water mark of this address space. Not
+    `ru_maxrss`: Linux carries the pre-exec RSS of the forked parent into the child's
+    `ru_maxrss`, so every worker would report at least the benchmark's own footprint.
+    Elsewhere `ru_maxrss` (KiB; bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss // 1024 if sys.platform == "darwin" else rss)
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return float(r.ru_utime + r.ru_stime)
+
+
+class LiteRT:
+    """A .tflite under the edge runtime (`dermedge.edge.runtime.EdgeModel`)."""
+
+    dtypes = ("fp32", "int8")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from dermedge.data.contract import InputContract
+        from dermedge.edge.runtime import EdgeModel
+
+        contract = InputContract.from_dict(spec["contract"]) if spec.get("contract") else None
+        self.model = EdgeModel(spec["path"], threads=spec["threads"], contract=contract,
+                               threshold=spec.get("threshold"))  # fmt: skip
+        self.runtime = self.model.runtime
+        self.threads = int(spec["threads"])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(x)
+
+    def peak(self, dtype: str, shape: tuple[int, int, int], path: str | None) -> Callable[[], Any]:
+        """The peak FULLY_CONNECTED .tflite (written by the parent) under the same interpreter
+        implementation, thread count and default XNNPACK delegate as the variant."""
+        from dermedge.edge.runtime import load_runtime
+
+        assert path, "the LiteRT peak needs the model file"
+        it = load_runtime().interpreter(model_path=path, num_threads=self.threads)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        x = np.random.default_rng(0).integers(-20, 20, size=d["shape"]).astype(d["dtype"])
+        it.set_tensor(d["index"], x)
+        return it.invoke
+
+
+class Keras:
+    """The Keras model under TensorFlow, called through a traced tf.function (no predict() loop)."""
+
+    dtypes = ("fp32",)
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        threads = int(spec["threads"])
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import keras
+
+        self.tf = tf
+        self.model = keras.models.load_model(spec["path"], compile=False)
+        shape = tuple(self.model.inputs[0].shape[1:])
+        self.fn = tf.function(lambda x: self.model(x, training=False),
+                              input_signature=[tf.TensorSpec((None, *shape), tf.float32)])  # fmt: skip
+        self.runtime = f"tensorflow {tf.__version__} / keras {keras.__version__}"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self.fn(self.tf.constant(x.astype(np.float32))).numpy()
+        return np.clip(out.reshape(out.shape[0], -1)[:, -1].astype(np.float64), 0.0, 1.0)
+
+    def peak(self, dtype: str, shape: tuple[int, int, int], path: str | None) -> Callable[[], Any]:
+        """An fp32 (m, k) x (k, n) tf.linalg.matmul with this process's thread settings."""
+        tf = self.tf
+        m, k, n = shape
+        rng = np.random.default_rng(0)
+        a = tf.constant(rng.standard_normal((m, k)).astype(np.float32))
+        b = tf.constant(rng.standard_normal((k, n)).astype(np.float32))
+        fn = tf.function(lambda: tf.linalg.matmul(a, b))
+        return lambda: fn().numpy()
+
+
+class Onnx:
+    """An .onnx under ONNX Runtime (CPU provider, spinning off so idle workers leave the CPU)."""
+
+    dtypes = ("fp32", "int8")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.threads = int(spec["threads"])
+        self.sess = self._session(spec["path"])
+        self.input = self.sess.get_inputs()[0]
+        self.in_q = spec.get("input_quant")  # [scale, zero_point, dtype] for quantized I/O
+        self.out_q = spec.get("output_quant")
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    def _session(self, model: str | bytes) -> Any:
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.in_q:
+            scale, zero, dtype = self.in_q
+            info = np.iinfo(dtype)
+            feed = np.clip(np.round(x.astype(np.float32) / scale + zero), info.min, info.max)
+            feed = feed.astype(dtype)
+        else:
+            feed = x.astype(np.float32)
+        out = self.sess.run(None, {self.input.name: feed})[0]
+        out = out.reshape(out.shape[0], -1)[:, -1].astype(np.float64)
+        if self.out_q:
+            out = (out - self.out_q[1]) * self.out_q[0]
+        return np.clip(out, 0.0, 1.0)
+
+    def peak(self, dtype: str, shape: tuple[int, int, int], path: str | None) -> Callable[[], Any]:
+        """MatMul (fp32) or QLinearMatMul (uint8 x int8, what quantized graphs fuse into) built
+        with onnx.helper, in a session with the variant's settings."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        m, k, n = shape
+        rng = np.random.default_rng(0)
+        if dtype == "fp32":
+            a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+            inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]
+            node = helper.make_node("MatMul", ["a", "w"], ["y"])
+            x: np.ndarray = rng.standard_normal((m, k)).astype(np.float32)
+        else:
+            a_type, y_type = TensorProto.UINT8, TensorProto.UINT8
+            scalars = {"a_scale": np.float32(0.05), "a_zp": np.uint8(128), "w_scale": np.float32(0.01),
+                       "w_zp": np.int8(0), "y_scale": np.float32(0.5), "y_zp": np.uint8(128)}  # fmt: skip
+            inits = [numpy_helper.from_array(np.array(v), name) for name, v in scalars.items()]
+            inits.append(
+                numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
+            )
+            node = helper.make_node("QLinearMatMul", ["a", "a_scale", "a_zp", "w", "w_scale", "w_zp",
+                                                      "y_scale", "y_zp"], ["y"])  # fmt: skip
+            x = rng.integers(100, 156, (m, k), dtype=np.uint8)
+        graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info("a", a_type, [m, k])],
+                                  [helper.make_tensor_value_info("y", y_type, [m, n])], inits)  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = min(model.ir_version, 8)
+        sess = self._session(model.SerializeToString())
+        return lambda: sess.run(None, {"a": x})
+
+
+BACKENDS = {"litert": LiteRT, "keras": Keras, "onnx": Onnx}
+
+
+def _timed(fn: Any, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def serve(spec: dict[str, Any], inp: Any, out: Any) -> int:
+    def reply(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    t0 = time.perf_counter()
+    try:
+        backend_cls: Any = BACKENDS[spec["backend"]]
+        samples = np.load(spec["samples"])
+        t1 = time.perf_counter()
+        model = backend_cls(spec)
+        t2 = time.perf_counter()
+        model.predict(samples[:1])
+        t3 = time.perf_counter()
+    except Exception as e:  # reported to the parent, which records it and goes on
+        traceback.print_exc(file=sys.stderr)
+        reply({"ok": False, "error": f"{type(e).__name__}: {e}".strip()[:500]})
+        return 1
+    reply({"ok": True, "runtime": model.runtime, "setup_s": t1 - t0, "load_s": t2 - t1,
+           "first_s": t3 - t2, "rss_loaded_kb": _maxrss_kb()})  # fmt: skip
+    i = 1
+    for line in inp:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "run":
+                times = []
+                for _ in range(int(cmd.get("n", 1))):
+                    x = samples[i % len(samples)][None]
+                    i += 1
+                    ts = time.perf_counter()
+                    model.predict(x)
+                    times.append(time.perf_counter() - ts)
+                reply({"times": times})
+            elif cmd["cmd"] == "peak":
+                if cmd["dtype"] not in model.dtypes:
+                    reply({"error": f"no {cmd['dtype']} peak for {spec['backend']}"})
+                    continue
+                fn = model.peak(cmd["dtype"], tuple(cmd["shape"]), cmd.get("path"))
+                _timed(fn, int(cmd.get("warmup", 2)))
+                reply({"times": _timed(fn, int(cmd.get("n", 10)))})
+            elif cmd["cmd"] == "accuracy":
+                images = np.load(cmd["images"], mmap_mode="r")
+                batch = int(cmd.get("batch", 16))
+                probs = []
+                ts = time.perf_counter()
+                for s in range(0, len(images), batch):
+                    probs.append(model.predict(np.ascontiguousarray(images[s : s + batch])))
+                seconds = time.perf_counter() - ts
+                p = np.concatenate(probs) if probs else np.zeros(0)
+                reply({"probs": p.tolist(), "seconds": seconds})
+            elif cmd["cmd"] in ("stats", "quit"):
+                reply({"maxrss_kb": _maxrss_kb(), "cpu_s": _cpu_s(),
+                       "tensorflow_loaded": "tensorflow" in sys.modules})  # fmt: skip
+                if cmd["cmd"] == "quit":
+                    return 0
+            else:
+                reply({"error": f"unknown command {cmd['cmd']!r}"})
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            reply({"error": f"{type(e).__name__}: {e}".strip()[:500]})
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: `--worker SPEC_JSON`. Replies go to the real stdout; fd 1 becomes stderr."""
+    spec = json.loads(argv[argv.index("--worker") + 1])
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # libraries that print to stdout cannot corrupt the protocol
+    sys.stdout = sys.stderr
+    return serve(spec, sys.stdin, proto)
