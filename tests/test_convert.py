@@ -448,3 +448,32 @@ def test_normalization_found_in_nested_models(env):
     norm = layer_normalization(m)
     assert norm["std"] == pytest.approx([60.0, 50.0, 40.0])
     assert "mean=[1, 2, 3]" in G.check_normalization({"mean": [1, 2, 3], "std": 1}, norm)[0]
+
+
+@pytest.mark.slow
+def test_int8_with_int8_io(env, run_dir):
+    from dermedge.convert.quantize import float_ops, io_details
+
+    out = env.tmp / "out-int8-io"
+    res = _convert(
+        str(run_dir),
+        "--quant",
+        "int8",
+        "--io",
+        "int8",
+        "--calib-images",
+        "40",
+        "--out",
+        str(out),
+        *LOOSE,
+    )
+    assert res.exit_code == 0, res.output
+    blob = (out / "model_int8.tflite").read_bytes()
+    io = io_details(blob)
+    assert (
+        io["input"]["dtype"] == "int8"
+        and io["input"]["zero_point"] == -128
+        and float_ops(blob) == {}
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"][1]["agreement"] >= 0.9
