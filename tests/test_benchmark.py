@@ -214,8 +214,15 @@ def tiny_run(tmp_path_factory, request) -> Path:
     return root
 
 
-def _bench(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DERMEDGE_RUNS": str(root / "runs"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _bench(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DERMEDGE_RUNS": str(root / "runs"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(env or {}),
+    }
     return subprocess.run([sys.executable, "-m", "dermedge.benchmark", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
@@ -282,16 +289,33 @@ def test_benchmark_end_to_end(tiny_run):
     assert "| tflite-int8 |" in proc.stdout  # the table is printed at the end
 
 
-def test_benchmark_edge_only_tflite_folder(tiny_run):
-    """What a device with only the edge install runs: .tflite variants, no TensorFlow loaded."""
+BLOCK_TF = """
+import importlib.abc, sys
+
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "onnxruntime", "onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r} (edge install)")
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_benchmark_edge_install_without_tensorflow(tiny_run, tmp_path):
+    """What a device with only the edge install runs: TensorFlow, Keras and ONNX cannot be
+    imported (blocked in every process by a sitecustomize), so only .tflite variants are timed."""
     root = tiny_run
-    proc = _bench(root, str(root / "runs" / "convert" / "tiny"), "--runtime", "tflite",
-                  "--threads", "1", "--runs", "3", "--warmup", "1", "--name", "edge", "--no-plots")  # fmt: skip
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TF)
+    env_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    proc = _bench(root, str(root / "runs" / "train" / "tiny"), "--threads", "1", "--runs", "3",
+                  "--warmup", "1", "--name", "edge", "--no-plots", env={"PYTHONPATH": env_path})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((root / "runs" / "benchmark" / "edge" / "results.json").read_text())
     assert [r["variant"] for r in res["rows"]] == ["tflite-fp32", "tflite-int8"]
     assert not any(r["tensorflow_loaded"] for r in res["rows"])
-    assert all(r["auc"] is not None for r in res["rows"])
+    assert all(r["auc"] is not None and r["frac_peak"] > 0 for r in res["rows"])
+    assert any("TensorFlow is not installed" in n for n in res["notes"])
+    assert any(n.startswith("ONNX Runtime variants not benchmarked") for n in res["notes"])
     assert not (root / "runs" / "benchmark" / "edge" / "pareto.png").exists()
 
 

@@ -235,10 +235,8 @@ def load_test_set(group: Group, settings: Settings, tmp: Path) -> TestSet:
 
 def onnx_status() -> str | None:
     """None when ONNX variants can be made and run here, else why not."""
-    import importlib.util
 
-    missing = [m for m in ("onnxruntime", "tf2onnx", "tensorflow", "onnx")
-               if importlib.util.find_spec(m) is None]  # fmt: skip
+    missing = [m for m in ("onnxruntime", "tf2onnx", "tensorflow", "onnx") if _missing(m)]
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
@@ -394,9 +392,13 @@ def _select(groups: list[Group], settings: Settings, notes: list[str]) -> None:
 
 
 def _missing(module: str) -> bool:
+    """True when `module` cannot be imported here (checked without importing it)."""
     import importlib.util
 
-    return importlib.util.find_spec(module) is None
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
 
 
 def run(sources: Sequence[str | Path], out: Path, settings: Settings,
