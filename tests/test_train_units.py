@@ -1,0 +1,130 @@
+"""Units of the trainer: class weights, augmentation pipeline, model building and freezing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from dermedge.train.data import Augment, SplitArrays, augment_image, class_weights, make_dataset  # noqa: E402
+from dermedge.train.models import (  # noqa: E402
+    ARCHS,
+    WeightsError,
+    build_model,
+    input_contract,
+    set_trainable,
+)
+
+
+def _arrays(n: int = 10, size: int = 32) -> SplitArrays:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    y = (np.arange(n) % 3 == 0).astype(np.float32)
+    return SplitArrays("train", x, y, [f"{i}.jpg" for i in range(n)], {})
+
+
+def test_class_weights_balanced():
+    w = class_weights(np.array([0, 0, 0, 1]))
+    assert w == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+    # each class then carries half of the total weight
+    assert 3 * w[0] == pytest.approx(1 * w[1])
+
+
+def test_augmentation_is_seeded_and_keeps_range():
+    import tensorflow as tf
+
+    img = tf.constant(np.random.default_rng(1).uniform(0, 255, (32, 32, 3)).astype("float32"))
+    seed = tf.constant([3, 4], dtype=tf.int64)
+    a = augment_image(img, seed, Augment(), 32).numpy()
+    b = augment_image(img, seed, Augment(), 32).numpy()
+    c = augment_image(img, tf.constant([5, 6], dtype=tf.int64), Augment(), 32).numpy()
+    assert a.shape == (32, 32, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255
+    off = Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
+    assert np.allclose(augment_image(img, seed, off, 32).numpy(), img.numpy())
+
+
+def test_make_dataset_training_and_eval():
+    data = _arrays(10)
+    w = class_weights(data.y)
+    train = list(make_dataset(data, 4, True, seed=1, weights=w).as_numpy_iterator())
+    assert [len(b[0]) for b in train] == [4, 4, 2] and len(train[0]) == 3
+    x, y, sw = train[0]
+    assert x.dtype == np.float32 and y.shape == (4, 1) and sw.shape == (4,)
+    assert np.isin(sw, np.float32([w[0], w[1]])).all()
+    again = list(make_dataset(data, 4, True, seed=1, weights=w).as_numpy_iterator())
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(train, again, strict=True))
+    ev = list(make_dataset(data, 4, False).as_numpy_iterator())
+    assert np.array_equal(np.concatenate([b[0] for b in ev]), data.x.astype(np.float32))
+    assert np.array_equal(np.concatenate([b[1] for b in ev]).ravel(), data.y)
+
+
+@pytest.mark.parametrize("arch", ["simple_cnn", "mobilenet_v2"])
+def test_models_take_raw_pixels(arch):
+    m = build_model(arch, 32 if arch == "simple_cnn" else 64, None)
+    assert m.layers[1].name == "normalize" and m.output_shape == (None, 1)
+    c = input_contract(arch, 64)
+    norm = m.get_layer("normalize")
+    # (x - mean) / std == x * scale + offset
+    assert norm.scale == pytest.approx(1 / c.std) and norm.offset == pytest.approx(-c.mean / c.std)
+    assert m.get_layer("malignant").activation.__name__ == "sigmoid"
+
+
+def test_mobilenet_freezing_keeps_batchnorm_in_inference_mode():
+    m = build_model("mobilenet_v2", 64, None)
+    frozen = set_trainable(m, "mobilenet_v2", 0)
+    head = m.get_layer("malignant")
+    assert frozen["trainable_params"] == sum(int(np.prod(w.shape)) for w in head.weights)
+    top = set_trainable(m, "mobilenet_v2", 2)
+    assert top["trainable_params"] > frozen["trainable_params"]
+    assert m.get_layer("block_16_project").trainable and m.get_layer("block_15_expand").trainable
+    assert not m.get_layer("block_14_expand").trainable and not m.get_layer("Conv1").trainable
+    assert m.get_layer("Conv_1").trainable
+    bns = [la for la in m.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and not any(b.trainable for b in bns)
+    # frozen BN uses its moving statistics even when called with training=True
+    bn = m.get_layer("block_16_project_BN")
+    before = [w.copy() for w in bn.get_weights()]
+    m.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    m.fit(x, np.array([[0], [1], [0], [1]], "float32"), epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, bn.get_weights(), strict=True))
+    everything = set_trainable(m, "mobilenet_v2", None)  # from scratch: BN trains too
+    assert all(b.trainable for b in bns)
+    moving = sum(int(np.prod(w.shape)) for b in bns for w in b.non_trainable_weights)
+    assert everything["trainable_params"] == m.count_params() - moving
+
+
+def test_build_model_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("resnet", 64)
+    with pytest.raises(WeightsError, match="not found"):
+        build_model("simple_cnn", 64, str(tmp_path / "missing.weights.h5"))
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not an h5 file")
+    with pytest.raises(WeightsError, match="cannot load"):
+        build_model("simple_cnn", 32, str(bad))
+    # offline ImageNet download for MobileNetV2: a clear WeightsError, fast
+    from keras.src.utils import file_utils
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure: no network")  # noqa: TRY002 - what keras raises
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsError, match="--weights none"):
+        build_model("mobilenet_v2", 96, "imagenet")
+
+
+def test_weights_path_roundtrip(tmp_path):
+    m = build_model("simple_cnn", 32, None)
+    path = tmp_path / "w.weights.h5"
+    m.save_weights(path)
+    m2 = build_model("simple_cnn", 32, str(path))
+    assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), m2.get_weights(), strict=True))
+
+
+def test_archs_listed():
+    assert ARCHS == ("simple_cnn", "efficientnet_lite0", "mobilenet_v2")
