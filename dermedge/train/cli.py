@@ -1,0 +1,128 @@
+"""`dermedge train` and `dermedge evaluate`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _fail(e: BaseException) -> click.ClickException:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return click.ClickException(msg)
+
+
+@click.command("train")
+@click.option("--data", required=True, help="Split manifest (folder with manifest.csv, or the CSV) or a dataset folder (split on the fly).")
+@click.option("--arch", type=click.Choice(["simple_cnn", "efficientnet_lite0", "mobilenet_v2"]), default="efficientnet_lite0", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file (.weights.h5/.keras; a torch .pth for Lite0).")
+@click.option("--img-size", default=224, show_default=True, type=click.IntRange(32, 1024), help="Input side in pixels.")
+@click.option("--crop", type=click.Choice(["squash", "center", "fov"]), default="squash", show_default=True, help="How photos become squares (preprocessing contract).")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Epochs (the frozen-backbone phase for pretrained backbones).")
+@click.option("--fine-tune-epochs", default=10, show_default=True, type=click.IntRange(0), help="Epochs fine-tuning the top blocks (pretrained backbones).")
+@click.option("--unfreeze-blocks", default=6, show_default=True, type=click.IntRange(0), help="Top backbone blocks trained in the fine-tune phase (BatchNorm stays frozen).")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--fine-tune-lr", type=click.FloatRange(0, min_open=True), help="Fine-tune learning rate [default: lr/10].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--name", help="Run name under runs/train/ (default exp, exp2, ...).")
+@click.option("--exist-ok", is_flag=True, help="Reuse a non-empty run folder.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run --name from its last checkpoint.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default", show_default=True, help="tf.distribute: mirrored = one host, many devices; multiworker = TF_CONFIG cluster.")
+@click.option("--target-sensitivity", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Operating threshold: sensitivity target on the validation split.")
+@click.option("--sensitivity-margin", default=1.0, show_default=True, type=click.FloatRange(0), help="Binomial standard errors added to the target when choosing the threshold on val.")
+@click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Early stopping: epochs without a better val AUC.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism.")
+@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
+@click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples for the CIs.")
+@click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
+def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: int, fine_tune_epochs: int,
+          unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
+          name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
+          sensitivity_margin: float, patience: int, no_augment: bool, no_deterministic: bool,
+          dropout: float, label_smoothing: float, n_boot: int, quiet: bool) -> None:  # fmt: skip
+    """Train a Keras model, pick its operating threshold on val, evaluate it on test.
+
+    Writes runs/train/NAME/: model.keras, manifest.csv/json, history.csv, curves.png,
+    model_card.json and eval/. With --resume, the other options are taken from the run's config.json.
+    """
+    from dermedge.train.trainer import TrainConfig, TrainError
+    from dermedge.train.trainer import train as run_train
+
+    cfg = TrainConfig(data=data, arch=arch, weights=None if weights.lower() == "none" else weights,
+                      img_size=img_size, crop=crop, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
+                      unfreeze_blocks=unfreeze_blocks, batch=batch, lr=lr, fine_tune_lr=fine_tune_lr,
+                      seed=seed, name=name, strategy=strategy, target_sensitivity=target_sensitivity,
+                      sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,
+                      deterministic=not no_deterministic, dropout=dropout,
+                      label_smoothing=label_smoothing, n_boot=n_boot)  # fmt: skip
+    try:
+        res = run_train(cfg, resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1)
+    except (TrainError, FileNotFoundError, ValueError, OSError) as e:
+        raise _fail(e) from e
+    click.echo(f"run folder: {res.run_dir}")
+
+
+def _resolve_model(target: str) -> tuple[Path, Path | None]:
+    """(model file, run folder or None) of a run folder or a .keras file."""
+    p = Path(target)
+    if p.is_dir():
+        if not (p / "model.keras").is_file():
+            raise click.ClickException(f"{p} has no model.keras (is the training finished?)")
+        return p / "model.keras", p
+    if p.is_file():
+        if p.suffix != ".keras":
+            raise click.ClickException(f"{p}: expected a run folder or a .keras model")
+        return p, p.parent if (p.parent / "model_card.json").is_file() else None
+    raise click.ClickException(f"{target}: no such run folder or model")
+
+
+@click.command("evaluate")
+@click.argument("target", metavar="RUN_OR_MODEL")
+@click.option("--data", help="Manifest (folder or CSV) or a labelled dataset folder [default: the run's manifest].")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate (a dataset without splits is used whole).")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Operating threshold [default: the model card's].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: RUN/eval, or RUN/eval-<data>-<split>].")
+@click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100))
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
+def evaluate(target: str, data: str | None, split: str, threshold: float | None, out: str | None,
+             n_boot: int, batch: int) -> None:  # fmt: skip
+    """Accuracy, precision, sensitivity, specificity, F1 and ROC AUC with bootstrap 95% CIs, at the
+    card's operating threshold and at 0.5; confusion, ROC, PR and reliability plots."""
+    from dermedge.data.manifest import manifest_sha256
+    from dermedge.train.card import read_card
+    from dermedge.train.evaluate import report_table
+    from dermedge.train.trainer import TrainError, evaluate_model, resolve_records
+
+    model_path, run_dir = _resolve_model(target)
+    card = read_card(run_dir) if run_dir else None
+    source = data or (str(run_dir) if run_dir and (run_dir / "manifest.csv").is_file() else None)
+    if source is None:
+        raise click.ClickException("no data: pass --data (a manifest or a labelled dataset folder)")
+    try:
+        records, csv_path = resolve_records(source, None, split_dataset=False)
+    except TrainError as e:
+        raise _fail(e) from e
+    if out:
+        out_dir = Path(out)
+    else:
+        base = run_dir or model_path.parent
+        tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
+        out_dir = base / f"eval{tag}"
+    extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
+    try:
+        report = evaluate_model(model_path, card, records, split, out_dir, threshold, n_boot, batch, extra=extra)
+    except (TrainError, ValueError, OSError) as e:
+        raise _fail(e) from e
+    click.echo(f"{model_path} on {source} [{report['split']}]: {report['n']} images "
+               f"({report['positives']} malignant)")  # fmt: skip
+    click.echo(report_table(report))
+    click.echo(f"written: {out_dir}/metrics.json and " + ", ".join(report.get("plots", {}).values()))
+    if card is None:
+        click.echo("note: no model card beside the model; threshold " + json.dumps(report["operating_threshold"]))

@@ -1,0 +1,566 @@
+"""Train a model on a split manifest: two-phase transfer, early stopping on val AUC, resumable.
+
+Run folder `runs/train/<name>/`:
+  config.json, manifest.csv/json        what was asked and on which data (manifest copied)
+  checkpoints/state.json, epoch-N.keras the resumable state (model + optimizer, callbacks, history)
+  checkpoints/best.weights.h5           best validation AUC so far
+  model.keras, history.csv, curves.png, model_card.json, eval/   the results
+Every file is written atomically, so killing the process at any point leaves a resumable run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermedge.data.contract import InputContract
+from dermedge.data.index import Record
+from dermedge.data.io import atomic_write_bytes, atomic_write_text
+from dermedge.data.manifest import ManifestError, manifest_sha256, read_manifest
+from dermedge.runs import format_table, new_run_dir, runs_root
+from dermedge.train import evaluate as ev
+from dermedge.train.card import make_card, write_card
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+STATE = "state.json"
+
+
+class TrainError(RuntimeError):
+    """A user-facing training problem (bad data, bad flags, nothing to resume); one-line message."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as config.json and reused by --resume."""
+
+    data: str
+    arch: str = "simple_cnn"
+    weights: str | None = "imagenet"
+    img_size: int = 224
+    crop: str = "squash"
+    epochs: int = 10  # frozen-backbone phase for pretrained backbones, else all epochs
+    fine_tune_epochs: int = 10
+    unfreeze_blocks: int = 6
+    batch: int = 32
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None  # default lr / 10
+    seed: int = 0
+    name: str | None = None
+    strategy: str = "default"
+    target_sensitivity: float = 0.95
+    sensitivity_margin: float = 1.0  # binomial SEs added to the target when choosing on val
+    patience: int = 5
+    augment: bool = True
+    deterministic: bool = True
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    n_boot: int = 2000
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def phases(self) -> list[dict[str, Any]]:
+        """[{name, epochs, unfreeze, lr}]: frozen + fine-tune for a pretrained backbone, else one."""
+        from dermedge.train.models import PRETRAINED
+
+        ft_lr = self.fine_tune_lr if self.fine_tune_lr is not None else self.lr / 10
+        if self.arch in PRETRAINED and self.weights not in (None, "none"):
+            out = [{"name": "frozen", "epochs": self.epochs, "unfreeze": 0, "lr": self.lr}]
+            if self.fine_tune_epochs > 0:
+                out.append({"name": "finetune", "epochs": self.fine_tune_epochs,
+                            "unfreeze": self.unfreeze_blocks, "lr": ft_lr})  # fmt: skip
+            return out
+        return [{"name": "train", "epochs": self.epochs, "unfreeze": None, "lr": self.lr}]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(f"[dermedge] {msg}", flush=True)
+
+
+def _save_keras(model: Any, path: Path) -> None:
+    """model.save into a temporary `.keras` beside `path`, then one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_weights(model: Any, path: Path) -> None:
+    """Load model weights saved by `_save_keras`; the optimizer slots they carry are not needed."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+        model.load_weights(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(ev._clean(obj), indent=2) + "\n")
+
+
+def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
+    """history.csv (one row per epoch, all phases) and curves.png."""
+    if not history:
+        return
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    lines = [",".join(keys)]
+    for row in history:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append(f"{v:.6g}" if isinstance(v, float) else str(v))
+        lines.append(",".join(cells))
+    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+    ev.plot_history(history, run_dir / "curves.png")
+
+
+def _is_manifest(p: Path) -> bool:
+    return (p.is_file() and p.suffix == ".csv") or (p.is_dir() and (p / "manifest.csv").is_file())
+
+
+def resolve_records(data: str, run_dir: Path | None, seed: int = 0,
+                    split_dataset: bool = True) -> tuple[list[Record], Path | None]:  # fmt: skip
+    """Records of a manifest (folder or CSV) or of a dataset folder.
+
+    A dataset folder is split leakage-free on the fly (`split_dataset`), or else read as it is
+    (its own train/test folders, if any; evaluation). With `run_dir`, the manifest (CSV + JSON)
+    ends up there: copied, or written by the split. Returns the records and the manifest CSV
+    they came from (None for a dataset read as it is).
+    """
+    p = Path(data)
+    if not p.exists():
+        raise TrainError(f"--data {data}: no such file or folder")
+    if _is_manifest(p):
+        csv_path = p if p.is_file() else p / "manifest.csv"
+        try:
+            records = read_manifest(csv_path)
+        except ManifestError as e:
+            raise TrainError(str(e)) from e
+        if run_dir is not None and csv_path.resolve() != (run_dir / "manifest.csv").resolve():
+            atomic_write_bytes(run_dir / "manifest.csv", csv_path.read_bytes())
+            meta = csv_path.with_suffix(".json")
+            if meta.is_file():
+                atomic_write_bytes(run_dir / "manifest.json", meta.read_bytes())
+            else:  # keep the data root findable from the copy
+                _write_json(run_dir / "manifest.json", {"root": str(csv_path.parent.resolve())})
+            csv_path = run_dir / "manifest.csv"
+        return records, csv_path
+    if not p.is_dir():
+        raise TrainError(f"--data {data}: not a manifest CSV, a run folder with manifest.csv, or a dataset folder")
+    from dermedge.data.analysis import analyse
+    from dermedge.data.index import read_dataset
+    from dermedge.data.split import make_split, write_manifest
+
+    try:
+        index = read_dataset(p)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise TrainError(f"--data {data}: {e}") from e
+    if not split_dataset:
+        return index.records, None
+    _log(f"{data} is a dataset folder: analysing it and writing a leakage-free split (seed {seed})")
+    analysis = analyse(index)
+    try:
+        split = make_split(analysis, seed=seed)
+    except ValueError as e:
+        raise TrainError(str(e)) from e
+    out = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="dermedge-split-"))
+    csv_path = write_manifest(split, analysis, out)
+    return read_manifest(csv_path), csv_path
+
+
+def _strategy(name: str) -> Any:
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+def _is_chief() -> bool:
+    cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = cfg.get("task") or {}
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                    and "chief" not in cfg.get("cluster", {}))  # fmt: skip
+
+
+def _set_determinism(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        with contextlib.suppress(Exception):  # already initialised, or unsupported build
+            tf.config.experimental.enable_op_determinism()
+
+
+# --- the training loop --------------------------------------------------------------------------
+
+
+def _state_callback(run_dir: Path, state: dict[str, Any], phase_idx: int, phase: dict[str, Any],
+                    patience: int, chief: bool, t_start: float) -> Any:  # fmt: skip
+    import keras
+
+    ckpt = run_dir / "checkpoints"
+
+    class RunState(keras.callbacks.Callback):
+        """Per-epoch: history row, best weights on val AUC, full checkpoint + state, early stop."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t0 = time.time()
+            _log(f"phase {phase['name']}: epoch {epoch + 1}/{phase['epochs']} "
+                 f"(run epoch {state['epochs_done'] + 1})")  # fmt: skip
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            lr = self.model.optimizer.learning_rate
+            row: dict[str, Any] = {"epoch": state["epochs_done"] + 1, "phase": phase["name"],
+                                   "phase_epoch": epoch + 1}  # fmt: skip
+            row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
+            row["lr"] = float(np.asarray(lr))
+            row["seconds"] = round(time.time() - self.t0, 2)
+            state["history"].append(row)
+            state["epochs_done"] += 1
+            state["phase"], state["phase_epoch"] = phase_idx, epoch + 1
+            auc = logs.get("val_auc")
+            best = state.get("best_val_auc")
+            if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
+                state["best_val_auc"], state["best_epoch"], state["wait"] = float(auc), row["epoch"], 0
+                if chief:
+                    _save_keras(self.model, ckpt / "best.weights.h5")
+            else:
+                state["wait"] = state.get("wait", 0) + 1
+            if state["wait"] >= patience and epoch + 1 < phase["epochs"]:
+                _log(f"early stop: val AUC has not improved for {patience} epochs")
+                state["stopped_early"].append(phase["name"])
+                self.model.stop_training = True
+            if phase["epochs"] == epoch + 1 or self.model.stop_training:
+                state["phases_done"] = phase_idx + 1
+            state["wall_seconds"] = state.get("wall_before", 0.0) + time.time() - t_start
+            if chief:
+                name = f"epoch-{state['epochs_done']}.keras"
+                _save_keras(self.model, ckpt / name)
+                old = state.get("last_checkpoint")
+                state["last_checkpoint"] = name
+                _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
+                if old and old != name:
+                    with contextlib.suppress(OSError):
+                        (ckpt / old).unlink()
+                write_history(state["history"], run_dir)
+
+    return RunState()
+
+
+def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps), alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+
+
+def predict(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """P(malignant) for uint8 (N, S, S, 3) images."""
+    out = np.empty(len(x), dtype=np.float64)
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch].astype(np.float32)
+        out[i : i + batch] = np.asarray(model(chunk, training=False)).reshape(-1)
+    return out
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    card: dict[str, Any]
+    report: dict[str, Any]
+
+
+def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
+          verbose: int | str = "auto", on_start: Callable[[Path], None] | None = None) -> TrainResult:  # fmt: skip
+    """Train per `cfg` (or continue the run `cfg.name` with `resume`) and evaluate on test."""
+    from dermedge.train.models import ARCHS, WeightsError, input_contract
+
+    t_start = time.time()
+    if resume:
+        if not cfg.name:
+            raise TrainError("--resume needs --name of the run to continue")
+        run_dir = runs_root() / "train" / cfg.name
+        state_path = run_dir / "checkpoints" / STATE
+        if not (run_dir / "config.json").is_file():
+            raise TrainError(f"nothing to resume: {run_dir} has no config.json")
+        saved = json.loads((run_dir / "config.json").read_text())
+        cfg = TrainConfig(**saved)
+        state = json.loads(state_path.read_text()) if state_path.is_file() else None
+        if state and state.get("finished"):
+            raise TrainError(f"{run_dir} already finished; nothing to resume")
+        records, csv_path = resolve_records(str(run_dir), None)
+        csv_path = run_dir / "manifest.csv"
+    else:
+        if cfg.arch not in ARCHS:
+            raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
+        if cfg.strategy not in STRATEGIES:
+            raise TrainError(f"unknown strategy {cfg.strategy!r}")
+        try:
+            input_contract(cfg.arch, cfg.img_size, cfg.crop)
+        except ValueError as e:
+            raise TrainError(str(e)) from e
+        if not Path(cfg.data).exists():
+            raise TrainError(f"--data {cfg.data}: no such file or folder")
+        if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
+            raise TrainError(f"--weights {cfg.weights}: no such file")
+        try:
+            run_dir = new_run_dir("train", cfg.name, exist_ok=exist_ok)
+        except FileExistsError as e:
+            raise TrainError(f"{e} (or --resume to continue it)") from e
+        cfg.name = run_dir.name
+        state = None
+        try:
+            records, csv_path = resolve_records(cfg.data, run_dir, cfg.seed)
+        except TrainError:
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
+        _write_json(run_dir / "config.json", asdict(cfg))
+    if on_start:
+        on_start(run_dir)
+    if cfg.weights == "none":
+        cfg.weights = None
+
+    import keras
+
+    from dermedge.train.data import Augment, class_weights, load_split, make_dataset
+    from dermedge.train.models import build_model, set_trainable
+
+    _set_determinism(cfg.seed, cfg.deterministic)
+    chief = _is_chief()
+    contract = input_contract(cfg.arch, cfg.img_size, cfg.crop)
+    cache = cfg.cache_dir or str(runs_root() / "cache")
+    splits = {s: load_split(records, s, contract, cache) for s in ("train", "val", "test")}
+    for s in ("train", "val"):
+        c = splits[s].counts()
+        if min(c.values()) == 0:
+            raise TrainError(f"the {s} split needs both classes; it has {c} ({csv_path})")
+    skipped = {p: r for s in splits.values() for p, r in s.skipped.items()}
+    for p, r in list(skipped.items())[:10]:
+        _log(f"skipped unreadable {p}: {r}")
+    weights = class_weights(splits["train"].y)
+    _log(f"run {run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
+         f"val {splits['val'].counts()}, test {splits['test'].counts()}")  # fmt: skip
+    _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
+
+    strategy = _strategy(cfg.strategy)
+    replicas = strategy.num_replicas_in_sync
+    aug = Augment() if cfg.augment else Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
+    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, weights, aug)
+    val_ds = make_dataset(splits["val"], cfg.batch, False)
+    steps = int(np.ceil(len(splits["train"]) / cfg.batch))
+
+    if state is None:
+        state = {"epochs_done": 0, "phase": 0, "phase_epoch": 0, "phases_done": 0, "history": [],
+                 "best_val_auc": None, "best_epoch": None, "wait": 0, "stopped_early": [],
+                 "wall_seconds": 0.0, "resumes": 0}  # fmt: skip
+    else:
+        state["resumes"] = state.get("resumes", 0) + 1
+        _log(f"resuming {run_dir} after {state['epochs_done']} epochs "
+             f"(phase {state['phase'] + 1}, epoch {state['phase_epoch']})")  # fmt: skip
+    state["wall_before"] = state.get("wall_seconds", 0.0)
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    phases = cfg.phases()
+    info: dict[str, Any] = {}
+    model = None
+    for idx, phase in enumerate(phases):
+        if idx < state["phases_done"]:
+            continue
+        mid_phase = state["phase"] == idx and state["phase_epoch"] > 0 and state.get("last_checkpoint")
+        with strategy.scope():
+            if mid_phase:
+                model = keras.models.load_model(ckpt / state["last_checkpoint"])
+                initial = state["phase_epoch"]
+            else:
+                if model is None:
+                    try:
+                        model = build_model(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout)
+                    except WeightsError as e:
+                        raise TrainError(str(e)) from e
+                if idx > 0 and (ckpt / "best.weights.h5").is_file():
+                    _load_weights(model, ckpt / "best.weights.h5")
+                set_trainable(model, cfg.arch, phase["unfreeze"])
+                _compile(model, phase["lr"], steps * phase["epochs"], cfg.label_smoothing)
+                initial = 0
+                state["wait"] = 0
+        n_train = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        info[phase["name"]] = {"trainable_params": n_train, "total_params": model.count_params(),
+                               "lr": phase["lr"], "unfreeze_blocks": phase["unfreeze"]}  # fmt: skip
+        _log(f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, lr {phase['lr']:g}, "
+             f"{n_train:,} of {model.count_params():,} parameters trainable, {replicas} replica(s)")  # fmt: skip
+        cb = _state_callback(run_dir, state, idx, phase, cfg.patience, chief, t_start)
+        model.fit(train_ds, validation_data=val_ds, epochs=phase["epochs"], initial_epoch=initial,
+                  callbacks=[cb], verbose=verbose, shuffle=False)  # fmt: skip
+        state["phase"], state["phase_epoch"] = idx + 1, 0
+        state["phases_done"] = idx + 1
+
+    # the best epoch's weights, saved without optimizer state
+    if model is None:  # resumed after the last phase finished but before the end
+        with strategy.scope():
+            model = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)
+    if (ckpt / "best.weights.h5").is_file():
+        _load_weights(model, ckpt / "best.weights.h5")
+    final = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)  # uncompiled: no optimizer state
+    final.set_weights(model.get_weights())
+    for mine, trained in zip(final.layers, model.layers, strict=True):
+        mine.trainable = trained.trainable
+    if chief:
+        _save_keras(final, run_dir / "model.keras")
+    state["wall_seconds"] = state["wall_before"] + time.time() - t_start
+
+    # threshold on val, metrics on test
+    batch = max(cfg.batch, 32)
+    p_val = predict(final, splits["val"].x, batch)
+    thr = ev.choose_threshold(splits["val"].y, p_val, cfg.target_sensitivity, cfg.sensitivity_margin)
+    val_auc = ev.roc_auc(splits["val"].y, p_val)
+    _log(f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
+         f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
+         f"+{cfg.sensitivity_margin} SE -> {thr['effective_target']:.4f}); val AUC {val_auc:.4f}")  # fmt: skip
+    test = splits["test"]
+    report: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"val": {"roc_auc": val_auc, "n": len(splits["val"]), **thr}}
+    if len(test) and min(test.counts().values()) > 0:
+        p_test = predict(final, test.x, batch)
+        report = ev.evaluate_predictions(test.y, p_test, thr["threshold"], run_dir / "eval" if chief else None,
+                                         n_boot=cfg.n_boot, seed=cfg.seed, title=f"{cfg.name} test",
+                                         paths=test.paths,
+                                         extra={"split": "test", "model": str(run_dir / "model.keras"),
+                                                "manifest_sha256": manifest_sha256(csv_path)})  # fmt: skip
+        metrics["test"] = ev.summarize(report)
+        metrics["test"]["at_0.5"] = {k: report["at_0.5"][k] for k in ev.METRICS}
+    else:
+        _log("no usable test split (needs both classes): test metrics left out of the card")
+    meta_path = csv_path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    data_info = {"manifest": "manifest.csv", "manifest_sha256": manifest_sha256(csv_path),
+                 "source": cfg.data, "root": meta.get("root"), "mode": meta.get("mode"),
+                 "linked_to": meta.get("linked_to"),
+                 "counts": {s: v.counts() for s, v in splits.items()}, "skipped": len(skipped)}  # fmt: skip
+    training = {"config": asdict(cfg), "class_weights": {"benign": weights[0], "malignant": weights[1]},
+                "phases": phases, "phase_info": info, "augmentation": aug.to_dict() if cfg.augment else None,
+                "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
+                "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
+                "strategy": cfg.strategy, "replicas": replicas, "resumes": state.get("resumes", 0),
+                "wall_seconds": round(state["wall_seconds"], 1),
+                "params": final.count_params()}  # fmt: skip
+    card = make_card(cfg.name, cfg.arch, contract, thr["threshold"], cfg.target_sensitivity,
+                     ev._clean(metrics), data_info, ev._clean(training))  # fmt: skip
+    card["threshold_policy"].update({"margin_se": cfg.sensitivity_margin,
+                                     "effective_target": thr["effective_target"]})  # fmt: skip
+    if chief:
+        write_card(card, run_dir)
+        write_history(state["history"], run_dir)
+        state["finished"] = True
+        last = state.pop("last_checkpoint", None)
+        _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
+        if last:
+            with contextlib.suppress(OSError):
+                (ckpt / last).unlink()
+    if report:
+        print(ev.report_table(report), flush=True)
+    print(summary_table(card), flush=True)
+    return TrainResult(run_dir, card, report)
+
+
+def summary_table(card: dict[str, Any]) -> str:
+    """One-glance summary of a trained model."""
+    t = card.get("training", {})
+    m = card["metrics"].get("test") or {}
+
+    def ci(k: str) -> str:
+        v, c = m.get(k), m.get(f"{k}_ci95")
+        if v is None:
+            return "n/a"
+        return f"{v:.4f} [{c[0]:.4f}, {c[1]:.4f}]" if c and c[0] is not None else f"{v:.4f}"
+
+    rows = [["run", card["name"]], ["arch / input", f"{card['arch']} {card['input']['size']}px"],
+            ["parameters", f"{t.get('params', 0):,}"],
+            ["epochs run / best", f"{t.get('epochs_run')} / {t.get('best_epoch')}"],
+            ["best val AUC", f"{t.get('best_val_auc') or float('nan'):.4f}"],
+            ["threshold (val, sens>=" + str(card['threshold_policy']['target_sensitivity']) + ")",
+             f"{card['threshold']:.4f}"],
+            ["test ROC AUC", ci("roc_auc")], ["test accuracy", ci("accuracy")],
+            ["test sensitivity", ci("recall")], ["test specificity", ci("specificity")],
+            ["test accuracy at 0.5", f"{m.get('accuracy_at_0.5') or float('nan'):.4f}"],
+            ["wall time", f"{t.get('wall_seconds', 0) / 60:.1f} min"]]  # fmt: skip
+    return format_table(rows, ["summary", "value"])
+
+
+# --- evaluation of a saved model ----------------------------------------------------------------
+
+
+def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[Record], split: str,
+                   out_dir: Path, threshold: float | None = None, n_boot: int = 2000,
+                   batch: int = 64, cache_dir: str | None = None, extra: dict[str, Any] | None = None,
+                   ) -> dict[str, Any]:  # fmt: skip
+    """Metrics and plots of a saved Keras model on the labelled `records` (one split or all)."""
+    import keras
+
+    from dermedge.train.data import load_split
+
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as e:  # noqa: BLE001
+        raise TrainError(f"cannot load model {model_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    shape = model.input_shape
+    if card is not None:
+        contract = InputContract.from_dict(card["input"])
+    else:
+        contract = InputContract(size=int(shape[1]))
+    if shape[1] is not None and int(shape[1]) != contract.size:
+        raise TrainError(f"model input is {shape[1]}px but its card says {contract.size}px")
+    thr = float(threshold if threshold is not None else (card or {}).get("threshold", 0.5))
+    recs = [r for r in records if r.split == split]
+    used = split
+    if not recs:
+        if any(r.split in ("train", "val", "test") for r in records):
+            raise TrainError(f"no images in split {split!r} (have: {sorted({r.split for r in records})})")
+        recs, used = [Record(r.path, r.label, r.source, r.group, "all", r.dx) for r in records], "all"
+    data = load_split(recs, used, contract, cache_dir or str(runs_root() / "cache"))
+    if len(data) == 0:
+        raise TrainError("no readable images to evaluate")
+    if min(data.counts().values()) == 0:
+        _log(f"warning: only one class present {data.counts()}: AUC and some metrics are undefined")
+    prob = predict(model, data.x, batch)
+    info = {"split": used, "model": str(model_path), "skipped": data.skipped,
+            "card_threshold": (card or {}).get("threshold"), **(extra or {})}  # fmt: skip
+    name = (card or {}).get("name", Path(model_path).stem)
+    return ev.evaluate_predictions(data.y, prob, thr, out_dir, n_boot=n_boot, title=f"{name} {used}",
+                                   paths=data.paths, extra=info)  # fmt: skip
+
+
+__all__ = ["TrainConfig", "TrainError", "TrainResult", "evaluate_model", "predict", "resolve_records",
+           "summary_table", "train", "write_history"]
