@@ -571,6 +571,7 @@ def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
                                "threads": t, "runtime": w.hello.get("runtime"),
                                "file": v.path.name, "path": str(v.path),
                                "file_mb": v.size_bytes / 1e6,
+                               "import_ms": 1e3 * w.hello["import_s"] if "import_s" in w.hello else None,
                                "load_ms": 1e3 * w.hello["load_s"] if "load_s" in w.hello else None,
                                "first_ms": 1e3 * w.hello["first_s"] if "first_s" in w.hello else None,
                                "error": w.error}  # fmt: skip

@@ -16,7 +16,7 @@ from dermedge.data.io import atomic_open, atomic_write_text
 from dermedge.runs import format_table
 
 CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto", "file", "file_mb",
-              "load_ms", "first_ms", "n_runs", "median_ms", "p90_ms", "p99_ms", "mean_ms",
+              "import_ms", "load_ms", "first_ms", "n_runs", "median_ms", "p90_ms", "p99_ms", "mean_ms",
               "min_ms", "max_ms", "q25_ms", "q75_ms", "iqr_ms", "iqr_rel", "throughput_ips",
               "batch_ips", "peak_rss_mb", "n_test", "threshold", "auc", "accuracy", "sensitivity",
               "specificity", "tp", "fp", "tn", "fn", "reference", "max_abs_diff_vs_ref",
@@ -112,6 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"- date: {mach['date']}; load average before/after: {la.get('before')} / {la.get('after')}",
              f"- timing: {s['runs']} timed single-image runs per row after {s['warmup']} warm-up, "
              f"{s['order']}; latency = {s['latency']}; img/s = {s['throughput']}",
+             "- load ms: building the model object from its file, after the runtime was imported "
+             "(import ms in the CSV); 1st ms: the first inference",
              f"- accuracy: on each model's test images at the model card's threshold "
              f"(batch {s['batch']}, {s['accuracy_threads']} thread(s)); RSS = peak resident memory "
              "of a process that only loads and runs that variant",
