@@ -130,12 +130,45 @@ def markdown(results: dict[str, Any]) -> str:
               "`front` marks the latency-vs-AUC Pareto front (no other row is both faster and more "
               "accurate). IQR % = interquartile range over the median; flags: wide spread "
               "(IQR > 10% of the median), heavy tail (p99 > 2x median)."]  # fmt: skip
+    lines += ["", "## Summary", *summary(results["rows"])]
     if results.get("camera"):
         lines += ["", camera_markdown(results["camera"])]
     if results.get("notes"):
         lines += ["", "## Notes", *[f"- {n}" for n in results["notes"]]]
     lines += ["", f"_{DISCLAIMER}_", ""]
     return "\n".join(lines)
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A few sentences a reader can act on: the front, the fastest row, int8 vs fp32."""
+    out = []
+    front = [rows[i] for i in pareto_front(rows)]
+    if front:
+        out.append("- Pareto front (fastest first): " + "; ".join(
+            f"{r['model']}/{r['variant']} at {r['threads']} thread(s) ({r['median_ms']:.1f} ms, "
+            f"AUC {r['auc']:.3f})" for r in front) + ".")  # fmt: skip
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model and _ok(r.get("median_ms"))]
+        if not mine:
+            continue
+        fast = min(mine, key=lambda r: r["median_ms"])
+        line = (f"- {model}: fastest {fast['variant']} at {fast['threads']} thread(s), "
+                f"{fast['median_ms']:.1f} ms median ({fast['throughput_ips']:.1f} img/s)")  # fmt: skip
+        aucs = [r["auc"] for r in mine if _ok(r.get("auc"))]
+        if aucs:
+            line += f"; AUC {min(aucs):.3f}-{max(aucs):.3f} across variants"
+        fr = [r["frac_peak"] for r in mine if _ok(r.get("frac_peak"))]
+        if fr:
+            line += f"; {100 * min(fr):.0f}-{100 * max(fr):.0f}% of its runtime's peak"
+        by = {(r["variant"], r["threads"]): r for r in mine}
+        for t in sorted({r["threads"] for r in mine}):
+            a, b = by.get(("tflite-fp32", t)), by.get(("tflite-int8", t))
+            if a and b:
+                line += (f"; tflite-int8 is {a['median_ms'] / b['median_ms']:.2f}x the speed of fp32 "
+                         f"at {t} thread(s)")  # fmt: skip
+                break
+        out.append(line + ".")
+    return out
 
 
 def camera_markdown(cam: dict[str, Any]) -> str:
