@@ -358,6 +358,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     from dermedge.train.data import Augment, class_weights, load_split, make_dataset
     from dermedge.train.models import build_model, set_trainable
 
+    strategy = _strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
     _set_determinism(cfg.seed, cfg.deterministic)
     chief = _is_chief()
     contract = input_contract(cfg.arch, cfg.img_size, cfg.crop)
@@ -375,7 +376,6 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
          f"val {splits['val'].counts()}, test {splits['test'].counts()}")  # fmt: skip
     _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
 
-    strategy = _strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     aug = Augment() if cfg.augment else Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
     train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, weights, aug)
