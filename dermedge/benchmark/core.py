@@ -51,7 +51,7 @@ class Settings:
     limit: int | None = None  # at most this many test images (stratified, fixed seed)
     batch: int = 16  # accuracy pass batch
     accuracy_threads: int | None = None
-    peak_runs: int = 10
+    peak_runs: int = 20
     timeout: float = 900.0  # seconds one worker reply may take
     onnx_opset: int = 17
     seed: int = 0
@@ -479,9 +479,8 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                 continue
             reply = w.ask(cmd="run", n=settings.block)
             if "times" not in reply:
-                notes.append(
-                    f"{v.label} at {t} thread(s) failed while timing: {reply.get('error')}"
-                )
+                w.error = w.error or str(reply.get("error"))
+                notes.append(f"{v.label} at {t} thread(s) failed while timing: {w.error}")
                 continue
             if r >= rounds_warm:
                 times[id(w)].extend(reply["times"])
