@@ -2,4 +2,4 @@
 
 from dermedge.edge.cli import main
 
-main()
+main(prog_name="edge-classify")
