@@ -98,6 +98,36 @@ def run(cmd: list[str]) -> dict[str, Any]:
     }
 
 
+def machine() -> dict[str, Any]:
+    """Facts that make timings comparable: CPU, cores, flags, memory, library versions, load."""
+    import cv2
+    import PIL
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        "",
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []
+    )
+    return {
+        "cpu": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "simd": [
+            f
+            for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon", "asimd")
+            if f in flags
+        ],
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
 def stage_ms(model: Path, video: Path, threads: int) -> dict[str, dict[str, float]]:
     """Per-frame cost of each camera-loop stage, in-process, sequential: median and minimum.
 
@@ -182,6 +212,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="start-up runs (median reported)")
     parser.add_argument("--frames", type=int, default=300, help="camera video length")
     parser.add_argument("--camera-runs", type=int, default=3, help="camera runs (median reported)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="first wait up to S seconds for the 1-min load to fall below 1",
+    )
     parser.add_argument("--make-lite0", type=Path, metavar="OUT", help="build a Lite0 int8 model")
     parser.add_argument("--out", type=Path, default=RESULTS / "edge_startup.json")
     args = parser.parse_args()
@@ -193,6 +230,9 @@ def main() -> None:
     if model is None:
         sys.exit("no int8 model with a card found; pass --model")
     edge = [sys.executable, "-m", "dermedge.edge", "-m", str(model), "--threads", str(args.threads)]
+    deadline = time.monotonic() + args.wait_quiet
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+        time.sleep(5)
     load_before = os.getloadavg()
 
     image = str(photos(1)[0])
@@ -209,9 +249,7 @@ def main() -> None:
     result = {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            **machine(),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
