@@ -75,6 +75,16 @@ def test_compare_agreement_and_max_dp():
     assert m["auc"] == 0.75 and m["accuracy"] == 0.75 and m["sensitivity"] == 0.5
 
 
+def test_output_step_and_int8_advice():
+    p = np.array([0.1, 0.39453, 0.42188, 0.42188, 0.44531, 0.9])
+    step = G.output_step(p, 0.4393)
+    assert step == pytest.approx(0.02343)
+    assert G.output_step(p, 0.05) is None
+    text = G.advice("int8", ["sensitivity dropped ..."], 300, step)
+    assert "steps of 0.023" in text and "--calib-images 1000; used 300" in text
+    assert "input contract" in G.advice("int8", ["input contract mismatch: ..."])
+
+
 def test_contract_checks():
     layer = {"layer": "normalize", "mean": np.array([127.0]), "std": np.array([128.0])}
     assert G.check_normalization({"mean": 127, "std": 128}, layer) == []

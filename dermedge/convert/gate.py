@@ -70,6 +70,19 @@ def compare(y: Any, p_ref: Any, p_var: Any, threshold: float) -> dict[str, Any]:
     return out
 
 
+def output_step(prob: Any, threshold: float) -> float | None:
+    """Gap between the distinct outputs just below and at/above the threshold (None if one side is empty).
+
+    For int8 this is the probability grid the quantized logit allows near the operating point:
+    a case closer to the threshold than about one step can change its decision.
+    """
+    u = np.unique(np.asarray(prob, dtype=np.float64))
+    below, above = u[u < threshold], u[u >= threshold]
+    if not below.size or not above.size:
+        return None
+    return float(above.min() - below.max())
+
+
 def _drop(ref: float, var: float) -> float:
     if math.isnan(ref) or math.isnan(var):
         return 0.0 if math.isnan(ref) and math.isnan(var) else math.inf
@@ -156,14 +169,21 @@ def check_recorded(
 # --- advice and the report ------------------------------------------------------------------------
 
 
-def advice(variant: str, failures: Sequence[str], calib_images: int | None = None) -> str:
+def advice(variant: str, failures: Sequence[str], calib_images: int | None = None,
+           step: float | None = None) -> str:  # fmt: skip
     """What to try when a variant fails (a phrase to follow "try: ")."""
     if any(f.startswith("input contract mismatch") for f in failures):
         return ("fixing the model card's input contract (input.size/crop/mean/std must be what the "
                 "model was trained with), then convert again; no quantization setting fixes this")  # fmt: skip
     if variant == "int8":
         used = f"; used {calib_images}" if calib_images else ""
-        return (f"more calibration images (--calib-images 1000{used}); per-channel weight "
+        grid = ""
+        if step is not None and step > 0.01:
+            grid = (f"Near the threshold int8 probabilities move in steps of {step:.3f} (the "
+                    "quantized logit), so cases within about a step of it can change decision; "
+                    "if the AUC held, re-choosing the int8 variant's threshold on the validation "
+                    "split (same sensitivity target) may be the fix. Or ")  # fmt: skip
+        return (grid + f"more calibration images (--calib-images 1000{used}); per-channel weight "
                 "quantization (on by default; per-tensor loses more); float fallback "
                 "(--allow-float-fallback: ops without an int8 kernel stay float - no longer fully "
                 "integer), or ship fp16/dynamic for this device. An int8 drop of more than about "

@@ -343,10 +343,13 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
             produced.append(rel)
             row.update({"file": rel, "size_bytes": len(final), **cmp, "verdict": verdict,
                         "failures": failures, "runtime": runtime})  # fmt: skip
+            step = gate.output_step(p_var, src.threshold) if variant == "int8" else None
             if variant == "int8":
-                row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"])
+                row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"],
+                           output_step_at_threshold=step)  # fmt: skip
             if own:
-                row["advice"] = gate.advice(variant, own, len(calib) if calib is not None else None)
+                n_cal = len(calib) if calib is not None else None
+                row["advice"] = gate.advice(variant, own, n_cal, step)
         except ConvertError as e:
             row.update(
                 {"verdict": "error", "failures": [str(e)], "advice": gate.advice(variant, [str(e)])}
