@@ -97,7 +97,7 @@ def main() -> int:
         return 1
     load = wait_quiet(args.wait_quiet)
     settings = core.Settings(threads=[int(t) for t in args.threads.split(",")], runs=args.runs,
-                             warmup=args.warmup,
+                             warmup=args.warmup, include_rejected=True,
                              runtimes=tuple(args.runtime.split(",")))  # fmt: skip
     out = new_run_dir("benchmark", "published", exist_ok=True)
     results = core.run([str(s) for s in sources], out, settings)

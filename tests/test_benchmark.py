@@ -125,6 +125,15 @@ def test_discover_groups_a_train_run_with_its_converted_variants(tmp_path):
         assert group.find("keras").card["threshold"] == 0.3
         assert group.find("tflite-int8").card["quantization"] == "int8"
         assert group.find("keras").macs_from == conv / "model_fp32.tflite"
+    # a variant the converter's gate refused: listed, benchmarked only when asked
+    (conv / "rejected").mkdir()
+    (conv / "model_int8.tflite").rename(conv / "rejected" / "model_int8.tflite")
+    (group,) = discover([train])
+    assert [v.name for v in group.variants] == ["keras", "tflite-fp32"]
+    assert group.rejected == [conv / "rejected" / "model_int8.tflite"]
+    (group,) = discover([train], include_rejected=True)
+    assert [v.name for v in group.variants] == ["keras", "tflite-fp32", "tflite-int8:rejected"]
+    assert group.find("tflite-int8").extra["rejected"] is True
 
 
 # --- end to end on a tiny real model ------------------------------------------------------------

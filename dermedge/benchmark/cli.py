@@ -70,11 +70,16 @@ def _ints(value: str) -> list[int]:
     "--name", default=None, help="Output folder name under runs/benchmark/ (default exp, exp2...)."
 )
 @click.option("--exist-ok", is_flag=True, help="Overwrite an existing runs/benchmark/<name>.")
+@click.option(
+    "--include-rejected",
+    is_flag=True,
+    help="Also benchmark variants the converter's accuracy gate refused (rejected/).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def benchmark(sources: tuple[Path, ...], threads: str, runs: int, warmup: int, block: int,
               runtimes: str, variants: str | None, data: str | None, limit: int | None, batch: int,
               camera_source: Path | None, frames: int, camera_variant: str | None, name: str | None, exist_ok: bool,
-              no_plots: bool) -> None:  # fmt: skip
+              include_rejected: bool, no_plots: bool) -> None:  # fmt: skip
     """Latency vs accuracy of every variant of SOURCES (train runs, convert runs, folders of
     .tflite files, or model files) under each runtime and thread count.
 
@@ -106,6 +111,7 @@ def benchmark(sources: tuple[Path, ...], threads: str, runs: int, warmup: int, b
         data=data,
         limit=limit,
         batch=batch,
+        include_rejected=include_rejected,
     )
     try:
         out = new_run_dir("benchmark", name, exist_ok=exist_ok)

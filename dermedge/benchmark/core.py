@@ -51,6 +51,7 @@ class Settings:
     limit: int | None = None  # at most this many test images (stratified, fixed seed)
     batch: int = 16  # accuracy pass batch
     accuracy_threads: int | None = None
+    include_rejected: bool = False  # also the variants the converter's accuracy gate refused
     peak_runs: int = 20
     timeout: float = 900.0  # seconds one worker reply may take
     onnx_opset: int = 17
@@ -255,7 +256,7 @@ def export_onnx(groups: list[Group], out: Path, opset: int, notes: list[str]) ->
         return
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     specs = [{"src": str(src.path), "kind": "keras" if src.backend == "keras" else "tflite",
-              "dst": str(out / "onnx" / f"{g.name}-{quant}.onnx"), "opset": opset}
+              "dst": str(out / "onnx" / f"{g.name}-{quant}{_tag(src)}.onnx"), "opset": opset}
              for g, quant, src in jobs]  # fmt: skip
     log(f"exporting {len(specs)} variant(s) to ONNX with tf2onnx")
     results = _run_export(specs, out / "logs" / "onnx-export.log")
@@ -269,10 +270,17 @@ def export_onnx(groups: list[Group], out: Path, opset: int, notes: list[str]) ->
                  "tf2onnx": res.get("tf2onnx"), "opset": opset}  # fmt: skip
         if quant == "int8":
             extra.update(io_quant(src.path))
-        g.variants.append(onnx_variant(g.name, Path(str(spec["dst"])), quant, src.card or g.card,
-                                       tfl.path if tfl else None, extra))  # fmt: skip
+        v = onnx_variant(g.name, Path(str(spec["dst"])), quant, src.card or g.card,
+                         tfl.path if tfl else None, extra)  # fmt: skip
+        if src.extra.get("rejected"):  # exported from a variant the converter's gate refused
+            v.name, v.extra["rejected"] = f"{v.name}:rejected", True
+        g.variants.append(v)
     for g in groups:
         g.variants.sort(key=Variant.order)
+
+
+def _tag(v: Variant) -> str:
+    return "-rejected" if v.extra.get("rejected") else ""
 
 
 def _run_export(specs: list[dict[str, Any]], log_path: Path) -> list[dict[str, Any]]:
@@ -409,7 +417,7 @@ def run(sources: Sequence[str | Path], out: Path, settings: Settings,
     notes: list[str] = []
     started = time.time()
     load_before = machine.loadavg()
-    groups = discover(list(sources))
+    groups = discover(list(sources), include_rejected=settings.include_rejected)
     if "onnx" in settings.runtimes and (not settings.variants or
                                         any(v.startswith("onnx") for v in settings.variants)):  # fmt: skip
         why = onnx_status()
@@ -437,6 +445,9 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
             notes.append(f"{g.name}: not benchmarked, refused by the converter's accuracy gate: "
                          + ", ".join(p.name for p in g.rejected))  # fmt: skip
         for v in g.variants:
+            if v.extra.get("rejected"):
+                notes.append(f"{v.label}: benchmarked although the converter's accuracy gate "
+                             f"refused it (see its convert report)")  # fmt: skip
             if not v.card:
                 notes.append(f"{v.label}: no model card; assumed the contract "
                              f"{tests[g.name].contract['size']}px {tests[g.name].contract['crop']} "
@@ -573,6 +584,7 @@ def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
                                "import_ms": 1e3 * w.hello["import_s"] if "import_s" in w.hello else None,
                                "load_ms": 1e3 * w.hello["load_s"] if "load_s" in w.hello else None,
                                "first_ms": 1e3 * w.hello["first_s"] if "first_s" in w.hello else None,
+                               "rejected": bool(v.extra.get("rejected")),
                                "error": w.error}  # fmt: skip
         row.update({k: val for k, val in latency_stats(times[id(w)]).items()})
         rss = finals[id(w)].get("maxrss_kb")

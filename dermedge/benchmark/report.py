@@ -15,7 +15,7 @@ from dermedge.benchmark.machine import flag_summary
 from dermedge.data.io import atomic_open, atomic_write_text
 from dermedge.runs import format_table
 
-CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto", "file", "file_mb",
+CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto", "rejected", "file", "file_mb",
               "import_ms", "load_ms", "first_ms", "n_runs", "median_ms", "p90_ms", "p99_ms", "mean_ms",
               "min_ms", "max_ms", "q25_ms", "q75_ms", "iqr_ms", "iqr_rel", "throughput_ips",
               "batch_ips", "peak_rss_mb", "n_test", "threshold", "auc", "accuracy", "sensitivity",
@@ -74,6 +74,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         flags = []
         if r.get("error"):
             flags.append("FAILED")
+        if r.get("rejected"):
+            flags.append("refused by convert gate")
         for w in r.get("warnings") or []:
             flags.append(w.split(":")[0])
         body.append([r["model"], r["variant"], short_runtime(r.get("runtime")), str(r["threads"]),

@@ -67,7 +67,9 @@ class Group:
     rejected: list[Path] = field(default_factory=list)  # variants the converter's gate refused
 
     def find(self, name: str) -> Variant | None:
-        return next((v for v in self.variants if v.name == name), None)
+        """The variant of that name, else the first of that kind (e.g. `tflite-int8:rejected`)."""
+        exact = next((v for v in self.variants if v.name == name), None)
+        return exact or next((v for v in self.variants if v.base == name), None)
 
 
 def _size(path: Path) -> int:
@@ -156,8 +158,10 @@ def _dedupe(variants: list[Variant]) -> list[Variant]:
     return sorted(seen.values(), key=Variant.order)
 
 
-def discover(sources: list[str | Path]) -> list[Group]:
-    """Groups of variants from the sources (see the module docstring)."""
+def discover(sources: list[str | Path], include_rejected: bool = False) -> list[Group]:
+    """Groups of variants from the sources (see the module docstring). With `include_rejected`,
+    the variants a convert run's accuracy gate refused (`rejected/`) are benchmarked too, named
+    `<kind>:rejected`; otherwise they are only listed in `Group.rejected`."""
     groups: dict[str, Group] = {}
     for src in map(Path, sources):
         if not src.exists():
@@ -186,7 +190,14 @@ def discover(sources: list[str | Path]) -> list[Group]:
                 g.variants.append(tflite_variant(name, p))
             for p in sorted(folder.glob("*.onnx")):
                 g.variants.append(onnx_variant(name, p, _quant_of(p, None), None, None))
-            g.rejected += sorted((folder / "rejected").glob("*.tflite"))
+            rejected = sorted((folder / "rejected").glob("*.tflite"))
+            if include_rejected:
+                for p in rejected:
+                    v = tflite_variant(name, p)
+                    v.name, v.extra["rejected"] = f"{v.name}:rejected", True
+                    g.variants.append(v)
+            else:
+                g.rejected += rejected
             _find_manifest(g, folder)
         if not g.variants:
             raise SourceError(f"{src}: no model.keras, .tflite or .onnx files found")
