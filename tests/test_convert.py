@@ -247,9 +247,10 @@ def test_converts_all_four_variants_through_the_gate(converted, run_dir):
     res, out = converted.res, converted.out
     assert res.exit_code == 0, res.output
     assert "| variant" in res.output and "Verdict: **PASS**" in res.output
+    # the device code path: the test split, then the val split for each quantized variant's threshold
     assert sorted(converted.calls) == sorted(
-        ["fp32", "fp16", "dynamic", "int8"]
-    )  # the device code path
+        ["fp32", "fp16", "fp16", "dynamic", "dynamic", "int8", "int8"]
+    )
     report = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["keras", "fp32", "fp16", "dynamic", "int8"]
     assert (out / "report.md").read_text().count("| fp") == 2
@@ -271,6 +272,14 @@ def test_converts_all_four_variants_through_the_gate(converted, run_dir):
         assert card["gate"]["tolerances"]["min_agreement"] == 0.9
         assert {"tensorflow", "keras", "ai-edge-litert"} <= set(card["conversion"]["versions"])
         assert rows[v]["size_bytes"] == path.stat().st_size
+        # each quantized variant carries its own threshold, re-chosen on val with the card's policy
+        assert card["threshold"] == rows[v]["threshold"] == card["gate"]["threshold"]
+        policy = card["threshold_policy"]
+        if v == "fp32":
+            assert policy["variant_threshold"] == "keras"
+        else:
+            assert policy["variant_threshold"].startswith("rechosen on val")
+            assert policy["val_sensitivity"] >= policy["target_sensitivity"]
     int8 = (out / "model_int8.tflite").read_bytes()
     assert float_ops(int8) == {}
     io = io_details(int8)

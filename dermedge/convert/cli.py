@@ -80,6 +80,13 @@ EXIT_GATE_FAILED = 3
     type=click.Path(file_okay=False),
     help="Output folder (default runs/convert/<run name>).",
 )
+@click.option(
+    "--rethreshold/--keep-threshold",
+    default=True,
+    show_default=True,
+    help="Re-choose each variant's operating threshold on the validation split with the card's "
+    "policy (target sensitivity), through the edge runtime, instead of reusing Keras' threshold.",
+)
 @click.option("--threads", type=click.IntRange(1), help="Edge runtime threads for the gate.")
 @click.option("--seed", default=0, show_default=True, help="Calibration sample seed.")
 @click.option(
@@ -93,7 +100,8 @@ EXIT_GATE_FAILED = 3
 def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
             max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
-            threads: int | None, seed: int, inspect_path: str | None, as_json: bool) -> None:  # fmt: skip
+            rethreshold: bool, threads: int | None, seed: int, inspect_path: str | None,
+            as_json: bool) -> None:  # fmt: skip
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -115,7 +123,8 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
                 "give a training run folder or a .keras model (or --inspect FILE.tflite)"
             )
         _convert(run_or_model, quant, io_type, calib_images, max_auc_drop, max_acc_drop,
-                 max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed)  # fmt: skip
+                 max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed,
+                 rethreshold)  # fmt: skip
     except ConvertError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # a full disk, a read-only or missing folder...
@@ -135,7 +144,7 @@ def _inspect(path: str, as_json: bool) -> None:
 def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop: float,
              max_acc_drop: float, max_sens_drop: float, min_agreement: float,
              allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
-             threads: int | None, seed: int) -> None:  # fmt: skip
+             threads: int | None, seed: int, rethreshold: bool = True) -> None:  # fmt: skip
     from dermedge import DISCLAIMER
     from dermedge.convert import gate, pipeline
 
@@ -145,7 +154,8 @@ def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop
         raise ConvertError(str(e)) from None
     opts = pipeline.Options(quant=parse_quant(quant), io=io_type, calib_images=calib_images,
                             tolerances=tol, allow_float_fallback=allow_float_fallback, data=data,
-                            card=card, out=out, threads=threads, seed=seed)  # fmt: skip
+                            card=card, out=out, threads=threads, seed=seed,
+                            rethreshold=rethreshold)  # fmt: skip
     res = pipeline.run(arg, opts)
     click.echo(res.markdown)
     click.echo(

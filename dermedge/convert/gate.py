@@ -55,15 +55,19 @@ def metrics(y: Any, prob: Any, threshold: float) -> dict[str, Any]:
     return out
 
 
-def compare(y: Any, p_ref: Any, p_var: Any, threshold: float) -> dict[str, Any]:
-    """The variant's metrics, its decision agreement with the reference and the largest |dp|."""
+def compare(y: Any, p_ref: Any, p_var: Any, threshold: float,
+            var_threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The variant's metrics (at its own threshold when given), its decision agreement with the
+    reference (each at its threshold) and the largest |dp|."""
+    vthr = threshold if var_threshold is None else var_threshold
     p_ref = np.asarray(p_ref, dtype=np.float64).ravel()
     p_var = np.asarray(p_var, dtype=np.float64).ravel()
     if p_ref.shape != p_var.shape:
         raise ValueError(f"{p_ref.size} reference probabilities but {p_var.size} from the variant")
-    out = metrics(y, p_var, threshold)
+    out = metrics(y, p_var, vthr)
+    out["threshold"] = vthr
     out["agreement"] = (
-        float(np.mean((p_ref >= threshold) == (p_var >= threshold))) if p_ref.size else 1.0
+        float(np.mean((p_ref >= threshold) == (p_var >= vthr))) if p_ref.size else 1.0
     )
     out["max_abs_dp"] = float(np.max(np.abs(p_ref - p_var))) if p_ref.size else 0.0
     out["mean_abs_dp"] = float(np.mean(np.abs(p_ref - p_var))) if p_ref.size else 0.0
@@ -199,7 +203,8 @@ def advice(variant: str, failures: Sequence[str], calib_images: int | None = Non
     )
 
 
-COLUMNS = ("variant", "size", "AUC", "acc", "sens", "spec", "agreement", "max abs Δp", "verdict")
+COLUMNS = ("variant", "size", "threshold", "AUC", "acc", "sens", "spec", "agreement", "max abs Δp",
+           "verdict")  # fmt: skip
 
 
 def human_size(n: int | None) -> str:
@@ -215,7 +220,8 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
     def num(v: Any) -> object:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
-    return [[r["variant"], human_size(r.get("size_bytes")), num(r.get("auc")), num(r.get("accuracy")),
+    return [[r["variant"], human_size(r.get("size_bytes")), num(r.get("threshold")),
+             num(r.get("auc")), num(r.get("accuracy")),
              num(r.get("sensitivity")), num(r.get("specificity")), num(r.get("agreement")),
              num(r.get("max_abs_dp")), r["verdict"]] for r in rows]  # fmt: skip
 

@@ -48,6 +48,7 @@ class Options:
     out: str | None = None
     threads: int | None = None
     seed: int = 0
+    rethreshold: bool = True
 
 
 @dataclass
@@ -154,8 +155,8 @@ def _embed(tflite: bytes, card: dict[str, Any]) -> bytes:
 
 
 def _evaluate_variant(path: Path, x: np.ndarray, contract: InputContract, records: list[Any],
-                      threads: int | None) -> tuple[np.ndarray, str]:  # fmt: skip
-    """P(malignant) on the test pixels through the device code path, contract from the file's card."""
+                      threads: int | None, split: str = "test") -> tuple[np.ndarray, str]:  # fmt: skip
+    """P(malignant) on a split's pixels through the device code path, contract from the file's card."""
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
     try:
@@ -163,12 +164,34 @@ def _evaluate_variant(path: Path, x: np.ndarray, contract: InputContract, record
     except EdgeError as e:
         raise ConvertError(f"the edge runtime cannot load {path.name}: {e}") from e
     if em.contract != contract:  # the embedded card is the source of truth on the device
-        x, _, _ = _load_split(records, "test", em.contract, "test images (card contract)")
+        x, _, _ = _load_split(records, split, em.contract, f"{split} images (card contract)")
     try:
         p = em.predict(x)
     except (EdgeError, ValueError, RuntimeError) as e:
         raise ConvertError(f"the edge runtime failed on {path.name}: {e}") from e
     return p, em.runtime
+
+
+def _variant_threshold(path: Path, val: tuple[np.ndarray, np.ndarray] | None, card: dict[str, Any],
+                       contract: InputContract, records: list[Any], threads: int | None
+                       ) -> dict[str, Any]:  # fmt: skip
+    """The variant's own operating threshold: the card's policy (target sensitivity on val)
+    applied to the variant's outputs, since quantization moves probabilities near the threshold
+    (int8 outputs come in steps of ~0.02). fp32 computes what Keras does and keeps its threshold."""
+    keep = {"threshold": float(card["threshold"]), "policy": {"variant_threshold": "keras"}}
+    policy = card.get("threshold_policy") or {}
+    if val is None or "target_sensitivity" not in policy:
+        return keep
+    from dermedge.train.evaluate import choose_threshold
+
+    p_val, _ = _evaluate_variant(path, val[0], contract, records, threads, split="val")
+    chosen = choose_threshold(val[1], p_val, float(policy["target_sensitivity"]),
+                              float(policy.get("margin_se", 0.0)))  # fmt: skip
+    return {"threshold": chosen["threshold"],
+            "policy": {"variant_threshold": "rechosen on val through the edge runtime",
+                       "keras_threshold": float(card["threshold"]),
+                       "val_sensitivity": chosen["sensitivity"],
+                       "val_specificity": chosen["specificity"]}}  # fmt: skip
 
 
 def run(arg: str, opts: Options) -> Result:
@@ -207,6 +230,11 @@ def run(arg: str, opts: Options) -> Result:
     )
 
     x_test, y_test, _ = _load_split(records, "test", contract, "test images")
+    val = None
+    if opts.rethreshold and any(r.split == "val" for r in records):
+        x_val, y_val, _ = _load_split(records, "val", contract, "val images")
+        if len(set(y_val.tolist())) == 2:
+            val = (x_val, y_val)
     if len(set(y_test.tolist())) < 2:
         raise ConvertError("the readable test images have one class: the gate cannot measure AUC")
     calib, y_cal = None, np.zeros(0)
@@ -240,7 +268,7 @@ def run(arg: str, opts: Options) -> Result:
             _log("exporting the Keras model (SavedModel)")
             saved = quantize.export_saved_model(model, Path(sm_dir) / "saved_model")
             rows, produced = _variants(src, opts, saved, calib, conversion, contract, x_test, y_test,
-                                       p_ref, ref, contract_failures, records, work)  # fmt: skip
+                                       p_ref, ref, contract_failures, records, work, val)  # fmt: skip
         ref_row = {"variant": "keras", "file": str(src.model_path),
                    "size_bytes": src.model_path.stat().st_size, **ref, "agreement": 1.0,
                    "max_abs_dp": 0.0, "verdict": "reference", "failures": []}  # fmt: skip
@@ -298,6 +326,7 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
               conversion: dict[str, Any], contract: InputContract, x_test: np.ndarray,
               y_test: np.ndarray, p_ref: np.ndarray, ref: dict[str, Any],
               contract_failures: list[str], records: list[Any], work: Path,
+              val: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
     """Convert, embed, evaluate and file each variant; rows of the report and files made."""
     rows: list[dict[str, Any]] = []
@@ -325,15 +354,19 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
             )
             _log(f"{variant}: gating {len(y_test)} test images through the edge runtime")
             p_var, runtime = _evaluate_variant(trial, x_test, contract, records, opts.threads)
-            cmp = gate.compare(y_test, p_ref, p_var, src.threshold)
+            thr = _variant_threshold(trial, val if variant != "fp32" else None, src.card,
+                                     contract, records, opts.threads)  # fmt: skip
+            cmp = gate.compare(y_test, p_ref, p_var, src.threshold, thr["threshold"])
             own = gate.judge(ref, cmp, opts.tolerances)
             failures = list(contract_failures) + own
             verdict = "pass" if not failures else "fail"
             gate_info = {"verdict": verdict, "failures": failures, "split": "test",
                          "test_images": int(len(y_test)), "manifest_sha256": conversion["manifest_sha256"],
-                         "threshold": src.threshold, "runtime": runtime,
+                         "threshold": thr["threshold"], "keras_threshold": src.threshold, "runtime": runtime,
                          "tolerances": opts.tolerances.to_dict(), "keras": ref, "metrics": cmp}  # fmt: skip
             card = _variant_card(src.card, variant, src, opts, conv, gate_info)
+            card["threshold"] = thr["threshold"]
+            card["threshold_policy"] = {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
             final = _embed(tfl, card)
             rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
             atomic_write_bytes(work / rel, final)
