@@ -17,30 +17,113 @@ def _fail(e: BaseException) -> click.ClickException:
 
 
 @click.command("train")
-@click.option("--data", required=True, help="Split manifest (folder with manifest.csv, or the CSV) or a dataset folder (split on the fly).")
-@click.option("--arch", type=click.Choice(["simple_cnn", "efficientnet_lite0", "mobilenet_v2"]), default="efficientnet_lite0", show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file (.weights.h5/.keras; a torch .pth for Lite0).")
-@click.option("--img-size", default=224, show_default=True, type=click.IntRange(32, 1024), help="Input side in pixels.")
-@click.option("--crop", type=click.Choice(["squash", "center", "fov"]), default="squash", show_default=True, help="How photos become squares (preprocessing contract).")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Epochs (the frozen-backbone phase for pretrained backbones).")
-@click.option("--fine-tune-epochs", default=10, show_default=True, type=click.IntRange(0), help="Epochs fine-tuning the top blocks (pretrained backbones).")
-@click.option("--unfreeze-blocks", default=6, show_default=True, type=click.IntRange(0), help="Top backbone blocks trained in the fine-tune phase (BatchNorm stays frozen).")
+@click.option(
+    "--data",
+    required=True,
+    help="Split manifest (folder with manifest.csv, or the CSV) or a dataset folder (split on the fly).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["simple_cnn", "efficientnet_lite0", "mobilenet_v2"]),
+    default="efficientnet_lite0",
+    show_default=True,
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet, none, or a weights file (.weights.h5/.keras; a torch .pth for Lite0).",
+)
+@click.option(
+    "--img-size",
+    default=224,
+    show_default=True,
+    type=click.IntRange(32, 1024),
+    help="Input side in pixels.",
+)
+@click.option(
+    "--crop",
+    type=click.Choice(["squash", "center", "fov"]),
+    default="squash",
+    show_default=True,
+    help="How photos become squares (preprocessing contract).",
+)
+@click.option(
+    "--epochs",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Epochs (the frozen-backbone phase for pretrained backbones).",
+)
+@click.option(
+    "--fine-tune-epochs",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Epochs fine-tuning the top blocks (pretrained backbones).",
+)
+@click.option(
+    "--unfreeze-blocks",
+    default=6,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Top backbone blocks trained in the fine-tune phase (BatchNorm stays frozen).",
+)
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--fine-tune-lr", type=click.FloatRange(0, min_open=True), help="Fine-tune learning rate [default: lr/10].")
+@click.option(
+    "--fine-tune-lr",
+    type=click.FloatRange(0, min_open=True),
+    help="Fine-tune learning rate [default: lr/10].",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--name", help="Run name under runs/train/ (default exp, exp2, ...).")
 @click.option("--exist-ok", is_flag=True, help="Reuse a non-empty run folder.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run --name from its last checkpoint.")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default", show_default=True, help="tf.distribute: mirrored = one host, many devices; multiworker = TF_CONFIG cluster.")
-@click.option("--target-sensitivity", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Operating threshold: sensitivity target on the validation split.")
-@click.option("--sensitivity-margin", default=1.0, show_default=True, type=click.FloatRange(0), help="Binomial standard errors added to the target when choosing the threshold on val.")
-@click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Early stopping: epochs without a better val AUC.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the interrupted run --name from its last checkpoint."
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["default", "mirrored", "multiworker"]),
+    default="default",
+    show_default=True,
+    help="tf.distribute: mirrored = one host, many devices; multiworker = TF_CONFIG cluster.",
+)
+@click.option(
+    "--target-sensitivity",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Operating threshold: sensitivity target on the validation split.",
+)
+@click.option(
+    "--sensitivity-margin",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Binomial standard errors added to the target when choosing the threshold on val.",
+)
+@click.option(
+    "--patience",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Early stopping: epochs without a better val AUC.",
+)
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism.")
+@click.option(
+    "--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism."
+)
 @click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
-@click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples for the CIs.")
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(100),
+    help="Bootstrap resamples for the CIs.",
+)
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
 def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: int, fine_tune_epochs: int,
           unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
@@ -77,18 +160,36 @@ def _resolve_model(target: str) -> tuple[Path, Path | None]:
             raise click.ClickException(f"{p} has no model.keras (is the training finished?)")
         return p / "model.keras", p
     if p.is_file():
+        if p.suffix == ".tflite":  # evaluated through the edge runtime, card from the file
+            return p, None
         if p.suffix != ".keras":
-            raise click.ClickException(f"{p}: expected a run folder or a .keras model")
+            raise click.ClickException(f"{p}: expected a run folder, a .keras or a .tflite model")
         return p, p.parent if (p.parent / "model_card.json").is_file() else None
     raise click.ClickException(f"{target}: no such run folder or model")
 
 
 @click.command("evaluate")
 @click.argument("target", metavar="RUN_OR_MODEL")
-@click.option("--data", help="Manifest (folder or CSV) or a labelled dataset folder [default: the run's manifest].")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate (a dataset without splits is used whole).")
-@click.option("--threshold", type=click.FloatRange(0, 1), help="Operating threshold [default: the model card's].")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: RUN/eval, or RUN/eval-<data>-<split>].")
+@click.option(
+    "--data",
+    help="Manifest (folder or CSV) or a labelled dataset folder [default: the run's manifest].",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    help="Split to evaluate (a dataset without splits is used whole).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    help="Operating threshold [default: the model card's].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Output folder [default: RUN/eval, or RUN/eval-<data>-<split>].",
+)
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100))
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
 def evaluate(target: str, data: str | None, split: str, threshold: float | None, out: str | None,
@@ -102,6 +203,10 @@ def evaluate(target: str, data: str | None, split: str, threshold: float | None,
 
     model_path, run_dir = _resolve_model(target)
     card = read_card(run_dir) if run_dir else None
+    if model_path.suffix == ".tflite":
+        from dermedge.edge.card import read_card as read_tflite_card
+
+        card = read_tflite_card(model_path)
     source = data or (str(run_dir) if run_dir and (run_dir / "manifest.csv").is_file() else None)
     if source is None:
         raise click.ClickException("no data: pass --data (a manifest or a labelled dataset folder)")
@@ -113,16 +218,25 @@ def evaluate(target: str, data: str | None, split: str, threshold: float | None,
         out_dir = Path(out)
     else:
         base = run_dir or model_path.parent
-        tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
+        tag = (
+            "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
+        )
         out_dir = base / f"eval{tag}"
     extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
     try:
-        report = evaluate_model(model_path, card, records, split, out_dir, threshold, n_boot, batch, extra=extra)
+        report = evaluate_model(
+            model_path, card, records, split, out_dir, threshold, n_boot, batch, extra=extra
+        )
     except (TrainError, ValueError, OSError) as e:
         raise _fail(e) from e
     click.echo(f"{model_path} on {source} [{report['split']}]: {report['n']} images "
                f"({report['positives']} malignant)")  # fmt: skip
     click.echo(report_table(report))
-    click.echo(f"written: {out_dir}/metrics.json and " + ", ".join(report.get("plots", {}).values()))
+    click.echo(
+        f"written: {out_dir}/metrics.json and " + ", ".join(report.get("plots", {}).values())
+    )
     if card is None:
-        click.echo("note: no model card beside the model; threshold " + json.dumps(report["operating_threshold"]))
+        click.echo(
+            "note: no model card beside the model; threshold "
+            + json.dumps(report["operating_threshold"])
+        )

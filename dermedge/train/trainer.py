@@ -165,7 +165,9 @@ def resolve_records(data: str, run_dir: Path | None, seed: int = 0,
             csv_path = run_dir / "manifest.csv"
         return records, csv_path
     if not p.is_dir():
-        raise TrainError(f"--data {data}: not a manifest CSV, a run folder with manifest.csv, or a dataset folder")
+        raise TrainError(
+            f"--data {data}: not a manifest CSV, a run folder with manifest.csv, or a dataset folder"
+        )
     from dermedge.data.analysis import analyse
     from dermedge.data.index import read_dataset
     from dermedge.data.split import make_split, write_manifest
@@ -249,7 +251,11 @@ def _state_callback(run_dir: Path, state: dict[str, Any], phase_idx: int, phase:
             auc = logs.get("val_auc")
             best = state.get("best_val_auc")
             if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
-                state["best_val_auc"], state["best_epoch"], state["wait"] = float(auc), row["epoch"], 0
+                state["best_val_auc"], state["best_epoch"], state["wait"] = (
+                    float(auc),
+                    row["epoch"],
+                    0,
+                )
                 if chief:
                     _save_keras(self.model, ckpt / "best.weights.h5")
             else:
@@ -399,7 +405,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     for idx, phase in enumerate(phases):
         if idx < state["phases_done"]:
             continue
-        mid_phase = state["phase"] == idx and state["phase_epoch"] > 0 and state.get("last_checkpoint")
+        mid_phase = (
+            state["phase"] == idx and state["phase_epoch"] > 0 and state.get("last_checkpoint")
+        )
         with strategy.scope():
             if mid_phase:
                 model = keras.models.load_model(ckpt / state["last_checkpoint"])
@@ -444,7 +452,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     # threshold on val, metrics on test
     batch = max(cfg.batch, 32)
     p_val = predict(final, splits["val"].x, batch)
-    thr = ev.choose_threshold(splits["val"].y, p_val, cfg.target_sensitivity, cfg.sensitivity_margin)
+    thr = ev.choose_threshold(
+        splits["val"].y, p_val, cfg.target_sensitivity, cfg.sensitivity_margin
+    )
     val_auc = ev.roc_auc(splits["val"].y, p_val)
     _log(f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
          f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
@@ -522,20 +532,33 @@ def summary_table(card: dict[str, Any]) -> str:
 # --- evaluation of a saved model ----------------------------------------------------------------
 
 
+def _load_for_eval(model_path: Path) -> tuple[Any, tuple]:
+    """A Keras model, or an EdgeModel for a .tflite; and its input shape."""
+    try:
+        if Path(model_path).suffix == ".tflite":
+            from dermedge.edge.runtime import EdgeModel
+
+            edge = EdgeModel(model_path)
+            return edge, (None, edge.contract.size, edge.contract.size, 3)
+        import keras
+
+        model = keras.models.load_model(model_path, compile=False)
+        return model, model.input_shape
+    except Exception as e:  # noqa: BLE001
+        raise TrainError(
+            f"cannot load model {model_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+
+
 def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[Record], split: str,
                    out_dir: Path, threshold: float | None = None, n_boot: int = 2000,
                    batch: int = 64, cache_dir: str | None = None, extra: dict[str, Any] | None = None,
                    ) -> dict[str, Any]:  # fmt: skip
-    """Metrics and plots of a saved Keras model on the labelled `records` (one split or all)."""
-    import keras
-
+    """Metrics and plots of a saved Keras model, or of a .tflite run through the edge runtime, on
+    the labelled `records` (one split or all)."""
     from dermedge.train.data import load_split
 
-    try:
-        model = keras.models.load_model(model_path, compile=False)
-    except Exception as e:  # noqa: BLE001
-        raise TrainError(f"cannot load model {model_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    shape = model.input_shape
+    model, shape = _load_for_eval(model_path)
     if card is not None:
         contract = InputContract.from_dict(card["input"])
     else:
@@ -547,14 +570,23 @@ def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[
     used = split
     if not recs:
         if any(r.split in ("train", "val", "test") for r in records):
-            raise TrainError(f"no images in split {split!r} (have: {sorted({r.split for r in records})})")
-        recs, used = [Record(r.path, r.label, r.source, r.group, "all", r.dx) for r in records], "all"
+            raise TrainError(
+                f"no images in split {split!r} (have: {sorted({r.split for r in records})})"
+            )
+        recs, used = (
+            [Record(r.path, r.label, r.source, r.group, "all", r.dx) for r in records],
+            "all",
+        )
     data = load_split(recs, used, contract, cache_dir or str(runs_root() / "cache"))
     if len(data) == 0:
         raise TrainError("no readable images to evaluate")
     if min(data.counts().values()) == 0:
         _log(f"warning: only one class present {data.counts()}: AUC and some metrics are undefined")
-    prob = predict(model, data.x, batch)
+    prob = (
+        model.predict(data.x)
+        if Path(model_path).suffix == ".tflite"
+        else predict(model, data.x, batch)
+    )
     info = {"split": used, "model": str(model_path), "skipped": data.skipped,
             "card_threshold": (card or {}).get("threshold"), **(extra or {})}  # fmt: skip
     name = (card or {}).get("name", Path(model_path).stem)
@@ -562,5 +594,14 @@ def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[
                                    paths=data.paths, extra=info)  # fmt: skip
 
 
-__all__ = ["TrainConfig", "TrainError", "TrainResult", "evaluate_model", "predict", "resolve_records",
-           "summary_table", "train", "write_history"]
+__all__ = [
+    "TrainConfig",
+    "TrainError",
+    "TrainResult",
+    "evaluate_model",
+    "predict",
+    "resolve_records",
+    "summary_table",
+    "train",
+    "write_history",
+]
