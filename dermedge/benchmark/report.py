@@ -96,7 +96,8 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
         return ["- peak: not measured"]
     m, k, n = peak["shape"]
     lines = [f"- measured peak: {m}x{k} by {k}x{n} matrix multiply through each runtime "
-             f"(median of {peak['runs']} runs), GMAC/s:"]  # fmt: skip
+             f"(fastest of {peak['runs']} runs, best of {peak.get('sessions', 1)} sessions: "
+             "before and after the accuracy pass), GMAC/s:"]  # fmt: skip
     for rt in peak["runtimes"].values():
         cells = [f"{dt} {t} thr {_f(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()]
         lines.append(f"  - {short_runtime(rt.get('name'))}: " + ", ".join(cells or ["-"]))
