@@ -315,7 +315,7 @@ def test_mirrored_strategy_on_two_logical_cpus(env):
         (["train", "--data", "{manifest}", "--img-size", "8"], "8"),
         (["evaluate", "/no/such/run"], "no such run folder"),
         (["evaluate", "{manifest}"], "has no model.keras"),
-        (["evaluate", "{manifest}/manifest.csv"], "expected a run folder or a .keras"),
+        (["evaluate", "{manifest}/manifest.csv"], "expected a run folder"),
         (["evaluate", "{runs}/train/simple", "--split", "nope"], "no images in split"),
         (["evaluate", "{runs}/train/simple", "--data", "/no/such/data"], "no such file"),
     ],
