@@ -6,8 +6,8 @@ the model's training manifest (lesion ids linked through identical photos by `de
 runs it through the edge runtime at the card's threshold and reports, per dx code, the fraction
 referred: sensitivity for mel/bcc/akiec, 1 - specificity for nv/bkl/df/vasc.
 
-    python benchmarks/ham_unseen.py --model dermedge/models/default.tflite \
-        --manifest runs/train/lite0-isic/manifest.csv --out benchmarks/results/ham_unseen_default
+    python benchmarks/ham_unseen.py --model runs/convert/lite0-isic/model_int8.tflite \
+        --manifest runs/train/lite0-isic/manifest.csv --out benchmarks/results/ham_unseen_lite0-isic
 """
 
 from __future__ import annotations
