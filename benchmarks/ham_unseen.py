@@ -26,6 +26,7 @@ from dermedge.data.index import HAM_MALIGNANT_DX, read_dataset
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import read_manifest
 from dermedge.edge.runtime import EdgeModel
+from dermedge.plotting import new_figure, save_png
 from dermedge.train.evaluate import binary_metrics, bootstrap_ci
 
 DX_ORDER = ["mel", "bcc", "akiec", "nv", "bkl", "df", "vasc"]
@@ -57,15 +58,11 @@ def per_dx(records: list, prob: np.ndarray, threshold: float) -> dict[str, dict]
 
 def plot(result: dict, path: Path) -> None:
     """Bar chart of the referral rate per diagnosis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dxs = list(result["per_dx"])
     rates = [result["per_dx"][d]["referred"] for d in dxs]
     colors = ["#c0392b" if result["per_dx"][d]["malignant"] else "#2e86c1" for d in dxs]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = new_figure((6.0, 3.5))
+    ax = fig.add_subplot()
     ax.bar(dxs, rates, color=colors)
     for i, d in enumerate(dxs):
         ax.text(
@@ -78,9 +75,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("referred at the card threshold")
     ax.set_title(f"{result['model']}: unseen HAM10000 lesions (red: malignant)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:

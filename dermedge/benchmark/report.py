@@ -12,7 +12,8 @@ from typing import Any
 
 from dermedge import DISCLAIMER
 from dermedge.benchmark.machine import flag_summary
-from dermedge.data.io import atomic_open, atomic_write_text
+from dermedge.data.io import atomic_write_text
+from dermedge.plotting import new_figure, save_png
 from dermedge.runs import format_table
 
 CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto", "rejected", "file", "file_mb",
@@ -238,28 +239,12 @@ COLORS = {"keras": "#7f7f7f", "tflite-fp32": "#1f77b4", "tflite-fp16": "#17becf"
 MARKERS = "oDs^vP*Xh"
 
 
-def _figure(size: tuple[float, float]) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    return path
-
-
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Median latency (log x, IQR as error bars) vs ROC AUC; marker area proportional to file size,
     colour = variant, shape = model, label = threads; the Pareto front drawn as a step line."""
     from matplotlib.lines import Line2D
 
-    fig = _figure((9.0, 6.0))
+    fig = new_figure((9.0, 6.0))
     ax = fig.add_subplot(111)
     pts = [r for r in rows if _ok(r.get("median_ms")) and _ok(r.get("auc"))]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -297,14 +282,14 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_title(f"latency vs accuracy (marker area proportional to file size; largest "
                  f"{max_mb:.1f} MB)", fontsize=9)  # fmt: skip
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_latency(results: dict[str, Any], path: Path) -> Path:
     """Box plots of every row's single-image latencies (whiskers p1-p99, log scale)."""
     raw = results.get("raw_times_ms", {})
     rows = [r for r in results["rows"] if raw.get(f"{r['model']}/{r['variant']}@t{r['threads']}")]
-    fig = _figure((9.0, max(2.5, 0.28 * len(rows) + 1.2)))
+    fig = new_figure((9.0, max(2.5, 0.28 * len(rows) + 1.2)))
     ax = fig.add_subplot(111)
     data = [raw[f"{r['model']}/{r['variant']}@t{r['threads']}"] for r in rows]
     labels = [f"{r['model']}/{r['variant']} t{r['threads']}" for r in rows]
@@ -321,12 +306,12 @@ def plot_latency(results: dict[str, Any], path: Path) -> Path:
     n = results["settings"]["runs"]
     ax.set_title(f"latency distributions ({n} timed runs each, interleaved)", fontsize=9)
     ax.grid(True, axis="x", which="both", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_camera(cam: dict[str, Any], path: Path) -> Path:
     """Mean time per frame of each stage of the camera loop (stacked), against the frame period."""
-    fig = _figure((7.0, 2.8))
+    fig = new_figure((7.0, 2.8))
     ax = fig.add_subplot(111)
     left = 0.0
     for i, (stage, st) in enumerate(cam.get("stages", {}).items()):
@@ -339,4 +324,4 @@ def plot_camera(cam: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("ms per frame (stages overlap: preparation runs beside inference)")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.4))
     ax.set_title(f"camera loop: {_f(cam.get('fps'), 1)} frames/s", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)

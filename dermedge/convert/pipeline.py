@@ -154,38 +154,40 @@ def _embed(tflite: bytes, card: dict[str, Any]) -> bytes:
     return data
 
 
-def _evaluate_variant(path: Path, x: np.ndarray, contract: InputContract, records: list[Any],
-                      threads: int | None, split: str = "test") -> tuple[np.ndarray, str]:  # fmt: skip
-    """P(malignant) on a split's pixels through the device code path, contract from the file's card."""
+def _evaluate_variant(path: Path, pixels: dict[str, np.ndarray], contract: InputContract,
+                      records: list[Any], threads: int | None
+                      ) -> tuple[dict[str, np.ndarray], str]:  # fmt: skip
+    """P(malignant) per split through the device code path (the file loaded once), contract from
+    the file's card."""
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
     try:
         em = EdgeModel(path, threads=threads)
     except EdgeError as e:
         raise ConvertError(f"the edge runtime cannot load {path.name}: {e}") from e
-    if em.contract != contract:  # the embedded card is the source of truth on the device
-        x, _, _ = _load_split(records, split, em.contract, f"{split} images (card contract)")
-    try:
-        p = em.predict(x)
-    except (EdgeError, ValueError, RuntimeError) as e:
-        raise ConvertError(f"the edge runtime failed on {path.name}: {e}") from e
-    return p, em.runtime
+    probs = {}
+    for split, x in pixels.items():
+        if em.contract != contract:  # the embedded card is the source of truth on the device
+            x, _, _ = _load_split(records, split, em.contract, f"{split} images (card contract)")
+        try:
+            probs[split] = em.predict(x)
+        except (EdgeError, ValueError, RuntimeError) as e:
+            raise ConvertError(f"the edge runtime failed on {path.name}: {e}") from e
+    return probs, em.runtime
 
 
-def _variant_threshold(path: Path, val: tuple[np.ndarray, np.ndarray] | None, card: dict[str, Any],
-                       contract: InputContract, records: list[Any], threads: int | None
-                       ) -> dict[str, Any]:  # fmt: skip
+def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None,
+                       p_val: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
     """The variant's own operating threshold: the card's policy (target sensitivity on val)
     applied to the variant's outputs, since quantization moves probabilities near the threshold
     (int8 outputs come in steps of ~0.02). fp32 computes what Keras does and keeps its threshold."""
     keep = {"threshold": float(card["threshold"]), "policy": {"variant_threshold": "keras"}}
     policy = card.get("threshold_policy") or {}
-    if val is None or "target_sensitivity" not in policy:
+    if y_val is None or p_val is None or "target_sensitivity" not in policy:
         return keep
     from dermedge.train.evaluate import choose_threshold
 
-    p_val, _ = _evaluate_variant(path, val[0], contract, records, threads, split="val")
-    chosen = choose_threshold(val[1], p_val, float(policy["target_sensitivity"]),
+    chosen = choose_threshold(y_val, p_val, float(policy["target_sensitivity"]),
                               float(policy.get("margin_se", 0.0)))  # fmt: skip
     return {"threshold": chosen["threshold"],
             "policy": {"variant_threshold": "rechosen on val through the edge runtime",
@@ -353,9 +355,11 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
                 trial, _embed(tfl, _variant_card(src.card, variant, src, opts, conv, None))
             )
             _log(f"{variant}: gating {len(y_test)} test images through the edge runtime")
-            p_var, runtime = _evaluate_variant(trial, x_test, contract, records, opts.threads)
-            thr = _variant_threshold(trial, val if variant != "fp32" else None, src.card,
-                                     contract, records, opts.threads)  # fmt: skip
+            use_val = val if variant != "fp32" else None  # fp32 keeps Keras' threshold
+            pixels = {"test": x_test, **({"val": use_val[0]} if use_val else {})}
+            probs, runtime = _evaluate_variant(trial, pixels, contract, records, opts.threads)
+            p_var = probs["test"]
+            thr = _variant_threshold(src.card, use_val[1] if use_val else None, probs.get("val"))
             cmp = gate.compare(y_test, p_ref, p_var, src.threshold, thr["threshold"])
             own = gate.judge(ref, cmp, opts.tolerances)
             failures = list(contract_failures) + own

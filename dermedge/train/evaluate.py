@@ -16,14 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from dermedge.data.io import atomic_open, atomic_write_text
+from dermedge.data.io import atomic_write_text
+from dermedge.plotting import new_figure, save_png
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 _LABELS = {"benign": 0, "malignant": 1}
 
 
 def _arrays(y_true: Sequence[Any], prob: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray([_LABELS.get(v, v) if isinstance(v, str) else v for v in y_true], dtype=np.int64).ravel()
+    y = np.asarray(
+        [_LABELS.get(v, v) if isinstance(v, str) else v for v in y_true], dtype=np.int64
+    ).ravel()
     p = np.asarray(prob, dtype=np.float64).ravel()
     if y.shape != p.shape:
         raise ValueError(f"{y.size} labels but {p.size} probabilities")
@@ -76,7 +79,9 @@ def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]
             "f1": f1}  # fmt: skip
 
 
-def binary_metrics(y_true: Sequence[Any], prob: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(
+    y_true: Sequence[Any], prob: Sequence[float], threshold: float = 0.5
+) -> dict[str, Any]:
     """Accuracy, precision, recall (= sensitivity), specificity, F1, ROC AUC and counts.
 
     `y_true` holds 0/1 (or "benign"/"malignant"), `prob` P(malignant); a case is called
@@ -155,7 +160,9 @@ def choose_threshold(y_true: Sequence[Any], prob: Sequence[float], target_sensit
         raise ValueError(f"target sensitivity {target_sensitivity} not in (0, 1]")
     n_pos = int(y.sum())
     if n_pos == 0:
-        raise ValueError("cannot choose a threshold for a sensitivity target without positive cases")
+        raise ValueError(
+            "cannot choose a threshold for a sensitivity target without positive cases"
+        )
     t = float(target_sensitivity)
     goal = min(1.0, t + margin_se * math.sqrt(t * (1 - t) / n_pos))
     need = math.ceil(goal * n_pos - 1e-9)  # positives that must score >= threshold
@@ -187,7 +194,9 @@ def calibration(y_true: Sequence[Any], prob: Sequence[float], n_bins: int = 10) 
     return {"ece": float(ece), "brier": brier, "n_bins": n_bins, "bins": bins}
 
 
-def roc_points(y_true: Sequence[Any], prob: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_points(
+    y_true: Sequence[Any], prob: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of the ROC curve."""
     import warnings
 
@@ -203,25 +212,9 @@ def roc_points(y_true: Sequence[Any], prob: Sequence[float]) -> tuple[np.ndarray
 # --- plots (matplotlib's object API with the Agg canvas: no pyplot, no global backend) ---------
 
 
-def _figure(size: tuple[float, float] = (5.0, 4.5)) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    return path
-
-
 def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "") -> Path:
     """Confusion matrix (rows true, columns predicted) with counts and row percentages."""
-    fig = _figure((4.6, 4.0))
+    fig = new_figure((4.6, 4.0))
     ax = fig.add_subplot(111)
     m = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]], dtype=float)
     ax.imshow(m, cmap="Blues")
@@ -236,19 +229,22 @@ def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "") ->
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_roc(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
              operating: dict[str, float] | None = None, title: str = "") -> Path:  # fmt: skip
     """ROC curve with its AUC, the operating threshold's point and the 0.5 point marked."""
     y, p = _arrays(y_true, prob)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     fpr, tpr, _ = roc_points(y, p)
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {_auc(y, p):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    for thr, style, name in ((0.5, "s", "0.5"), ((operating or {}).get("threshold"), "o", "operating")):
+    for thr, style, name in (
+        (0.5, "s", "0.5"),
+        ((operating or {}).get("threshold"), "o", "operating"),
+    ):
         if thr is None:
             continue
         m = binary_metrics(y, p, thr)
@@ -260,7 +256,7 @@ def plot_roc(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
     ax.set_ylim(-0.01, 1.01)
     ax.legend(loc="lower right", fontsize=7)
     ax.set_title(title or "ROC")
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_pr(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
@@ -269,7 +265,7 @@ def plot_pr(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     y, p = _arrays(y_true, prob)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     import warnings
 
@@ -289,12 +285,12 @@ def plot_pr(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
     ax.set_ylim(-0.01, 1.01)
     ax.legend(loc="lower left", fontsize=7)
     ax.set_title(title or "precision-recall")
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_reliability(cal: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Reliability diagram: observed malignant fraction vs mean predicted probability per bin."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     bins = [b for b in cal["bins"] if b["n"]]
     width = 1.0 / cal["n_bins"]
@@ -309,12 +305,12 @@ def plot_reliability(cal: dict[str, Any], path: str | Path, title: str = "") -> 
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=7)
     ax.set_title(title or f"reliability (ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f})")
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Training curves (loss and AUC, train and validation) from history rows."""
-    fig = _figure((9.0, 3.8))
+    fig = new_figure((9.0, 3.8))
     ep = [int(r["epoch"]) for r in history]
     for i, key in enumerate(("loss", "auc")):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -329,7 +325,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 # --- the whole report ---------------------------------------------------------------------------
@@ -373,7 +369,11 @@ def evaluate_predictions(
     report["roc_auc_ci95"] = report["operating"]["ci95"]["roc_auc"]
     report["calibration"] = calibration(y, p)
     report["ece"] = report["calibration"]["ece"]
-    report["bootstrap"] = {"n_boot": int(n_boot), "seed": int(seed), "method": "percentile, stratified"}
+    report["bootstrap"] = {
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "method": "percentile, stratified",
+    }
     if extra:
         report.update(extra)
     report = _clean(report)
@@ -382,8 +382,11 @@ def evaluate_predictions(
         out.mkdir(parents=True, exist_ok=True)
         op = {"threshold": float(threshold)}
         plots = {
-            "confusion_matrix": plot_confusion(confusion(y, p, threshold), out / "confusion_matrix.png",
-                                               f"{title} confusion at t={threshold:.3f}".strip()),  # fmt: skip
+            "confusion_matrix": plot_confusion(
+                confusion(y, p, threshold),
+                out / "confusion_matrix.png",
+                f"{title} confusion at t={threshold:.3f}".strip(),
+            ),  # fmt: skip
             "roc": plot_roc(y, p, out / "roc.png", op, f"{title} ROC".strip()),
             "pr": plot_pr(y, p, out / "pr.png", op, f"{title} precision-recall".strip()),
             "reliability": plot_reliability(report["calibration"], out / "reliability.png"),
@@ -391,7 +394,10 @@ def evaluate_predictions(
         report["plots"] = {k: v.name for k, v in plots.items()}
         if paths is not None:
             lines = ["path,label,prob_malignant"]
-            lines += [f"{q},{'malignant' if t else 'benign'},{v:.6f}" for q, t, v in zip(paths, y, p, strict=True)]
+            lines += [
+                f"{q},{'malignant' if t else 'benign'},{v:.6f}"
+                for q, t, v in zip(paths, y, p, strict=True)
+            ]
             atomic_write_text(out / "predictions.csv", "\n".join(lines) + "\n")
         atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
     return report
@@ -413,7 +419,13 @@ def report_table(report: dict[str, Any]) -> str:
     rows = []
     for k in METRICS:
         label = "recall (sensitivity)" if k == "recall" else k
-        rows.append([label, _fmt_ci(op.get(k), op["ci95"].get(k)), _fmt_ci(half.get(k), half["ci95"].get(k))])
+        rows.append(
+            [
+                label,
+                _fmt_ci(op.get(k), op["ci95"].get(k)),
+                _fmt_ci(half.get(k), half["ci95"].get(k)),
+            ]
+        )
     rows.append(["tp / fp / tn / fn", f"{op['tp']} / {op['fp']} / {op['tn']} / {op['fn']}",
                  f"{half['tp']} / {half['fp']} / {half['tn']} / {half['fn']}"])  # fmt: skip
     rows.append(["ECE / Brier", f"{report['ece']:.4f} / {report['calibration']['brier']:.4f}", ""])
@@ -431,4 +443,3 @@ def summarize(report: dict[str, Any], keys: Sequence[str] = METRICS) -> dict[str
     out["accuracy_at_0.5"] = report["at_0.5"]["accuracy"]
     out["ece"] = report["ece"]
     return out
-
