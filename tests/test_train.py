@@ -226,6 +226,19 @@ def test_train_efficientnet_lite0_two_phases(env):
     assert same("block15_project_bn") and same("head_bn") and same("block14_bn")
     assert not same("block15_project_conv") and not same("block14_expand_conv") and not same("head_conv")
 
+    # continuing from the trained model: --epochs 0 skips the frozen phase, fine-tunes only
+    _cli(["train", "--data", str(env["manifest"]), "--arch", "efficientnet_lite0", "--weights",
+          str(run / "model.keras"), "--epochs", "0", "--fine-tune-epochs", "1", "--unfreeze-blocks", "1",
+          "--name", "lite0-more", *COMMON])  # fmt: skip
+    more = env["runs"] / "train" / "lite0-more"
+    assert [r["phase"] for r in _history(more)] == ["finetune"]
+    cont = _load(more)
+    for name in ("stem_conv", "block14_expand_conv", "block15_project_bn"):  # below the unfrozen block, or BN
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(model.get_layer(name).get_weights(), cont.get_layer(name).get_weights(), strict=True))
+    assert not np.array_equal(model.get_layer("block15_project_conv").get_weights()[0],
+                              cont.get_layer("block15_project_conv").get_weights()[0])  # fmt: skip
+
 
 def test_train_mobilenet_v2_from_scratch(env):
     _cli(["train", "--data", str(env["manifest"]), "--arch", "mobilenet_v2", "--weights", "none",
@@ -313,6 +326,8 @@ def test_mirrored_strategy_on_two_logical_cpus(env):
         (["train", "--data", "{manifest}", "--resume"], "--resume needs --name"),
         (["train", "--data", "{manifest}", "--name", "simple"], "already exists"),
         (["train", "--data", "{manifest}", "--img-size", "8"], "8"),
+        (["train", "--data", "{manifest}", "--epochs", "0", "--fine-tune-epochs", "0"], "nothing to train"),
+        (["train", "--data", "{manifest}", "--arch", "simple_cnn", "--epochs", "0"], "nothing to train"),
         (["evaluate", "/no/such/run"], "no such run folder"),
         (["evaluate", "{manifest}"], "has no model.keras"),
         (["evaluate", "{manifest}/manifest.csv"], "expected a run folder"),

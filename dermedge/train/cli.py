@@ -52,8 +52,8 @@ def _fail(e: BaseException) -> click.ClickException:
     "--epochs",
     default=10,
     show_default=True,
-    type=click.IntRange(1),
-    help="Epochs (the frozen-backbone phase for pretrained backbones).",
+    type=click.IntRange(0),
+    help="Epochs (the frozen-backbone phase for pretrained backbones; 0 skips it).",
 )
 @click.option(
     "--fine-tune-epochs",

@@ -73,7 +73,9 @@ class TrainConfig:
 
         ft_lr = self.fine_tune_lr if self.fine_tune_lr is not None else self.lr / 10
         if self.arch in PRETRAINED and self.weights not in (None, "none"):
-            out = [{"name": "frozen", "epochs": self.epochs, "unfreeze": 0, "lr": self.lr}]
+            out = []  # epochs 0: no frozen phase (continuing from trained weights)
+            if self.epochs > 0:
+                out.append({"name": "frozen", "epochs": self.epochs, "unfreeze": 0, "lr": self.lr})
             if self.fine_tune_epochs > 0:
                 out.append({"name": "finetune", "epochs": self.fine_tune_epochs,
                             "unfreeze": self.unfreeze_blocks, "lr": ft_lr})  # fmt: skip
@@ -337,6 +339,8 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
             input_contract(cfg.arch, cfg.img_size, cfg.crop)
         except ValueError as e:
             raise TrainError(str(e)) from e
+        if not any(ph["epochs"] > 0 for ph in cfg.phases()):
+            raise TrainError("nothing to train: every phase has 0 epochs")
         if not Path(cfg.data).exists():
             raise TrainError(f"--data {cfg.data}: no such file or folder")
         if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
