@@ -32,9 +32,10 @@ from dermedge.train.evaluate import binary_metrics, bootstrap_ci
 DX_ORDER = ["mel", "bcc", "akiec", "nv", "bkl", "df", "vasc"]
 
 
-def unseen_records(ham_root: str, manifest: str) -> tuple[list, int]:
-    """HAM10000 records whose lesion is not in the manifest (any split), and how many were excluded."""
-    seen = {r.group for r in read_manifest(manifest) if r.group}
+def unseen_records(ham_root: str, manifest: str, splits: tuple[str, ...] | None = None) -> tuple[list, int]:
+    """HAM10000 records whose lesion is not in the manifest's `splits` (all if None), and how many
+    were excluded."""
+    seen = {r.group for r in read_manifest(manifest, splits=splits) if r.group}
     ham = analyse(read_dataset(ham_root), progress=False).records
     keep = [r for r in ham if f"ham10000:{r.group}" not in seen and r.group not in seen]
     return keep, len(ham) - len(keep)
@@ -88,10 +89,13 @@ def main() -> None:
     ap.add_argument("--ham", default=str(data / "ham10000-thumbs"))
     ap.add_argument("--out", required=True, help="output path prefix (.json, .md, .png)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seen-splits", default="train,val,test",
+                    help="manifest splits whose lesions count as seen (train: also keep the HAM10000 "
+                         "photos of val/test lesions, which the model was never trained on)")  # fmt: skip
     args = ap.parse_args()
 
     model = EdgeModel(args.model, threads=args.threads)
-    records, excluded = unseen_records(args.ham, args.manifest)
+    records, excluded = unseen_records(args.ham, args.manifest, tuple(args.seen_splits.split(",")))
     images, kept, bad = load_images(
         [r.path for r in records], model.contract, cache_dir="runs/cache"
     )
@@ -101,7 +105,7 @@ def main() -> None:
     metrics = binary_metrics(y, prob, model.threshold)
     ci = bootstrap_ci(y, prob, model.threshold, n_boot=500)
     result = {"model": Path(args.model).name, "runtime": model.runtime, "threshold": model.threshold,
-              "images": len(records), "excluded_seen_lesion_images": excluded, "unreadable": bad,
+              "images": len(records), "seen_splits": args.seen_splits, "excluded_seen_lesion_images": excluded, "unreadable": bad,
               "metrics": metrics, "ci95": ci, "per_dx": per_dx(records, prob, model.threshold)}  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +113,7 @@ def main() -> None:
     rows = [f"| {dx} | {'malignant' if v['malignant'] else 'benign'} | {v['n']} | {v['referred']:.1%} | {v['median_prob']:.3f} |"
             for dx, v in result["per_dx"].items()]  # fmt: skip
     md = "\n".join([
-        f"Unseen HAM10000 lesions ({len(records)} images; {excluded} images of lesions in the training manifest excluded), "
+        f"Unseen HAM10000 lesions ({len(records)} images; {excluded} images of lesions in the manifest's {args.seen_splits} splits excluded), "
         f"{result['model']} at threshold {model.threshold:.3f}: ROC AUC {metrics['roc_auc']:.3f}, "
         f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}.",
         "",

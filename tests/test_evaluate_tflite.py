@@ -32,3 +32,15 @@ def test_evaluate_a_tflite_through_the_edge_runtime(isic_dir, tmp_path):
     assert metrics["operating_threshold"] == pytest.approx(read_card(model)["threshold"])
     assert metrics["n"] == 24 and 0.0 <= metrics["operating"]["roc_auc"] <= 1.0
     assert (out / "roc.png").stat().st_size > 1000
+
+    # without --out, a bare model file's results go under runs/eval/, never beside the model
+    # (the shipped models live inside the installed package)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    shutil.copy(model, pkg / model.name)
+    r = CliRunner(env={"DERMEDGE_RUNS": str(tmp_path / "runs")}).invoke(
+        main, ["evaluate", str(pkg / model.name), "--data", str(tmp_path / "ds"), "--bootstrap", "100"]
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in pkg.iterdir()) == [model.name]
+    assert (tmp_path / "runs" / "eval" / "tiny_int8-ds-test" / "metrics.json").is_file()

@@ -188,7 +188,7 @@ def _resolve_model(target: str) -> tuple[Path, Path | None]:
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
-    help="Output folder [default: RUN/eval, or RUN/eval-<data>-<split>].",
+    help="Output folder [default: RUN/eval or RUN/eval-<data>-<split>; runs/eval/<model>-... for a .tflite].",
 )
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100))
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
@@ -214,14 +214,15 @@ def evaluate(target: str, data: str | None, split: str, threshold: float | None,
         records, csv_path = resolve_records(source, None, split_dataset=False)
     except TrainError as e:
         raise _fail(e) from e
+    tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
     if out:
         out_dir = Path(out)
-    else:
-        base = run_dir or model_path.parent
-        tag = (
-            "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
-        )
-        out_dir = base / f"eval{tag}"
+    elif run_dir:
+        out_dir = run_dir / f"eval{tag}"
+    else:  # a bare model file (maybe inside the installed package): results go under runs/
+        from dermedge.runs import new_run_dir
+
+        out_dir = new_run_dir("eval", f"{model_path.stem}{tag or '-test'}", exist_ok=True)
     extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
     try:
         report = evaluate_model(
