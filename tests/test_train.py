@@ -186,12 +186,17 @@ def test_training_is_deterministic(env):
 
 def test_train_on_dataset_folder_writes_split_manifest(env):
     _cli(["train", "--data", str(env["folder"]), "--arch", "simple_cnn", "--epochs", "1",
-          "--name", "fromdir", *COMMON])  # fmt: skip
+          "--balance", "source", "--name", "fromdir", *COMMON])  # fmt: skip
     run = env["runs"] / "train" / "fromdir"
     meta = json.loads((run / "manifest.json").read_text())
     assert meta["mode"] == "resplit" and sum(sum(c.values()) for c in meta["counts"].values()) == 24
     card = _card(run)
     assert card["data"]["manifest_sha256"] == hashlib.sha256((run / "manifest.csv").read_bytes()).hexdigest()
+    # one source: balancing per source is the global balance, recorded per source in the card
+    t = card["training"]
+    assert t["config"]["balance"] == "source"
+    [(src, w)] = t["class_weights_per_source"].items()
+    assert w == pytest.approx(t["class_weights"]), src
 
 
 def test_train_efficientnet_lite0_two_phases(env):

@@ -8,7 +8,14 @@ import pytest
 pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from dermedge.train.data import Augment, SplitArrays, augment_image, class_weights, make_dataset  # noqa: E402
+from dermedge.train.data import (  # noqa: E402
+    Augment,
+    SplitArrays,
+    augment_image,
+    class_weights,
+    make_dataset,
+    source_balanced_weights,
+)
 from dermedge.train.models import (  # noqa: E402
     ARCHS,
     WeightsError,
@@ -30,6 +37,31 @@ def test_class_weights_balanced():
     assert w == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
     # each class then carries half of the total weight
     assert 3 * w[0] == pytest.approx(1 * w[1])
+
+
+def test_source_balanced_weights_give_every_source_a_balanced_prior():
+    # source a: 1 malignant in 4 (like HAM10000 thumbnails), b: 3 in 4 (like isic-mvb), c: benign only
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    src = ["a"] * 4 + ["b"] * 4 + ["c"] * 2
+    w = source_balanced_weights(y, src)
+    for s in ("a", "b"):
+        m = np.array(src) == s
+        assert w[m & (y == 1)].sum() == pytest.approx(w[m & (y == 0)].sum())  # 50/50 within the source
+        assert w[m].sum() == pytest.approx(m.sum())  # each source keeps its size
+    glob = class_weights(y)
+    assert np.allclose(w[8:], glob[0])  # a one-class source falls back to the global weights
+    # one global balance (4 malignant, 6 benign overall) would push source b from 3:1 to 4.5:1
+    gb = np.array([glob[int(v)] for v in y])
+    assert gb[4:7].sum() / gb[7] == pytest.approx(4.5)
+
+
+def test_make_dataset_takes_per_image_weights():
+    data = _arrays(6)
+    w = np.arange(1, 7, dtype=np.float32)
+    batches = list(make_dataset(data, 6, False, weights=w).as_numpy_iterator())
+    assert np.array_equal(batches[0][2], w)
+    with pytest.raises(ValueError, match="5 sample weights for 6 images"):
+        make_dataset(data, 6, False, weights=w[:5])
 
 
 def test_augmentation_is_seeded_and_keeps_range():

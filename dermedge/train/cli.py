@@ -117,6 +117,14 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
 @click.option(
+    "--balance",
+    type=click.Choice(["class", "source"]),
+    default="class",
+    show_default=True,
+    help="Loss weights: balance the classes overall, or within each source dataset (so that a "
+    "source's look, e.g. low-resolution thumbnails, is no evidence for the label).",
+)
+@click.option(
     "--bootstrap",
     "n_boot",
     default=2000,
@@ -129,7 +137,7 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: 
           unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
           name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
           sensitivity_margin: float, patience: int, no_augment: bool, no_deterministic: bool,
-          dropout: float, label_smoothing: float, n_boot: int, quiet: bool) -> None:  # fmt: skip
+          dropout: float, label_smoothing: float, balance: str, n_boot: int, quiet: bool) -> None:  # fmt: skip
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.
 
     Writes runs/train/NAME/: model.keras, manifest.csv/json, history.csv, curves.png,
@@ -144,7 +152,7 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: 
                       seed=seed, name=name, strategy=strategy, target_sensitivity=target_sensitivity,
                       sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,
                       deterministic=not no_deterministic, dropout=dropout,
-                      label_smoothing=label_smoothing, n_boot=n_boot)  # fmt: skip
+                      label_smoothing=label_smoothing, balance=balance, n_boot=n_boot)  # fmt: skip
     try:
         res = run_train(cfg, resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1)
     except (TrainError, FileNotFoundError, ValueError, OSError) as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ class SplitArrays:
     y: np.ndarray
     paths: list[str]
     skipped: dict[str, str]
+    sources: list[str] = field(default_factory=list)  # the dataset each image came from
 
     def __len__(self) -> int:
         return int(self.y.size)
@@ -52,7 +53,7 @@ def load_split(records: Sequence[Record], split: str, contract: InputContract,
     x, kept, bad = load_images(paths, contract, cache_dir=cache_dir, progress=progress,
                                desc=f"{split} images")  # fmt: skip
     y = np.asarray([LABELS[recs[i].label] for i in kept], dtype=np.float32)
-    return SplitArrays(split, x, y, [paths[i] for i in kept], bad)
+    return SplitArrays(split, x, y, [paths[i] for i in kept], bad, [recs[i].source for i in kept])
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -64,6 +65,26 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
         k = int((y == c).sum())
         out[c] = float(n / (2.0 * k)) if k else 0.0
     return out
+
+
+def source_balanced_weights(y: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+    """Per-image weights n_s / (2 n_s,c) that balance the classes within each source dataset.
+
+    With one global class balance, a source whose malignant share is low (HAM10000 thumbnails,
+    23%) and one whose share is high (isic-mvb, 45%) keep different effective priors, and a
+    model learns the source's look (resolution, blur) as evidence for the label. Balanced per
+    source, the look carries none. A source lacking a class falls back to the global weights.
+    """
+    y = np.asarray(y).astype(int)
+    src = np.asarray(sources)
+    glob = class_weights(y)
+    w = np.asarray([glob[int(v)] for v in y], dtype=np.float64)
+    for s in np.unique(src):
+        m = src == s
+        if len(np.unique(y[m])) == 2:
+            cw = class_weights(y[m])
+            w[m] = [cw[int(v)] for v in y[m]]
+    return w.astype(np.float32)
 
 
 # --- augmentation -------------------------------------------------------------------------------
@@ -137,15 +158,21 @@ def make_dataset(
     batch: int,
     training: bool,
     seed: int = 0,
-    weights: dict[int, float] | None = None,
+    weights: dict[int, float] | np.ndarray | None = None,
     augment: Augment | None = None,
 ) -> tf.data.Dataset:
-    """(x float32 0..255, y, [sample weight]) batches; shuffled and augmented when training."""
+    """(x float32 0..255, y, [sample weight]) batches; shuffled and augmented when training.
+    `weights`: per class ({0: w0, 1: w1}) or per image (an array as long as the split)."""
     size = int(data.x.shape[1])
     y = data.y.reshape(-1, 1).astype(np.float32)
     parts: tuple = (data.x, y)
     if weights is not None:
-        w = np.asarray([weights[int(v)] for v in data.y], dtype=np.float32)
+        if isinstance(weights, dict):
+            w = np.asarray([weights[int(v)] for v in data.y], dtype=np.float32)
+        else:
+            w = np.asarray(weights, dtype=np.float32).reshape(-1)
+            if w.size != len(data):
+                raise ValueError(f"{w.size} sample weights for {len(data)} images")
         parts = (data.x, y, w)
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if training:

@@ -63,6 +63,7 @@ class TrainConfig:
     deterministic: bool = True
     dropout: float = 0.2
     label_smoothing: float = 0.0
+    balance: str = "class"  # class: one global class balance; source: classes balanced per source dataset
     n_boot: int = 2000
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -333,6 +334,8 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     else:
         if cfg.arch not in ARCHS:
             raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
+        if cfg.balance not in ("class", "source"):
+            raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
         if cfg.strategy not in STRATEGIES:
             raise TrainError(f"unknown strategy {cfg.strategy!r}")
         try:
@@ -365,7 +368,13 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
 
     import keras
 
-    from dermedge.train.data import Augment, class_weights, load_split, make_dataset
+    from dermedge.train.data import (
+        Augment,
+        class_weights,
+        load_split,
+        make_dataset,
+        source_balanced_weights,
+    )
     from dermedge.train.models import build_model, set_trainable
 
     strategy = _strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
@@ -385,10 +394,20 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     _log(f"run {run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
          f"val {splits['val'].counts()}, test {splits['test'].counts()}")  # fmt: skip
     _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
+    sample_w: dict[int, float] | np.ndarray = weights
+    per_source: dict[str, dict[str, float]] = {}
+    if cfg.balance == "source":
+        sample_w = source_balanced_weights(splits["train"].y, splits["train"].sources)
+        for src in sorted(set(splits["train"].sources)):
+            idx = [i for i, s in enumerate(splits["train"].sources) if s == src]
+            per_source[src or "-"] = {k: float(sample_w[[i for i in idx if splits["train"].y[i] == c]].max(initial=0))
+                                      for c, k in ((0, "benign"), (1, "malignant"))}  # fmt: skip
+            _log(f"class weights for source {src or '-'}: benign {per_source[src or '-']['benign']:.4f}, "
+                 f"malignant {per_source[src or '-']['malignant']:.4f}")  # fmt: skip
 
     replicas = strategy.num_replicas_in_sync
     aug = Augment() if cfg.augment else Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
-    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, weights, aug)
+    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
 
@@ -484,6 +503,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
                  "linked_to": meta.get("linked_to"),
                  "counts": {s: v.counts() for s, v in splits.items()}, "skipped": len(skipped)}  # fmt: skip
     training = {"config": asdict(cfg), "class_weights": {"benign": weights[0], "malignant": weights[1]},
+                "class_weights_per_source": per_source or None,
                 "phases": phases, "phase_info": info, "augmentation": aug.to_dict() if cfg.augment else None,
                 "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
                 "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
