@@ -2,8 +2,8 @@
 
     python benchmarks/run_published.py [--runs 200] [--threads 1,2,4] [--wait-quiet 600]
 
-Runs `dermedge benchmark` on the real runs (runs/train/lite0-isic and runs/train/simple-isic, with
-their converted variants in runs/convert/), then copies what the README shows into
+Runs `dermedge benchmark` on the training runs behind the shipped models (--train-runs, with their
+converted variants in runs/convert/), then copies what the README shows into
 benchmarks/results/:
   benchmark.md / benchmark.csv / benchmark.json   the full results (machine facts, versions,
                                                   every row, raw latencies, notes)
@@ -35,7 +35,7 @@ from dermedge.benchmark.machine import flag_summary  # noqa: E402
 from dermedge.data.io import atomic_write_text  # noqa: E402
 from dermedge.runs import format_table, new_run_dir  # noqa: E402
 
-RUNS = ("lite0-isic", "simple-isic")
+DEFAULT_RUNS = "lite0-isic-ham-src,simple-isic"  # the shipped default and tiny
 OUT = REPO / "benchmarks" / "results"
 
 
@@ -86,11 +86,12 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S")
     ap.add_argument("--camera-source", default=None, help="also time the camera loop on a video")
     ap.add_argument("--runs-root", default=str(REPO / "runs"))
+    ap.add_argument("--train-runs", default=DEFAULT_RUNS, help="run names under runs/train/, comma-separated")
     ap.add_argument("--out", default=str(OUT), help="where the committed copies go")
     args = ap.parse_args()
 
     os.environ["DERMEDGE_RUNS"] = args.runs_root
-    sources = [Path(args.runs_root) / "train" / r for r in RUNS]
+    sources = [Path(args.runs_root) / "train" / r for r in args.train_runs.split(",")]
     missing = [str(s) for s in sources if not s.is_dir()]
     if missing:
         print(f"missing runs: {', '.join(missing)} (train and convert them first)", file=sys.stderr)
