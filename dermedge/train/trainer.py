@@ -114,6 +114,14 @@ def _load_weights(model: Any, path: Path) -> None:
         model.load_weights(path)
 
 
+def _weights_by_source(y: np.ndarray, sources: list[str], w: np.ndarray) -> dict[str, dict[str, float]]:
+    """{source: {benign: weight, malignant: weight}} of per-image weights, for the log and the card."""
+    src, y = np.asarray(sources), np.asarray(y).astype(int)
+    return {s or "-": {name: float(w[(src == s) & (y == c)].max(initial=0))
+                       for c, name in ((0, "benign"), (1, "malignant"))}
+            for s in sorted(set(sources))}  # fmt: skip
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(ev._clean(obj), indent=2) + "\n")
 
@@ -398,12 +406,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     per_source: dict[str, dict[str, float]] = {}
     if cfg.balance == "source":
         sample_w = source_balanced_weights(splits["train"].y, splits["train"].sources)
-        for src in sorted(set(splits["train"].sources)):
-            idx = [i for i, s in enumerate(splits["train"].sources) if s == src]
-            per_source[src or "-"] = {k: float(sample_w[[i for i in idx if splits["train"].y[i] == c]].max(initial=0))
-                                      for c, k in ((0, "benign"), (1, "malignant"))}  # fmt: skip
-            _log(f"class weights for source {src or '-'}: benign {per_source[src or '-']['benign']:.4f}, "
-                 f"malignant {per_source[src or '-']['malignant']:.4f}")  # fmt: skip
+        per_source = _weights_by_source(splits["train"].y, splits["train"].sources, sample_w)
+        for src, w in per_source.items():
+            _log(f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}")
 
     replicas = strategy.num_replicas_in_sync
     aug = Augment() if cfg.augment else Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
