@@ -104,6 +104,7 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
         "label",
         "decision",
         "threshold",
+        "warning",
         "error",
     }
     assert sum(bool(r["error"]) for r in rows) == 4
@@ -177,3 +178,25 @@ def test_installed_entry_point_prints_a_result_fast(folder: Path) -> None:
     assert "0_benign.JPG" in r.stdout and "runtime" in r.stderr
     assert "INFO:" not in r.stderr  # the runtime's native chatter is filtered
     assert elapsed < 20  # generous: a loaded CI box; the benchmark measures it properly
+
+
+def test_low_resolution_and_blurred_photos_are_flagged(isic_dir: Path, ham_dir: Path, tmp_path: Path) -> None:
+    """The shipped default misses more melanomas in 100x75 thumbnails: such files get a warning."""
+    from PIL import Image, ImageFilter
+
+    sharp = sorted(isic_dir.glob("test/malignant/*.jpg"))[0]
+    shutil.copy(sharp, tmp_path / "sharp.jpg")
+    shutil.copy(sorted((ham_dir / "images").glob("*.jpg"))[0], tmp_path / "thumb.jpg")
+    Image.open(sharp).filter(ImageFilter.GaussianBlur(3)).save(tmp_path / "blurred.jpg", quality=95)
+    target = tmp_path / "out.csv"
+    code, out, _ = run("-m", "default", "--json", "--csv", str(target), str(tmp_path / "*.jpg"))
+    assert code == 0
+    rows = {Path(r["file"]).name: r for r in map(json.loads, out.splitlines())}
+    assert "warning" not in rows["sharp.jpg"]
+    assert rows["thumb.jpg"]["warning"].startswith("low resolution (100x75)")
+    assert rows["blurred.jpg"]["warning"].startswith("blurred")
+    with open(target, newline="") as f:
+        by_name = {Path(r["file"]).name: r["warning"] for r in csv.DictReader(f)}
+    assert by_name["sharp.jpg"] == "" and by_name["thumb.jpg"].startswith("low resolution")
+    code, out, _ = run("-m", "default", str(tmp_path / "thumb.jpg"))
+    assert "[low resolution (100x75)" in out and "1 with a quality warning" in out

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from dermedge import DISCLAIMER, __version__
-from dermedge.data.contract import CROPS, ImageError, InputContract
+from dermedge.data.contract import CROPS, ImageError, InputContract, load_rgb
 from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
@@ -28,7 +28,7 @@ from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
-CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "error"]
+CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "warning", "error"]
 
 
 class Fatal(click.ClickException):
@@ -121,17 +121,25 @@ def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], 
 
 def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
     try:
-        result = model.classify(path)
+        img = load_rgb(path)
+        result = model.classify(img)
     except ImageError as e:
         return {"file": path, "error": str(e)}
-    return {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
+    row = {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
+    import numpy as np
+
+    from dermedge.edge.quality import photo_warning  # OpenCV: imported on the first photo
+
+    warning = photo_warning(np.asarray(img), model.contract.size)
+    return {**row, "warning": warning} if warning else row
 
 
 def _table_line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{'FAILED':<9} {'-':>6}  {'-':<10} {row['file']}: {row['error']}"
     decision = row["decision"].upper() if row["decision"] == "refer" else row["decision"]
-    return f"{decision:<9} {row['prob']:>6.3f}  {row['label']:<10} {row['file']}"
+    line = f"{decision:<9} {row['prob']:>6.3f}  {row['label']:<10} {row['file']}"
+    return f"{line}  [{row['warning']}]" if "warning" in row else line
 
 
 def _check_csv_target(path: str) -> None:
@@ -190,6 +198,9 @@ def classify_images(
         f"{len(rows)} images: {refer} refer, {len(rows) - refer - failed} routine, {failed} failed "
         f"(threshold {model.threshold:.3f}, model {model.name})"
     )
+    warned = sum("warning" in r for r in rows)
+    if warned:
+        summary += f"; {warned} with a quality warning (low resolution or blurred)"
     if ignored:
         summary += f"; {ignored} non-image files in folders ignored"
     print(summary, file=note)
