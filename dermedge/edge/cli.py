@@ -23,6 +23,7 @@ from dermedge import DISCLAIMER, __version__
 from dermedge.data.contract import CROPS, ImageError, InputContract, load_rgb
 from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
+from dermedge.edge.photo import photo_warning
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -126,11 +127,7 @@ def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
     except ImageError as e:
         return {"file": path, "error": str(e)}
     row = {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
-    import numpy as np
-
-    from dermedge.edge.quality import photo_warning  # OpenCV: imported on the first photo
-
-    warning = photo_warning(np.asarray(img), model.contract.size)
+    warning = photo_warning(img, model.contract.size)
     return {**row, "warning": warning} if warning else row
 
 

@@ -105,16 +105,3 @@ def signature(rgb: np.ndarray) -> np.ndarray:
 def scene_change(a: np.ndarray | None, b: np.ndarray, limit: float = 20.0) -> bool:
     """True when two signatures differ by more than `limit` (mean absolute 0..255 difference)."""
     return a is None or float(np.abs(a - b).mean()) > limit
-
-
-def photo_warning(rgb: np.ndarray, input_size: int, gate: Gate | None = None) -> str | None:
-    """Why a photo given as a file may be less reliable, else None: smaller than 3/4 of the
-    model's input side, or blurred (the camera gate's sharpness limit, which every isic-mvb photo
-    passes). The shipped default refers 85% of melanomas in 100x75 HAM10000 thumbnails, not 98%."""
-    h, w = rgb.shape[:2]
-    if min(h, w) < 0.75 * input_size:
-        return f"low resolution ({w}x{h}): a less reliable result"
-    if measure(rgb, gate).sharpness < (gate or Gate()).min_sharpness:
-        return "blurred: a less reliable result"
-    return None
-
