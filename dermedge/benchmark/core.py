@@ -256,7 +256,8 @@ def export_onnx(groups: list[Group], out: Path, opset: int, notes: list[str]) ->
         return
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     specs = [{"src": str(src.path), "kind": "keras" if src.backend == "keras" else "tflite",
-              "dst": str(out / "onnx" / f"{g.name}-{quant}{_tag(src)}.onnx"), "opset": opset}
+              "dst": str(out / "onnx" / f"{g.name}-{quant}{'-rejected' if src.rejected else ''}.onnx"),
+              "opset": opset}
              for g, quant, src in jobs]  # fmt: skip
     log(f"exporting {len(specs)} variant(s) to ONNX with tf2onnx")
     results = _run_export(specs, out / "logs" / "onnx-export.log")
@@ -272,15 +273,9 @@ def export_onnx(groups: list[Group], out: Path, opset: int, notes: list[str]) ->
             extra.update(io_quant(src.path))
         v = onnx_variant(g.name, Path(str(spec["dst"])), quant, src.card or g.card,
                          tfl.path if tfl else None, extra)  # fmt: skip
-        if src.extra.get("rejected"):  # exported from a variant the converter's gate refused
-            v.name, v.extra["rejected"] = f"{v.name}:rejected", True
-        g.variants.append(v)
+        g.variants.append(v.mark_rejected() if src.rejected else v)
     for g in groups:
         g.variants.sort(key=Variant.order)
-
-
-def _tag(v: Variant) -> str:
-    return "-rejected" if v.extra.get("rejected") else ""
 
 
 def _run_export(specs: list[dict[str, Any]], log_path: Path) -> list[dict[str, Any]]:
@@ -452,7 +447,7 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
             notes.append(f"{g.name}: not benchmarked, refused by the converter's accuracy gate: "
                          + ", ".join(p.name for p in g.rejected))  # fmt: skip
         for v in g.variants:
-            if v.extra.get("rejected"):
+            if v.rejected:
                 notes.append(f"{v.label}: benchmarked although the converter's accuracy gate "
                              f"refused it (see its convert report)")  # fmt: skip
             if not v.card:
@@ -592,7 +587,7 @@ def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
                                "import_ms": 1e3 * w.hello["import_s"] if "import_s" in w.hello else None,
                                "load_ms": 1e3 * w.hello["load_s"] if "load_s" in w.hello else None,
                                "first_ms": 1e3 * w.hello["first_s"] if "first_s" in w.hello else None,
-                               "rejected": bool(v.extra.get("rejected")),
+                               "rejected": v.rejected,
                                "error": w.error}  # fmt: skip
         row.update({k: val for k, val in latency_stats(times[id(w)]).items()})
         rss = finals[id(w)].get("maxrss_kb")

@@ -55,6 +55,16 @@ class Variant:
     def order(self) -> int:
         return VARIANT_ORDER.index(self.base) if self.base in VARIANT_ORDER else len(VARIANT_ORDER)
 
+    @property
+    def rejected(self) -> bool:
+        """Refused by the converter's accuracy gate (benchmarked with --include-rejected)."""
+        return bool(self.extra.get("rejected"))
+
+    def mark_rejected(self) -> Variant:
+        """Name it `<kind>:rejected` and flag it, so rows and files say so."""
+        self.name, self.extra["rejected"] = f"{self.name}:rejected", True
+        return self
+
 
 @dataclass
 class Group:
@@ -192,10 +202,7 @@ def discover(sources: list[str | Path], include_rejected: bool = False) -> list[
                 g.variants.append(onnx_variant(name, p, _quant_of(p, None), None, None))
             rejected = sorted((folder / "rejected").glob("*.tflite"))
             if include_rejected:
-                for p in rejected:
-                    v = tflite_variant(name, p)
-                    v.name, v.extra["rejected"] = f"{v.name}:rejected", True
-                    g.variants.append(v)
+                g.variants += [tflite_variant(name, p).mark_rejected() for p in rejected]
             else:
                 g.rejected += rejected
             _find_manifest(g, folder)

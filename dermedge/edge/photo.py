@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-ANALYSIS = 256  # as dermedge.edge.quality.ANALYSIS
-DARK = 25  # as dermedge.edge.quality.DARK
-MIN_SHARPNESS = 5.0  # as dermedge.edge.quality.Gate.min_sharpness
+# the camera gate (dermedge.edge.quality) takes these from here
+ANALYSIS = 256  # side of the square image the measures are taken on
+DARK = 25  # luma at or below: vignette / underexposed
+MIN_SHARPNESS = 5.0  # variance of the Laplacian inside the field of view
 
 
 def sharpness(img: Image.Image) -> float:

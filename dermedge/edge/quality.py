@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-ANALYSIS = 256  # side of the square image the measures are taken on
-DARK = 25  # luma at or below: vignette / underexposed
+from dermedge.edge.photo import ANALYSIS, DARK, MIN_SHARPNESS  # shared with the file-photo check
+
 CLIPPED = 250  # luma at or above: clipped highlight
 SIGNATURE = 24  # side of the thumbnail used to detect a change of scene
 
@@ -26,7 +26,7 @@ class Gate:
     glare); Gaussian blur of sigma 2 px (at 224 px) fails ~97%, a 31 px motion smear ~78%.
     """
 
-    min_sharpness: float = 5.0  # variance of the Laplacian inside the field of view
+    min_sharpness: float = MIN_SHARPNESS  # variance of the Laplacian inside the field of view
     max_dark: float = 0.6  # fraction of the crop at or below DARK
     min_brightness: float = 60.0  # mean luma inside the field of view
     max_bright: float = 0.25  # fraction of the crop clipped bright

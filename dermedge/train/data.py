@@ -67,24 +67,28 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return out
 
 
-def source_balanced_weights(y: np.ndarray, sources: Sequence[str]) -> np.ndarray:
-    """Per-image weights n_s / (2 n_s,c) that balance the classes within each source dataset.
+def source_class_weights(y: np.ndarray, sources: Sequence[str]) -> dict[str, dict[int, float]]:
+    """Balanced class weights n_s / (2 n_s,c) within each source dataset.
 
     With one global class balance, a source whose malignant share is low (HAM10000 thumbnails,
     23%) and one whose share is high (isic-mvb, 45%) keep different effective priors, and a
     model learns the source's look (resolution, blur) as evidence for the label. Balanced per
-    source, the look carries none. A source lacking a class falls back to the global weights.
+    source, the look carries none. A source lacking a class gets the global weights.
     """
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
     glob = class_weights(y)
-    w = np.asarray([glob[int(v)] for v in y], dtype=np.float64)
-    for s in np.unique(src):
-        m = src == s
-        if len(np.unique(y[m])) == 2:
-            cw = class_weights(y[m])
-            w[m] = [cw[int(v)] for v in y[m]]
-    return w.astype(np.float32)
+    out = {}
+    for s in sorted(set(sources)):
+        ys = y[src == s]
+        out[s] = class_weights(ys) if len(np.unique(ys)) == 2 else glob
+    return out
+
+
+def source_balanced_weights(y: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+    """Per-image weights from `source_class_weights`."""
+    per = source_class_weights(y, sources)
+    return np.asarray([per[s][int(v)] for v, s in zip(y, sources, strict=True)], dtype=np.float32)
 
 
 # --- augmentation -------------------------------------------------------------------------------

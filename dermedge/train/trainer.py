@@ -114,14 +114,6 @@ def _load_weights(model: Any, path: Path) -> None:
         model.load_weights(path)
 
 
-def _weights_by_source(y: np.ndarray, sources: list[str], w: np.ndarray) -> dict[str, dict[str, float]]:
-    """{source: {benign: weight, malignant: weight}} of per-image weights, for the log and the card."""
-    src, y = np.asarray(sources), np.asarray(y).astype(int)
-    return {s or "-": {name: float(w[(src == s) & (y == c)].max(initial=0))
-                       for c, name in ((0, "benign"), (1, "malignant"))}
-            for s in sorted(set(sources))}  # fmt: skip
-
-
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(ev._clean(obj), indent=2) + "\n")
 
@@ -382,6 +374,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
         load_split,
         make_dataset,
         source_balanced_weights,
+        source_class_weights,
     )
     from dermedge.train.models import build_model, set_trainable
 
@@ -406,7 +399,8 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     per_source: dict[str, dict[str, float]] = {}
     if cfg.balance == "source":
         sample_w = source_balanced_weights(splits["train"].y, splits["train"].sources)
-        per_source = _weights_by_source(splits["train"].y, splits["train"].sources, sample_w)
+        per_source = {src or "-": {"benign": w[0], "malignant": w[1]}
+                      for src, w in source_class_weights(splits["train"].y, splits["train"].sources).items()}  # fmt: skip
         for src, w in per_source.items():
             _log(f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}")
 
