@@ -105,18 +105,25 @@ def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
     type=click.Path(file_okay=False),
     help="Add ROOT's images to this manifest's train split only (val/test unchanged, their lesions excluded).",
 )
+@click.option(
+    "--own-splits",
+    is_flag=True,
+    help="With --extend: split ROOT's images into train/val/test of their own (grouped) instead of train only.",
+)
 @click.option("--name", help="Run name under runs/data/ (default exp, exp2, ...).")
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead."
 )
 def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: str | None,
-              extend: str | None, name: str | None, out: str | None) -> None:  # fmt: skip
+              extend: str | None, own_splits: bool, name: str | None, out: str | None) -> None:  # fmt: skip
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
     analysis = _load(root, link)
     try:
         if extend:
-            split, analysis = extend_split(read_manifest(extend), analysis)
-            mode = "extend"
+            split, analysis = extend_split(read_manifest(extend), analysis, own_splits, val, test, seed)
+            mode = split.mode
+        elif own_splits:
+            raise ValueError("--own-splits needs --extend BASE")
         else:
             split = make_split(analysis, mode=mode, val=val, test=test, seed=seed)
     except (ValueError, ManifestError) as e:

@@ -1,9 +1,12 @@
 """Read the dataset layouts users arrive with into one index of (path, label, group, source).
 
 Layouts: class folders (`ROOT/<split>/<class>/*` or `ROOT/<class>/*`), HAM10000
-(`HAM10000_metadata.csv` + image folders) and ISIC Archive exports from `isic-cli`
-(`metadata.csv` with `isic_id` and `benign_malignant`/`diagnosis` columns). Problems (unknown
-class folders, rows without a file, unlabelled rows) are collected as `Problem`s, never raised.
+(`HAM10000_metadata.csv` + image folders), ISIC Archive exports from `isic-cli` (`metadata.csv`
+with `isic_id` and `benign_malignant`/`diagnosis` columns), ISIC challenge ground-truth CSVs
+(2017 flags or 2018/2019 one-hot columns; one CSV per given split) and the Derm7pt release
+(`meta/meta.csv`). A record's `source` is its dataset (the root folder's name), whatever the
+layout. Problems (unknown class folders, rows without a file, unlabelled rows) are collected as
+`Problem`s, never raised; rows kept after a repair (a path resolved by case) are `notes`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ class Index:
     layout: str
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)  # kept, but a person should know
+
+    @property
+    def source(self) -> str:
+        """The dataset's name: its root folder's name (isic-mvb, ham10000-thumbs, derm7pt, ...)."""
+        return Path(self.root).name
 
 
 def label_for_name(name: str) -> str | None:
@@ -105,7 +114,7 @@ def read_class_folders(root: Path) -> Index:
                 if not _is_image_name(f):
                     index.problems.append(Problem(str(f), "not an image file name"))
                     continue
-                index.records.append(Record(str(f), label, "folders", split=split,
+                index.records.append(Record(str(f), label, index.source, split=split,
                                             dx=class_dir.name.lower()))  # fmt: skip
     return index
 
@@ -137,7 +146,7 @@ def read_ham10000(root: Path, csv_path: Path | None = None) -> Index:
                 index.problems.append(Problem(str(path), f"unknown dx {dx!r}"))
                 continue
             group = (row.get("lesion_id") or "").strip() or None
-            index.records.append(Record(str(path), label, "ham10000", group=group, dx=dx))
+            index.records.append(Record(str(path), label, index.source, group=group, dx=dx))
     return index
 
 
@@ -161,8 +170,133 @@ def read_isic_csv(root: Path, csv_path: Path) -> Index:
                 index.problems.append(Problem(str(path), why))
                 continue
             group = (row.get("lesion_id") or row.get("patient_id") or "").strip() or None
-            index.records.append(Record(str(path), label, "isic", group=group, dx=dx or bm))
+            index.records.append(Record(str(path), label, index.source, group=group, dx=dx or bm))
     return index
+
+
+# ISIC challenge ground truth: 2018/2019 one-hot columns, 2017 per-diagnosis flags.
+ISIC_ONE_HOT = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal cell carcinoma",
+                "AKIEC": "actinic keratosis", "AK": "actinic keratosis",
+                "BKL": "benign keratosis", "DF": "dermatofibroma", "VASC": "vascular lesion",
+                "SCC": "squamous cell carcinoma", "UNK": "unknown"}  # fmt: skip
+DERM7PT_BENIGN = {
+    "clark nevus", "reed or spitz nevus", "seborrheic keratosis", "dermal nevus",
+    "vascular lesion", "blue nevus", "lentigo", "dermatofibroma", "congenital nevus",
+    "melanosis", "combined nevus", "recurrent nevus",
+}  # fmt: skip
+
+
+def _split_of_csv(name: str) -> str | None:
+    """train/val/test from a challenge CSV's file name (ISIC-2017_Validation_Classes.csv -> val)."""
+    words = name.lower().replace("-", "_").replace(".", "_").split("_")
+    for w in words:
+        if w in SPLIT_NAMES:
+            return SPLIT_NAMES[w]
+    return None
+
+
+def _is_challenge_header(header: list[str]) -> bool:
+    cols = set(header)
+    has_id = bool(cols & {"image", "image_id"})
+    return has_id and ("melanoma" in cols or len(cols & set(ISIC_ONE_HOT)) >= 3)
+
+
+def _challenge_dx(row: dict[str, str]) -> str | None:
+    """The diagnosis of one ground-truth row, or None if no flag is set."""
+    def flag(k: str) -> bool:
+        try:
+            return float(row.get(k) or 0) >= 0.5
+        except ValueError:
+            return False
+
+    if "melanoma" in row:  # 2017 style
+        if flag("melanoma"):
+            return "melanoma"
+        if flag("seborrheic_keratosis"):
+            return "seborrheic keratosis"
+        return "nevus or seborrheic keratosis" if "seborrheic_keratosis" not in row else "nevus"
+    hits = [dx for code, dx in ISIC_ONE_HOT.items() if code in row and flag(code)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def read_isic_challenge(root: Path, csv_paths: list[Path]) -> Index:
+    """Read ISIC challenge ground-truth CSVs (one per given split) and the image folders beside them."""
+    index = Index(root=str(root), layout="isic-challenge")
+    images = _image_lookup(root)
+    for csv_path in csv_paths:
+        split = _split_of_csv(csv_path.name)
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                image_id = (row.get("image") or row.get("image_id") or "").strip()
+                path = images.get(image_id)
+                if path is None:
+                    index.problems.append(Problem(f"{csv_path}:{image_id}", "CSV row has no image file"))
+                    continue
+                dx = _challenge_dx(row)
+                if dx is None or dx == "unknown":
+                    index.problems.append(Problem(str(path), "no usable diagnosis flag (unknown or none set)"))
+                    continue
+                label = "benign" if dx == "nevus or seborrheic keratosis" else label_for_name(dx)
+                if label is None:
+                    index.problems.append(Problem(str(path), f"unknown diagnosis {dx!r}"))
+                    continue
+                group = (row.get("lesion_id") or "").strip() or None
+                index.records.append(Record(str(path), label, index.source, group=group,
+                                            split=split, dx=dx))  # fmt: skip
+    return index
+
+
+def derm7pt_label(diagnosis: str) -> str | None:
+    """Derm7pt diagnosis -> label: every melanoma variant and BCC malignant; None = unknown."""
+    dx = diagnosis.strip().lower()
+    if dx.startswith("melanoma") or dx == "basal cell carcinoma":
+        return "malignant"
+    return "benign" if dx in DERM7PT_BENIGN else None
+
+
+def _resolve_case(images_dir: Path, rel: str, by_lower: dict[str, Path]) -> Path | None:
+    exact = images_dir / rel
+    if exact.is_file():
+        return exact
+    return by_lower.get(rel.replace("\\", "/").lower())
+
+
+def read_derm7pt(root: Path, csv_path: Path) -> Index:
+    """Read the Derm7pt release: `meta/meta.csv` (`diagnosis`, `derm` = path under `images/`)."""
+    index = Index(root=str(root), layout="derm7pt")
+    images_dir = root / "images"
+    by_lower = {p.relative_to(images_dir).as_posix().lower(): p
+                for p in images_dir.rglob("*") if p.is_file()} if images_dir.is_dir() else {}  # fmt: skip
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rel = (row.get("derm") or "").strip()
+            dx = (row.get("diagnosis") or "").strip().lower()
+            path = _resolve_case(images_dir, rel, by_lower) if rel else None
+            if path is None:
+                index.problems.append(Problem(f"{csv_path}:{rel}", "CSV row has no image file"))
+                continue
+            if path.relative_to(images_dir).as_posix() != rel:
+                index.notes.append(Problem(str(path), f"meta.csv names {rel!r}: resolved by case"))
+            label = derm7pt_label(dx)
+            if label is None:
+                why = "diagnosis 'miscellaneous' has no known label" if dx == "miscellaneous" \
+                    else f"unknown diagnosis {dx!r}"  # fmt: skip
+                index.problems.append(Problem(str(path), why))
+                continue
+            case = (row.get("case_num") or row.get("case_id") or "").strip()
+            index.records.append(Record(str(path), label, index.source,
+                                        group=f"case:{case}" if case else None, dx=dx))  # fmt: skip
+    return index
+
+
+def _challenge_csvs(root: Path) -> list[Path]:
+    out = []
+    for csv_path in sorted(root.glob("*.csv")):
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+        if _is_challenge_header(header):
+            out.append(csv_path)
+    return out
 
 
 def detect_layout(root: Path) -> tuple[str, Path | None]:
@@ -170,6 +304,11 @@ def detect_layout(root: Path) -> tuple[str, Path | None]:
     ham = root / "HAM10000_metadata.csv"
     if ham.is_file():
         return "ham10000", ham
+    d7 = root / "meta" / "meta.csv"
+    if d7.is_file():
+        return "derm7pt", d7
+    if _challenge_csvs(root):
+        return "isic-challenge", None
     for csv_path in sorted(root.glob("*.csv")):
         with open(csv_path, newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
@@ -191,6 +330,11 @@ def read_dataset(root: str | Path) -> Index:
     if layout == "isic-csv":
         assert csv_path is not None
         return read_isic_csv(root, csv_path)
+    if layout == "derm7pt":
+        assert csv_path is not None
+        return read_derm7pt(root, csv_path)
+    if layout == "isic-challenge":
+        return read_isic_challenge(root, _challenge_csvs(root))
     index = read_class_folders(root)
     if not index.records:
         raise ValueError(

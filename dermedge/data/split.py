@@ -119,12 +119,14 @@ def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, tes
     return Split(records, mode, seed, fractions, dropped)
 
 
-def extend_split(base: list[Record], extra: Analysis) -> tuple[Split, Analysis]:
-    """Add a second dataset to a manifest's *training* split only, leakage-free.
+def extend_split(base: list[Record], extra: Analysis, own_splits: bool = False, val: float = 0.15,
+                 test: float = 0.15, seed: int = 0) -> tuple[Split, Analysis]:  # fmt: skip
+    """Add a second dataset to a manifest, leakage-free; the base's val and test stay as they were.
 
-    Val and test stay exactly as they were (so models trained with and without the extra data
-    are compared on the same images). An extra image joins train unless its lesion (own group,
-    or a near-identical photo) is in the base val/test, or it is a photo already in the base.
+    An extra image is left out if its lesion (own group, or a near-identical photo) is in the base
+    val/test, or it is a photo already in the base. The rest join train, or with `own_splits`
+    are split (grouped, stratified, seeded) into train/val/test of their own, so the extra source
+    is also validated and tested on (threshold choice across sources; a per-source test).
     """
     base_hashes, bad = hash_files([r.path for r in base], desc="hashing base manifest")
     if bad:
@@ -142,6 +144,7 @@ def extend_split(base: list[Record], extra: Analysis) -> tuple[Split, Analysis]:
         split_of_group[extras[i].group or extras[i].path].add(base[j].split or "train")
         twin[extras[i].path] = base[j]
     records = [Record(r.path, r.label, r.source, r.group, r.split, r.dx) for r in base]
+    added: list[Record] = []
     dropped: list[dict[str, str]] = []
     conflicted = {p for paths in extra.label_conflicts for p in paths}
     for r in sorted(extras, key=lambda r: r.path):
@@ -156,11 +159,20 @@ def extend_split(base: list[Record], extra: Analysis) -> tuple[Split, Analysis]:
             dropped.append({"path": r.path, "reason": "same photo already in the base manifest"})
         else:
             group = f"{extra.index.layout}:{r.group}" if r.group and ":" not in r.group else r.group
-            records.append(Record(r.path, r.label, r.source, group, "train", r.dx))
+            added.append(Record(r.path, r.label, r.source, group, "train", r.dx))
+    if own_splits:
+        groups: dict[str, list[Record]] = defaultdict(list)
+        for r in added:
+            groups[r.group or r.path].append(r)
+        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
+    records += added
     roots = [Path(os.path.commonpath([r.path for r in base])), Path(extra.index.root)]
     combined = Analysis(Index(os.path.commonpath([str(p) for p in roots]), "combined"), records,
                         {**base_hashes, **extra.hashes}, link_source=extra.index.root)  # fmt: skip
-    return Split(records, "extend", 0, {"train": "base+extra", "val": "base", "test": "base"},
+    fractions: dict[str, float | str] = (
+        {"train": "base+extra", "val": f"base+extra {val}", "test": f"base+extra {test}"}
+        if own_splits else {"train": "base+extra", "val": "base", "test": "base"})  # fmt: skip
+    return Split(records, "extend-splits" if own_splits else "extend", seed, fractions,
                  dropped), combined  # fmt: skip
 
 
