@@ -120,7 +120,9 @@ def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: st
     analysis = _load(root, link)
     try:
         if extend:
-            split, analysis = extend_split(read_manifest(extend), analysis, own_splits, val, test, seed)
+            split, analysis = extend_split(
+                read_manifest(extend), analysis, own_splits, val, test, seed
+            )
             mode = split.mode
         elif own_splits:
             raise ValueError("--own-splits needs --extend BASE")

@@ -203,6 +203,7 @@ def _is_challenge_header(header: list[str]) -> bool:
 
 def _challenge_dx(row: dict[str, str]) -> str | None:
     """The diagnosis of one ground-truth row, or None if no flag is set."""
+
     def flag(k: str) -> bool:
         try:
             return float(row.get(k) or 0) >= 0.5
@@ -230,11 +231,15 @@ def read_isic_challenge(root: Path, csv_paths: list[Path]) -> Index:
                 image_id = (row.get("image") or row.get("image_id") or "").strip()
                 path = images.get(image_id)
                 if path is None:
-                    index.problems.append(Problem(f"{csv_path}:{image_id}", "CSV row has no image file"))
+                    index.problems.append(
+                        Problem(f"{csv_path}:{image_id}", "CSV row has no image file")
+                    )
                     continue
                 dx = _challenge_dx(row)
                 if dx is None or dx == "unknown":
-                    index.problems.append(Problem(str(path), "no usable diagnosis flag (unknown or none set)"))
+                    index.problems.append(
+                        Problem(str(path), "no usable diagnosis flag (unknown or none set)")
+                    )
                     continue
                 label = "benign" if dx == "nevus or seborrheic keratosis" else label_for_name(dx)
                 if label is None:
