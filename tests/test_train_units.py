@@ -46,7 +46,9 @@ def test_source_balanced_weights_give_every_source_a_balanced_prior():
     w = source_balanced_weights(y, src)
     for s in ("a", "b"):
         m = np.array(src) == s
-        assert w[m & (y == 1)].sum() == pytest.approx(w[m & (y == 0)].sum())  # 50/50 within the source
+        assert w[m & (y == 1)].sum() == pytest.approx(
+            w[m & (y == 0)].sum()
+        )  # 50/50 within the source
         assert w[m].sum() == pytest.approx(m.sum())  # each source keeps its size
     glob = class_weights(y)
     assert np.allclose(w[8:], glob[0])  # a one-class source falls back to the global weights
@@ -160,3 +162,70 @@ def test_weights_path_roundtrip(tmp_path):
 
 def test_archs_listed():
     assert ARCHS == ("simple_cnn", "efficientnet_lite0", "mobilenet_v2")
+
+
+def _real_photo(size: int = 96) -> np.ndarray:
+    from dermedge.data.contract import InputContract, preprocess
+    from tests.conftest import DATA
+
+    photo = next((DATA / "derm7pt" / "images" / "NEL").glob("*.jpg"), None)
+    if photo is None:
+        pytest.skip(f"no Derm7pt photos under {DATA}")
+    return preprocess(photo, InputContract(size=size))
+
+
+def test_field_augmentation_changes_the_look_seeded_and_in_range():
+    import tensorflow as tf
+
+    from dermedge.train.data import augment_preset
+
+    img = tf.constant(_real_photo().astype(np.float32))
+    field = augment_preset("field")
+    outs = [augment_image(img, tf.constant([i, 3], tf.int64), field, 96).numpy() for i in range(24)]
+    again = augment_image(img, tf.constant([5, 3], tf.int64), field, 96).numpy()
+    np.testing.assert_array_equal(outs[5], again)  # seeded
+    assert all(o.min() >= 0 and o.max() <= 255 and o.shape == (96, 96, 3) for o in outs)
+    # some draws carry a dark field-of-view border: corners near black while the centre is not
+    corners = [float(np.mean([o[:6, :6].mean(), o[-6:, -6:].mean()])) for o in outs]
+    assert min(corners) < 20 < float(img.numpy().mean())
+    # colour casts: the mean colour balance varies much more than with the basic preset
+    basic = [
+        augment_image(img, tf.constant([i, 3], tf.int64), Augment(), 96).numpy() for i in range(24)
+    ]
+
+    def cast(o):
+        return float(o[..., 0].mean() / max(o[..., 2].mean(), 1))
+
+    assert np.std([cast(o) for o in outs]) > np.std([cast(o) for o in basic])
+    assert augment_preset("none") == Augment.none()
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_preset("wild")
+
+
+def test_threshold_meets_the_target_in_every_source():
+    from dermedge.train.evaluate import (
+        binary_metrics,
+        choose_threshold,
+        choose_threshold_across_sources,
+    )
+
+    rng = np.random.default_rng(0)
+    # source "a" scores its malignant lesions high, source "b" (another device) lower
+    y = np.r_[np.ones(100), np.zeros(100), np.ones(40), np.zeros(40)]
+    p = np.r_[rng.uniform(0.5, 1, 100), rng.uniform(0, 0.5, 100),
+              rng.uniform(0.2, 0.7, 40), rng.uniform(0, 0.4, 40)]  # fmt: skip
+    src = ["a"] * 200 + ["b"] * 80
+    pooled = choose_threshold(y, p, 0.95)
+    worst = choose_threshold_across_sources(y, p, src, 0.95)
+    assert worst["pool"] == "worst-source" and worst["binding_source"] == "b"
+    assert worst["threshold"] < pooled["threshold"]
+    b = np.array(src) == "b"
+    assert binary_metrics(y[b], p[b], worst["threshold"])["recall"] >= 0.95
+    assert binary_metrics(y[b], p[b], pooled["threshold"])["recall"] < 0.95
+    assert set(worst["per_source"]) == {"a", "b"}
+    # a source with too few malignant images is reported, not binding; one source = pooled
+    few = choose_threshold_across_sources(y[:215], p[:215], src[:215], 0.95)
+    assert few["per_source"]["b"]["n_pos"] == 15 and few["per_source"]["b"]["own_threshold"] is None
+    assert few["per_source"]["a"]["own_threshold"] is not None
+    single = choose_threshold_across_sources(y, p, None, 0.95)
+    assert single["threshold"] == pooled["threshold"] and single["pool"] == "pooled"

@@ -110,7 +110,24 @@ def _fail(e: BaseException) -> click.ClickException:
     type=click.IntRange(1),
     help="Early stopping: epochs without a better val AUC.",
 )
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option(
+    "--augment",
+    "augmentation",
+    type=click.Choice(["basic", "field", "none"]),
+    default="basic",
+    show_default=True,
+    help="basic: flips, rotations, zoom, colour jitter; field: also colour casts, gamma, dark "
+    "vignettes, defocus, noise, JPEG and resolution loss (another clinic's device); none.",
+)
+@click.option("--no-augment", is_flag=True, help="Train without augmentation (= --augment none).")
+@click.option(
+    "--threshold-pool",
+    type=click.Choice(["worst-source", "pooled"]),
+    default="worst-source",
+    show_default=True,
+    help="Choose the threshold so the sensitivity target holds in every validation source "
+    "(with >= 20 malignant), or on the pooled validation split.",
+)
 @click.option(
     "--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism."
 )
@@ -136,7 +153,8 @@ def _fail(e: BaseException) -> click.ClickException:
 def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: int, fine_tune_epochs: int,
           unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
           name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
-          sensitivity_margin: float, patience: int, no_augment: bool, no_deterministic: bool,
+          sensitivity_margin: float, patience: int, augmentation: str, no_augment: bool,
+          threshold_pool: str, no_deterministic: bool,
           dropout: float, label_smoothing: float, balance: str, n_boot: int, quiet: bool) -> None:  # fmt: skip
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.
 
@@ -151,6 +169,7 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: 
                       unfreeze_blocks=unfreeze_blocks, batch=batch, lr=lr, fine_tune_lr=fine_tune_lr,
                       seed=seed, name=name, strategy=strategy, target_sensitivity=target_sensitivity,
                       sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,
+                      augmentation=augmentation, threshold_pool=threshold_pool,
                       deterministic=not no_deterministic, dropout=dropout,
                       label_smoothing=label_smoothing, balance=balance, n_boot=n_boot)  # fmt: skip
     try:

@@ -5,14 +5,16 @@ cached as uint8 arrays), so training sees exactly the pixels the edge runner com
 augmentation runs in the tf.data map (never inside the saved model) on the training split only:
 flips, 90-degree rotations, a small rotation with zoom and shift (one affine warp, reflected
 borders), and brightness / contrast / saturation / hue jitter. Every random draw is a stateless op
-seeded from `Dataset.random(seed)`, so a seed gives the same batches on CPU.
+seeded from `Dataset.random(seed)`, so a seed gives the same batches on CPU. `Augment.field()` adds
+what other clinics' devices do to a photo: colour casts, gamma, dark circular vignettes, defocus,
+sensor noise, JPEG re-compression and resolution loss (`dermedge train --augment field`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,9 +109,40 @@ class Augment:
     contrast: float = 0.15
     saturation: float = 0.15
     hue: float = 0.03
+    # field-like: what another clinic's dermatoscope and phone do to a photo (0 disables)
+    white_balance: float = 0.0  # per-channel gain in [1 - wb, 1 + wb]: colour casts
+    gamma: float = 0.0  # exponent in [1 - g, 1 + g]
+    vignette: float = 0.0  # probability of a dark circular field-of-view border
+    blur: float = 0.0  # probability of a defocus (Gaussian) blur, sigma 0.5..2 px
+    noise: float = 0.0  # sensor noise: Gaussian std up to this fraction of 255
+    jpeg: float = 0.0  # probability of JPEG re-compression at quality 30..95
+    rescale: float = 0.0  # probability of a resolution loss: down to 35..90%, then back up
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+    @classmethod
+    def none(cls) -> Augment:
+        """No augmentation at all."""
+        return cls(flips=False, rot90=False, rotate_deg=0, zoom=0, shift=0, brightness=0,
+                   contrast=0, saturation=0, hue=0)  # fmt: skip
+
+    @classmethod
+    def field(cls) -> Augment:
+        """The default geometry and colour jitter plus field-like casts, vignettes, blur, noise,
+        JPEG and scale changes: so that a device's look is no evidence for the label."""
+        return cls(zoom=0.25, white_balance=0.15, gamma=0.3, vignette=0.3, blur=0.25,
+                   noise=0.03, jpeg=0.3, rescale=0.25)  # fmt: skip
+
+
+AUGMENTS = ("basic", "field", "none")
+
+
+def augment_preset(name: str) -> Augment:
+    """The Augment of a `--augment` choice."""
+    if name not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {name!r}; expected one of {', '.join(AUGMENTS)}")
+    return {"basic": Augment, "field": Augment.field, "none": Augment.none}[name]()
 
 
 def _affine(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tensor:
@@ -132,9 +165,91 @@ def _affine(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tens
     return out[0]
 
 
+def _maybe(prob: float, seed: tf.Tensor, fn: Callable[[], tf.Tensor], img: tf.Tensor) -> tf.Tensor:
+    """fn() with probability `prob`, else img."""
+    u = tf.random.stateless_uniform([], seed=seed)
+    return tf.cond(u < prob, fn, lambda: img)
+
+
+def _white_balance_gamma(img: tf.Tensor, seed: tf.Tensor, aug: Augment) -> tf.Tensor:
+    """A colour cast (per-channel gains) and a gamma change, on 0..255 floats."""
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    if aug.white_balance:
+        gains = tf.random.stateless_uniform([3], s1, 1 - aug.white_balance, 1 + aug.white_balance)
+        img = img * gains
+    if aug.gamma:
+        g = tf.random.stateless_uniform([], s2, 1 - aug.gamma, 1 + aug.gamma)
+        img = 255.0 * tf.pow(tf.clip_by_value(img / 255.0, 0.0, 1.0), g)
+    return img
+
+
+def _vignette(img: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """A dark circular field-of-view border of random radius and centre, with a soft edge."""
+    u = tf.random.stateless_uniform([4], seed=seed)
+    radius = (0.42 + 0.33 * u[0]) * size  # 0.42..0.75 of the side: from heavy to corners only
+    cx = (0.5 + 0.16 * (u[1] - 0.5)) * size
+    cy = (0.5 + 0.16 * (u[2] - 0.5)) * size
+    yy, xx = tf.meshgrid(
+        tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32), indexing="ij"
+    )
+    dist = tf.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+    edge = 0.02 * size + 0.04 * size * u[3]
+    mask = tf.clip_by_value((radius - dist) / edge, 0.0, 1.0)[..., None]
+    return img * mask + 8.0 * (1.0 - mask)  # the border: near-black, not pure zero
+
+
+def _gaussian_blur(img: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Defocus: a separable Gaussian blur, sigma 0.5..2 px (9 taps, reflected borders)."""
+    sigma = tf.random.stateless_uniform([], seed, 0.5, 2.0)
+    x = tf.range(-4, 5, dtype=tf.float32)
+    k = tf.exp(-(x**2) / (2.0 * sigma**2))
+    k = k / tf.reduce_sum(k)
+    padded = tf.pad(img[None], [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    kh = tf.tile(tf.reshape(k, [1, 9, 1, 1]), [1, 1, 3, 1])
+    kv = tf.tile(tf.reshape(k, [9, 1, 1, 1]), [1, 1, 3, 1])
+    out = tf.nn.depthwise_conv2d(padded, kh, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, kv, [1, 1, 1, 1], "VALID")
+    return out[0]
+
+
+def _rescale(img: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """A resolution loss: down to 35..90% of the side, then back up (bilinear)."""
+    f = tf.random.stateless_uniform([], seed, 0.35, 0.9)
+    small = tf.cast(tf.round(f * size), tf.int32)
+    low = tf.image.resize(img, tf.stack([small, small]), method="bilinear", antialias=True)
+    return tf.image.resize(low, [size, size], method="bilinear")
+
+
+def _jpeg(img: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """JPEG re-compression at a random quality 30..95."""
+    unit = tf.clip_by_value(img / 255.0, 0.0, 1.0)
+    out = tf.image.stateless_random_jpeg_quality(unit, 30, 95, seed)
+    return tf.reshape(out, tf.shape(img)) * 255.0
+
+
+def _field(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tensor:
+    """The field-like parts of the augmentation, each drawn independently."""
+    s = tf.random.experimental.stateless_split(seed, num=10)
+    if aug.white_balance or aug.gamma:
+        img = _white_balance_gamma(img, s[0], aug)
+    if aug.rescale:
+        img = _maybe(aug.rescale, s[1], lambda: _rescale(img, s[2], size), img)
+    if aug.blur:
+        img = _maybe(aug.blur, s[3], lambda: _gaussian_blur(img, s[4]), img)
+    if aug.vignette:
+        img = _maybe(aug.vignette, s[5], lambda: _vignette(img, s[6], size), img)
+    if aug.noise:
+        std = tf.random.stateless_uniform([], s[7], 0.0, aug.noise * 255.0)
+        img = img + std * tf.random.stateless_normal(tf.shape(img), s[8])
+    img = tf.clip_by_value(img, 0.0, 255.0)
+    if aug.jpeg:
+        img = _maybe(aug.jpeg, s[9], lambda: _jpeg(img, s[9]), img)
+    return img
+
+
 def augment_image(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tensor:
     """One float32 0..255 (S, S, 3) image, randomly transformed; `seed` is an int64 pair."""
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    seeds = tf.random.experimental.stateless_split(seed, num=9)
     if aug.flips:
         img = tf.image.stateless_random_flip_left_right(img, seeds[0])
         img = tf.image.stateless_random_flip_up_down(img, seeds[1])
@@ -150,11 +265,24 @@ def augment_image(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> t
     if aug.saturation or aug.hue:
         unit = tf.clip_by_value(img / 255.0, 0.0, 1.0)
         if aug.saturation:
-            unit = tf.image.stateless_random_saturation(unit, 1 - aug.saturation, 1 + aug.saturation, seeds[6])
+            unit = tf.image.stateless_random_saturation(
+                unit, 1 - aug.saturation, 1 + aug.saturation, seeds[6]
+            )
         if aug.hue:
             unit = tf.image.stateless_random_hue(unit, aug.hue, seeds[7])
         img = unit * 255.0
-    return tf.clip_by_value(img, 0.0, 255.0)
+    img = tf.clip_by_value(img, 0.0, 255.0)
+    if (
+        aug.white_balance
+        or aug.gamma
+        or aug.vignette
+        or aug.blur
+        or aug.noise
+        or aug.jpeg
+        or aug.rescale
+    ):
+        img = _field(img, seeds[8], aug, size)
+    return img
 
 
 def make_dataset(

@@ -174,6 +174,64 @@ def choose_threshold(y_true: Sequence[Any], prob: Sequence[float], target_sensit
             "specificity": achieved["specificity"], "n_pos": n_pos, "n": int(y.size)}  # fmt: skip
 
 
+MIN_SOURCE_POSITIVES = 20  # fewer malignant val images than this: a source is reported, not binding
+
+
+def choose_threshold_across_sources(y_true: Sequence[Any], prob: Sequence[float],
+                                    sources: Sequence[str] | None, target_sensitivity: float = 0.95,
+                                    margin_se: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """A threshold that meets the sensitivity target in every validation source, not only pooled.
+
+    Each source with at least MIN_SOURCE_POSITIVES malignant images gets its own threshold
+    (`choose_threshold`, same margin); the lowest of them is used, so the source where the
+    model scores malignant lesions lowest (a device it knows least) still meets the target.
+    With one source, or `sources` None, this is `choose_threshold` on the pool.
+    """
+    y, p = _arrays(y_true, prob)
+    pooled = choose_threshold(y, p, target_sensitivity, margin_se)
+    names = sorted(set(sources)) if sources is not None else []
+    if len(names) < 2:
+        return {**pooled, "pool": "pooled"}
+    src = np.asarray(sources)
+    own: dict[str, float | None] = {}
+    for name in names:
+        m = src == name
+        n_pos = int(y[m].sum())
+        own[name] = (choose_threshold(y[m], p[m], target_sensitivity, margin_se)["threshold"]
+                     if n_pos >= MIN_SOURCE_POSITIVES else None)  # fmt: skip
+    binding = [n for n in names if own[n] is not None]
+    if not binding:
+        return {**pooled, "pool": "pooled"}
+    worst = min(binding, key=lambda n: own[n])  # type: ignore[arg-type, return-value]
+    thr = min(float(own[worst]), pooled["threshold"])  # type: ignore[arg-type]
+    achieved = binary_metrics(y, p, thr)
+    per_source = {}
+    for name in names:
+        m = src == name
+        at = binary_metrics(y[m], p[m], thr)
+        per_source[name] = {"n": int(m.sum()), "n_pos": int(y[m].sum()), "own_threshold": own[name],
+                            "sensitivity": at["recall"], "specificity": at["specificity"]}  # fmt: skip
+    return {**pooled, "threshold": thr, "sensitivity": achieved["recall"],
+            "specificity": achieved["specificity"], "pool": "worst-source",
+            "binding_source": worst if thr < pooled["threshold"] else "pooled",
+            "per_source": per_source}  # fmt: skip
+
+
+def per_source_metrics(y_true: Sequence[Any], prob: Sequence[float], sources: Sequence[str],
+                       threshold: float) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """AUC, sensitivity and specificity of each source at one threshold (no CIs: a quick view)."""
+    y, p = _arrays(y_true, prob)
+    src = np.asarray(sources)
+    out = {}
+    for name in sorted(set(sources)):
+        m = src == name
+        at = binary_metrics(y[m], p[m], threshold)
+        auc = roc_auc(y[m], p[m]) if 0 < y[m].sum() < m.sum() else float("nan")
+        out[name] = {"n": int(m.sum()), "positives": int(y[m].sum()), "roc_auc": auc,
+                     "recall": at["recall"], "specificity": at["specificity"]}  # fmt: skip
+    return out
+
+
 def calibration(y_true: Sequence[Any], prob: Sequence[float], n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram bins (equal width on [0, 1]) and the expected calibration error."""
     y, p = _arrays(y_true, prob)

@@ -31,6 +31,7 @@ from dermedge.train import evaluate as ev
 from dermedge.train.card import make_card, write_card
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+THRESHOLD_POOLS = ("worst-source", "pooled")
 STATE = "state.json"
 
 
@@ -60,6 +61,8 @@ class TrainConfig:
     sensitivity_margin: float = 1.0  # binomial SEs added to the target when choosing on val
     patience: int = 5
     augment: bool = True
+    augmentation: str = "basic"  # basic | field | none (train/data.py AUGMENTS)
+    threshold_pool: str = "worst-source"  # worst-source: the target met in every val source; pooled
     deterministic: bool = True
     dropout: float = 0.2
     label_smoothing: float = 0.0
@@ -336,6 +339,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
             raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
         if cfg.balance not in ("class", "source"):
             raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
+        if cfg.threshold_pool not in THRESHOLD_POOLS:
+            raise TrainError(f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
+                             f"{', '.join(THRESHOLD_POOLS)}")  # fmt: skip
         if cfg.strategy not in STRATEGIES:
             raise TrainError(f"unknown strategy {cfg.strategy!r}")
         try:
@@ -369,7 +375,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     import keras
 
     from dermedge.train.data import (
-        Augment,
+        augment_preset,
         class_weights,
         load_split,
         make_dataset,
@@ -405,7 +411,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
             _log(f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}")
 
     replicas = strategy.num_replicas_in_sync
-    aug = Augment() if cfg.augment else Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
+    aug = augment_preset(cfg.augmentation if cfg.augment else "none")
     train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
@@ -474,9 +480,14 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     # threshold on val, metrics on test
     batch = max(cfg.batch, 32)
     p_val = predict(final, splits["val"].x, batch)
-    thr = ev.choose_threshold(
-        splits["val"].y, p_val, cfg.target_sensitivity, cfg.sensitivity_margin
+    val_sources = splits["val"].sources if cfg.threshold_pool == "worst-source" else None
+    thr = ev.choose_threshold_across_sources(
+        splits["val"].y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
     )
+    for src, row in thr.get("per_source", {}).items():
+        _log(f"val {src}: n {row['n']} ({row['n_pos']} malignant), own threshold "
+             f"{row['own_threshold']}, at the chosen one sensitivity {row['sensitivity']:.3f}, "
+             f"specificity {row['specificity']:.3f}")  # fmt: skip
     val_auc = ev.roc_auc(splits["val"].y, p_val)
     _log(f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
          f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
@@ -493,6 +504,13 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
                                                 "manifest_sha256": manifest_sha256(csv_path)})  # fmt: skip
         metrics["test"] = ev.summarize(report)
         metrics["test"]["at_0.5"] = {k: report["at_0.5"][k] for k in ev.METRICS}
+        if len(set(test.sources)) > 1:
+            metrics["test_per_source"] = ev.per_source_metrics(
+                test.y, p_test, test.sources, thr["threshold"]
+            )
+            for src, row in metrics["test_per_source"].items():
+                _log(f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
+                     f"specificity {row['specificity']:.4f} (n {row['n']})")  # fmt: skip
     else:
         _log("no usable test split (needs both classes): test metrics left out of the card")
     meta_path = csv_path.with_suffix(".json")
@@ -512,7 +530,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     card = make_card(cfg.name, cfg.arch, contract, thr["threshold"], cfg.target_sensitivity,
                      ev._clean(metrics), data_info, ev._clean(training))  # fmt: skip
     card["threshold_policy"].update({"margin_se": cfg.sensitivity_margin,
-                                     "effective_target": thr["effective_target"]})  # fmt: skip
+                                     "effective_target": thr["effective_target"],
+                                     "pool": thr["pool"], "binding_source": thr.get("binding_source"),
+                                     "per_source": thr.get("per_source")})  # fmt: skip
     if chief:
         write_card(card, run_dir)
         write_history(state["history"], run_dir)
