@@ -176,24 +176,27 @@ def _evaluate_variant(path: Path, pixels: dict[str, np.ndarray], contract: Input
     return probs, em.runtime
 
 
-def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None,
-                       p_val: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
-    """The variant's own operating threshold: the card's policy (target sensitivity on val)
-    applied to the variant's outputs, since quantization moves probabilities near the threshold
-    (int8 outputs come in steps of ~0.02). fp32 computes what Keras does and keeps its threshold."""
+def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None, p_val: np.ndarray | None,
+                       val_sources: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The variant's own operating threshold: the card's policy (target sensitivity on val, in
+    every source when the card's pool is worst-source) applied to the variant's outputs, since
+    quantization moves probabilities near the threshold (int8 outputs come in steps of ~0.02).
+    fp32 computes what Keras does and keeps its threshold."""
     keep = {"threshold": float(card["threshold"]), "policy": {"variant_threshold": "keras"}}
     policy = card.get("threshold_policy") or {}
     if y_val is None or p_val is None or "target_sensitivity" not in policy:
         return keep
-    from dermedge.train.evaluate import choose_threshold
+    from dermedge.train.evaluate import choose_threshold_across_sources
 
-    chosen = choose_threshold(y_val, p_val, float(policy["target_sensitivity"]),
-                              float(policy.get("margin_se", 0.0)))  # fmt: skip
+    pool = val_sources if policy.get("pool") == "worst-source" else None
+    chosen = choose_threshold_across_sources(y_val, p_val, pool, float(policy["target_sensitivity"]),
+                                             float(policy.get("margin_se", 0.0)))  # fmt: skip
     return {"threshold": chosen["threshold"],
             "policy": {"variant_threshold": "rechosen on val through the edge runtime",
                        "keras_threshold": float(card["threshold"]),
                        "val_sensitivity": chosen["sensitivity"],
-                       "val_specificity": chosen["specificity"]}}  # fmt: skip
+                       "val_specificity": chosen["specificity"], "pool": chosen["pool"],
+                       "per_source": chosen.get("per_source")}}  # fmt: skip
 
 
 def run(arg: str, opts: Options) -> Result:
@@ -234,9 +237,10 @@ def run(arg: str, opts: Options) -> Result:
     x_test, y_test, _ = _load_split(records, "test", contract, "test images")
     val = None
     if opts.rethreshold and any(r.split == "val" for r in records):
-        x_val, y_val, _ = _load_split(records, "val", contract, "val images")
+        x_val, y_val, val_paths = _load_split(records, "val", contract, "val images")
         if len(set(y_val.tolist())) == 2:
-            val = (x_val, y_val)
+            source_of = {r.path: r.source for r in records}
+            val = (x_val, y_val, [source_of.get(p, "") for p in val_paths])
     if len(set(y_test.tolist())) < 2:
         raise ConvertError("the readable test images have one class: the gate cannot measure AUC")
     calib, y_cal = None, np.zeros(0)
@@ -328,7 +332,7 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
               conversion: dict[str, Any], contract: InputContract, x_test: np.ndarray,
               y_test: np.ndarray, p_ref: np.ndarray, ref: dict[str, Any],
               contract_failures: list[str], records: list[Any], work: Path,
-              val: tuple[np.ndarray, np.ndarray] | None = None,
+              val: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
               ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
     """Convert, embed, evaluate and file each variant; rows of the report and files made."""
     rows: list[dict[str, Any]] = []
@@ -359,7 +363,8 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
             pixels = {"test": x_test, **({"val": use_val[0]} if use_val else {})}
             probs, runtime = _evaluate_variant(trial, pixels, contract, records, opts.threads)
             p_var = probs["test"]
-            thr = _variant_threshold(src.card, use_val[1] if use_val else None, probs.get("val"))
+            thr = _variant_threshold(src.card, use_val[1] if use_val else None, probs.get("val"),
+                                     use_val[2] if use_val else None)  # fmt: skip
             cmp = gate.compare(y_test, p_ref, p_var, src.threshold, thr["threshold"])
             own = gate.judge(ref, cmp, opts.tolerances)
             failures = list(contract_failures) + own
