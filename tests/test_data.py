@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from dermedge.cli import main
-from dermedge.data.analysis import analyse, summary
-from dermedge.data.index import label_for_name, read_dataset
+from dermedge.data.analysis import analyse, shortcut_audit, summary
+from dermedge.data.index import Record, label_for_name, read_dataset
 from dermedge.data.manifest import ManifestError, read_manifest
 from dermedge.data.split import make_split, write_manifest
 
@@ -121,6 +121,65 @@ def test_linking_to_ham_reveals_more_same_lesion_leakage(isic, isic_linked):
     assert linked["leakage"]["train/test"]["images_in_test_with_twin_in_train"] > plain
 
 
+def test_shortcut_audit_warns_on_single_class_parts():
+    recs = [Record(f"a/{i}.jpg", "malignant", "a", split="train") for i in range(25)]
+    recs += [Record(f"b/{i}.jpg", "benign" if i % 2 else "malignant", "b",
+                    split="train" if i < 30 else "test") for i in range(40)]  # fmt: skip
+    recs += [Record(f"c/{i}.jpg", "benign", "c") for i in range(19)]  # too few to warn about
+    linked = {f"b/{i}.jpg" for i in range(40) if i % 2 or i < 4}  # b's benign + 2 malignant
+    audit = shortcut_audit(recs, linked, "other", by_split=True)
+    assert [(p["name"], p["images"], p["malignant"]) for p in audit["sources"]] == [
+        ("a", 25, 25), ("b", 40, 20), ("c", 19, 0)]  # fmt: skip
+    assert [(p["name"], p["images"], p["benign"]) for p in audit["sub_sources"]] == [
+        ("b linked to other", 22, 20), ("b not linked to other", 18, 0)]  # fmt: skip
+    assert [p["name"] for p in audit["source_splits"]] == ["a train", "b train", "b test", "c all"]
+    assert audit["warnings"] == [
+        "WARNING shortcut: a is 100% malignant (25 images): a model can learn where a photo "
+        "comes from instead of what the lesion is"
+    ]  # b's unlinked part is all malignant too, but 18 images are too few
+    recs.append(Record("a/x.jpg", "benign", "a"))
+    assert "a is 96.1% malignant (26 images)" in shortcut_audit(recs)["warnings"][0]
+
+
+def test_isic_mvb_photos_not_in_ham_are_all_malignant(isic_linked, isic_dir, ham_dir, tmp_path):
+    audit = summary(isic_linked)["shortcut_audit"]
+    assert [(p["name"], p["benign"], p["malignant"]) for p in audit["sources"]] == [
+        ("isic-mvb", 1800, 1497)]  # fmt: skip
+    parts = {p["name"]: (p["benign"], p["malignant"]) for p in audit["sub_sources"]}
+    assert parts == {"isic-mvb linked to ham10000-thumbs": (1800, 688),  # mixed labels
+                     "isic-mvb not linked to ham10000-thumbs": (0, 809)}  # fmt: skip
+    warning = ("WARNING shortcut: isic-mvb not linked to ham10000-thumbs is 100% malignant "
+               "(809 images): a model can learn where a photo comes from instead of what the "
+               "lesion is")  # fmt: skip
+    assert audit["warnings"] == [warning]
+    r = CliRunner().invoke(main, ["data", "split", str(isic_dir), "--link", str(ham_dir),
+                                  "--out", str(tmp_path)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "WARNING shortcut: isic-mvb not linked to ham10000-thumbs is 100% malignant" in r.output
+    split_audit = json.loads((tmp_path / "inspect.json").read_text())["shortcut_audit"]
+    cells = {p["name"]: p for p in split_audit["source_splits"]}
+    assert list(cells) == ["isic-mvb train", "isic-mvb val", "isic-mvb test"]
+    assert sum(p["images"] for p in cells.values()) == 3296  # one byte-identical copy left out
+
+
+def test_leakage_report_names_every_leaking_image_and_why(isic, isic_linked):
+    plain = summary(isic)["leakage"]["train/test"]
+    assert plain["images_in_test_with_twin_in_train"] == plain["same_photo"] == 8
+    assert len(plain["images"]) == 8
+    leak = summary(isic_linked)["leakage"]["train/test"]
+    assert leak["images_in_test_with_twin_in_train"] == 104 and leak["shared_groups"] == 102
+    assert (leak["same_photo"], leak["same_lesion_id"]) == (8, 96)
+    assert len(leak["images"]) == 104 and len({i["group"] for i in leak["images"]}) == 102
+    assert {i["path"] for i in leak["images"]} >= {i["path"] for i in plain["images"]}
+    for image in leak["images"]:
+        assert "/test/" in image["path"] and image["twins"]
+        assert all("/train/" in t["path"] and t["split"] == "train" for t in image["twins"])
+        reasons = {t["reason"] for t in image["twins"]}
+        assert image["reason"] == ("same photo" if "same photo" in reasons else "same lesion id")
+    by_path = {i["path"]: i for i in leak["images"]}
+    assert all(by_path[i["path"]]["reason"] == "same photo" for i in plain["images"])
+
+
 def _groups_per_split(records):
     where = defaultdict(set)
     for r in records:
@@ -212,3 +271,8 @@ def test_extend_adds_ham_to_train_only_without_leakage(isic_linked, ham_dir, tmp
     )
     assert reasons["same lesion as a base val/test image"] > 100
     assert reasons["same photo already in the base manifest"] > 1000
+    assert {x.source for x in ext} == {"isic-mvb", "ham10000-thumbs"}  # sources named by dataset
+    audit = json.loads((out / "inspect.json").read_text())["shortcut_audit"]
+    assert [p["name"] for p in audit["sources"]] == ["ham10000-thumbs", "isic-mvb"]
+    assert [p["name"] for p in audit["source_splits"]] == [
+        "ham10000-thumbs train", "isic-mvb train", "isic-mvb val", "isic-mvb test"]  # fmt: skip

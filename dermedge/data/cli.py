@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dermedge.data.analysis import Analysis, analyse, summary
+from dermedge.data.analysis import Analysis, analyse, link_name, shortcut_audit, summary
 from dermedge.data.index import read_dataset
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import ManifestError, read_manifest
@@ -23,6 +23,31 @@ def _load(root: str, link: str | None) -> Analysis:
     except (FileNotFoundError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     return analyse(index, link=other)
+
+
+def _audit_text(audit: dict[str, Any]) -> list[str]:
+    """The shortcut audit as lines: label balance per source / linked part / split, warnings."""
+    parts = audit["sources"] + audit["sub_sources"] + audit["source_splits"]
+    rows = [[p["name"], p["benign"], p["malignant"], p["images"],
+             f"{100 * p['malignant'] / max(1, p['images']):.1f}%"] for p in parts]  # fmt: skip
+    rule = audit["rule"]
+    return [f"label balance per source (shortcut audit: warns at >= {rule['max_share']:.0%} one "
+            f"class with >= {rule['min_images']} images):",
+            format_table(rows, ["source", "benign", "malignant", "total", "malignant %"]),
+            *audit["warnings"]]  # fmt: skip
+
+
+def _leakage_text(leaks: dict[str, Any]) -> list[str]:
+    """One line per split pair: how many later-split images have a twin earlier, and why."""
+    lines = []
+    for pair, v in leaks.items():
+        a, b = pair.split("/")
+        n, g = v[f"images_in_{b}_with_twin_in_{a}"], v["shared_groups"]
+        why = (f"; {v['same_photo']} same photo, {v['same_lesion_id']} same lesion id"
+               if "same_photo" in v else "")  # fmt: skip
+        lines.append(f"LEAKAGE {pair}: {n} {b} images have a same-lesion twin in {a} "
+                     f"({g} lesions{why})" if n else f"no leakage between {a} and {b}")  # fmt: skip
+    return lines
 
 
 def _report_text(s: dict[str, Any]) -> str:
@@ -44,11 +69,10 @@ def _report_text(s: dict[str, Any]) -> str:
             lines.append(f"DOUBTFUL LABEL {d['path']}: {d['label']} here, {d['linked_label']} "
                          f"({d['linked_dx']}) in {d['linked_path']}")  # fmt: skip
     lines.append(f"lesions with conflicting labels: {s['label_conflict_groups']}")
-    for pair, v in s["leakage"].items():
-        n, g = list(v.values())
-        a, b = pair.split("/")
-        lines.append(f"LEAKAGE {pair}: {n} {b} images have a same-lesion twin in {a} ({g} lesions)"
-                     if n else f"no leakage between {a} and {b}")  # fmt: skip
+    lines += _audit_text(s["shortcut_audit"])
+    lines += _leakage_text(s["leakage"])
+    for p in s["notes"]:
+        lines.append(f"note {p['path']}: {p['reason']}")
     for p in s["problems"][:20]:
         lines.append(f"skipped {p['path']}: {p['reason']}")
     if len(s["problems"]) > 20:
@@ -75,7 +99,8 @@ def data() -> None:
     help="Write the full report as JSON here.",
 )
 def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
-    """Counts per class and split, image sizes, duplicates, cross-split leakage, unreadable files."""
+    """Counts per class and split, image sizes, duplicates, label balance per source (shortcuts),
+    cross-split leakage (every leaking image named in --json), unreadable files."""
     s = summary(_load(root, link))
     click.echo(_report_text(s))
     if json_out:
@@ -118,6 +143,7 @@ def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: st
               extend: str | None, own_splits: bool, name: str | None, out: str | None) -> None:  # fmt: skip
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
     analysis = _load(root, link)
+    linked, other = analysis.linked_paths, link_name(analysis)
     try:
         if extend:
             split, analysis = extend_split(
@@ -133,10 +159,12 @@ def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: st
     out_dir = Path(out) if out else new_run_dir("data", name, exist_ok=True)
     csv_path = write_manifest(split, analysis, out_dir)
     s = summary(analysis)
+    s["shortcut_audit"] = shortcut_audit(split.records, linked, other, by_split=True)
     atomic_write_text(out_dir / "inspect.json", json.dumps(s, indent=2))
     rows = [[k, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
             for k, c in split.counts().items()]  # fmt: skip
     click.echo(format_table(rows, ["split", "benign", "malignant", "total"]))
+    click.echo("\n".join(_audit_text(s["shortcut_audit"])))
     meta = json.loads((out_dir / "manifest.json").read_text())
     leaks = {k: list(v.values())[0] for k, v in meta["leakage"].items()}
     click.echo(f"mode {mode}, seed {seed}; left out {len(split.dropped)} images "
