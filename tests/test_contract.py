@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dermedge.data.contract import ImageError, InputContract, find_fov_box, load_rgb, preprocess
+from dermedge.data.contract import (
+    COLOR_CONSTANCY,
+    ImageError,
+    InputContract,
+    crop_box,
+    find_fov_box,
+    load_rgb,
+    preprocess,
+    shades_of_gray,
+)
 from dermedge.data.images import load_images
 
 
@@ -91,11 +103,153 @@ def test_fov_crop_finds_the_dermatoscope_circle(lesion):
     img = np.asarray(Image.open(lesion).convert("RGB").resize((200, 200)))
     frame = np.zeros((300, 400, 3), np.uint8)
     yy, xx = np.mgrid[:200, :200]
-    disc = (yy - 100) ** 2 + (xx - 100) ** 2 <= 100**2
+    disc = (yy - 99.5) ** 2 + (xx - 99.5) ** 2 <= 100**2
     frame[50:250, 120:320][disc] = img[disc]
     box = find_fov_box(frame)
     assert box is not None
-    left, top, right, bottom = box
-    assert abs(left - 120) <= 6 and abs(top - 50) <= 6 and abs(right - 320) <= 6
+    left, top, right, bottom = box  # the square inscribed in the circle: side 100 * sqrt(2)
+    assert right - left == bottom - top and abs((right - left) - 141) <= 3
+    assert abs((left + right) / 2 - 220) <= 1 and abs((top + bottom) / 2 - 150) <= 1
     assert find_fov_box(np.full((100, 100, 3), 180, np.uint8)) is None
     assert preprocess(frame, InputContract(size=64, crop="fov")).shape == (64, 64, 3)
+
+
+def _shared_photo(data_dir, k: int) -> np.ndarray:
+    files = sorted((data_dir / "derm7pt" / "images").glob("*/*.jpg"))
+    files += sorted((data_dir / "isic-mvb" / "test").glob("*/*.jpg"))
+    if not files:
+        pytest.skip(f"no derm7pt / isic-mvb photos under {data_dir}")
+    return np.asarray(Image.open(files[k * 37 % len(files)]).convert("RGB"))
+
+
+def _dark_vignette(photo, w, h, cx, cy, r, rng):
+    """The photo at w x h with everything outside the circle (cx, cy, r) near-black (0..12)."""
+    out = np.asarray(Image.fromarray(photo).resize((w, h), Image.Resampling.BICUBIC)).copy()
+    yy, xx = np.mgrid[:h, :w]
+    outside = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 > r * r
+    out[outside] = rng.integers(0, 13, (int(outside.sum()), 3), dtype=np.uint8)
+    return out, outside
+
+
+def test_fov_crop_removes_the_dark_corners_of_random_vignettes(data_dir):
+    rng = np.random.default_rng(7)
+    for k in range(12):
+        w, h = [(400, 300), (384, 384), (320, 240), (300, 400)][k % 4]
+        m = min(w, h)
+        r = rng.uniform(0.35, 0.62) * m  # from well inside the frame to cut by its edges
+        cx, cy = w / 2 + rng.uniform(-0.08, 0.08) * m, h / 2 + rng.uniform(-0.08, 0.08) * m
+        frame, outside = _dark_vignette(_shared_photo(data_dir, k), w, h, cx, cy, r, rng)
+        box = crop_box(Image.fromarray(frame), InputContract(crop="fov"))
+        left, top, right, bottom = box
+        side = right - left
+        assert side == bottom - top and left >= 0 and right <= w and top >= 0 and bottom <= h
+        dark = outside[top:bottom, left:right]
+        c = max(2, side // 10)
+        corners = [dark[:c, :c], dark[:c, -c:], dark[-c:, :c], dark[-c:, -c:]]
+        assert max(float(q.mean()) for q in corners) <= 0.02, (k, box, (cx, cy, r))
+        assert dark.mean() <= 0.005, (k, box)
+        assert side >= 0.85 * min(np.sqrt(2) * r, m), (k, box, (cx, cy, r))  # not timid either
+        was = find_fov_box_bounding(frame)
+        if was is not None:  # the old bounding square kept the dark corners
+            assert outside[was[1] : was[3], was[0] : was[2]].mean() > dark.mean()
+
+
+def find_fov_box_bounding(rgb):
+    """The old `crop="fov"` box: the bounding square of the bright field (dark corners kept)."""
+    bright = rgb.mean(axis=2) > 30
+    cols = np.flatnonzero(bright.mean(axis=0) > 0.02)
+    rows = np.flatnonzero(bright.mean(axis=1) > 0.02)
+    h, w = bright.shape
+    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    if (x1 - x0) > 0.97 * w and (y1 - y0) > 0.97 * h:
+        return None
+    side = min(max(x1 - x0, y1 - y0), w, h)
+    left = int(np.clip((x0 + x1) // 2 - side // 2, 0, w - side))
+    top = int(np.clip((y0 + y1) // 2 - side // 2, 0, h - side))
+    return left, top, left + side, top + side
+
+
+def test_fov_crop_falls_back_to_the_centre_square_without_a_vignette(data_dir):
+    for k in range(4):
+        photo = _shared_photo(data_dir, k)
+        frame = np.asarray(Image.fromarray(photo).resize((400, 300), Image.Resampling.BICUBIC))
+        assert find_fov_box(frame) is None, k
+        assert crop_box(Image.fromarray(frame), InputContract(crop="fov")) == (50, 0, 350, 300)
+    assert find_fov_box(np.zeros((64, 64, 3), np.uint8)) is None  # all dark: nothing to find
+
+
+def test_color_constancy_contract_round_trips_and_old_cards_mean_none():
+    c = InputContract(size=128, crop="fov", color_constancy="shades_of_gray", color_constancy_p=4.0)
+    d = json.loads(json.dumps(c.to_dict()))  # as stored in a model card
+    assert d["color_constancy"] == "shades_of_gray" and InputContract.from_dict(d) == c
+    old = {k: v for k, v in d.items() if not k.startswith("color_constancy")}
+    assert InputContract.from_dict(old).color_constancy == "none"
+    with pytest.raises(ValueError, match="unknown color_constancy"):
+        InputContract(color_constancy="grey_world")
+    with pytest.raises(ValueError, match="color_constancy_p"):
+        InputContract(color_constancy="shades_of_gray", color_constancy_p=0.5)
+    assert set(COLOR_CONSTANCY) == {"none", "shades_of_gray"}
+
+
+def test_shades_of_gray_removes_a_colour_cast(lesion):
+    sog = InputContract(size=128, color_constancy="shades_of_gray")
+    plain = preprocess(lesion.read_bytes(), InputContract(size=128))
+    grey = np.full((40, 40, 3), 117, np.uint8)
+    assert np.array_equal(shades_of_gray(grey), grey)  # a grey illuminant is left alone
+    assert np.array_equal(shades_of_gray(np.zeros((8, 8, 3), np.uint8)), np.zeros((8, 8, 3)))
+    cast = np.clip(plain * np.array([0.7, 0.95, 1.15]), 0, 255).round().astype(np.uint8)
+    fixed, ref = preprocess(cast, sog), preprocess(plain, sog)
+    assert np.abs(cast.astype(int) - plain).mean() > 8  # the cast is real...
+    for out in (fixed, ref):  # the illuminant estimate of the result is grey
+        e = ((out / 255.0) ** 6).mean(axis=(0, 1)) ** (1 / 6)
+        assert e.max() / e.min() < 1.03, e
+    scale = fixed.mean() / ref.mean()  # a cast changes the overall level only, not the colours
+    assert np.abs(fixed - scale * ref.astype(float)).mean() < 2.0
+    p = plain.astype(np.float64) / 255
+    e = (p**6).mean(axis=(0, 1)) ** (1 / 6)
+    gain = 1 / (e / np.linalg.norm(e) * np.sqrt(3))  # the formula, computed another way
+    expect = np.minimum(255, np.floor(plain * gain + 0.5))
+    assert np.abs(preprocess(plain, sog).astype(int) - expect).max() <= 1
+
+
+def test_color_constancy_is_part_of_the_training_cache_key(lesion, tmp_path):
+    sog = InputContract(size=64, color_constancy="shades_of_gray")
+    a, _, _ = load_images([str(lesion)], InputContract(size=64), cache_dir=tmp_path, progress=False)
+    b, _, _ = load_images([str(lesion)], sog, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("images-*.npz"))) == 2
+    assert np.array_equal(b[0], preprocess(str(lesion), sog)) and not np.array_equal(a, b)
+
+
+def test_camera_frames_get_colour_constancy_like_preprocess(data_dir):
+    """A BGR camera frame through the edge session's own preparation equals `preprocess`."""
+    cv2 = pytest.importorskip("cv2")
+    camera = pytest.importorskip("dermedge.edge.camera")
+    rng = np.random.default_rng(11)
+    for crop in ("fov", "center", "squash"):
+        contract = InputContract(size=96, crop=crop, color_constancy="shades_of_gray")
+        model = SimpleNamespace(contract=contract, threshold=0.5)
+        source = SimpleNamespace(description="test frames")
+        session = camera.Session(model, source, camera.SessionOptions(), emit=lambda e: None)
+        rgb, _ = _dark_vignette(_shared_photo(data_dir, 5), 640, 480, 330, 236, 250, rng)
+        prepared = session._prepare(1, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        pixels = prepared.pixels
+        if pixels is None:  # gated: compare the model input it would have made
+            pixels = camera.model_input(prepared.crop, model)
+        assert np.array_equal(pixels, preprocess(rgb, contract)), crop
+        assert not np.array_equal(
+            pixels, preprocess(rgb, replace(contract, color_constancy="none"))
+        )
+
+
+def test_train_records_color_constancy_in_the_contract():
+    pytest.importorskip("keras")
+    from dermedge.train.cli import train
+    from dermedge.train.models import input_contract
+    from dermedge.train.trainer import TrainConfig
+
+    c = input_contract("mobilenet_v2", 96, "fov", "shades_of_gray")
+    assert c.color_constancy == "shades_of_gray" and c.crop == "fov" and c.mean == 127.5
+    assert input_contract("simple_cnn", 96).color_constancy == "none"
+    assert TrainConfig(data="x").color_constancy == "none"
+    option = next(p for p in train.params if p.name == "color_constancy")
+    assert tuple(option.type.choices) == COLOR_CONSTANCY and option.default == "none"

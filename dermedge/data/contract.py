@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 CROPS = ("squash", "center", "fov")
+COLOR_CONSTANCY = ("none", "shades_of_gray")
 
 
 class ImageError(ValueError):
@@ -30,8 +32,10 @@ class InputContract:
 
     `crop` is "squash" (whole frame resized, aspect not kept - how the ISIC/Kaggle sets were made),
     "center" (largest centred square) or "fov" (a dermatoscope's circular field of view, found
-    from the dark vignette, falling back to the centre square). `mean`/`std` document the
-    normalization the model applies inside itself: (x - mean) / std.
+    from the dark vignette: the largest square inside that circle, falling back to the centre
+    square). `color_constancy` "shades_of_gray" then white-balances the size x size result
+    (Shades of Gray, Minkowski norm `color_constancy_p`; see `shades_of_gray`). `mean`/`std`
+    document the normalization the model applies inside itself: (x - mean) / std.
     """
 
     size: int = 224
@@ -45,6 +49,8 @@ class InputContract:
     exif_transpose: bool = True
     alpha: str = "composite-black"
     high_bit_depth: str = "scale-to-8bit"
+    color_constancy: str = "none"
+    color_constancy_p: float = 6.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,6 +58,13 @@ class InputContract:
             raise ValueError(f"unknown crop {self.crop!r}; expected one of {', '.join(CROPS)}")
         if self.resize != "bilinear":
             raise ValueError(f"unsupported resize {self.resize!r}; only 'bilinear'")
+        if self.color_constancy not in COLOR_CONSTANCY:
+            raise ValueError(
+                f"unknown color_constancy {self.color_constancy!r}; "
+                f"expected one of {', '.join(COLOR_CONSTANCY)}"
+            )
+        if not 1.0 <= float(self.color_constancy_p) <= 64.0:
+            raise ValueError(f"color_constancy_p {self.color_constancy_p} out of range 1..64")
         if not 16 <= int(self.size) <= 2048:
             raise ValueError(f"input size {self.size} out of range 16..2048")
 
@@ -128,30 +141,146 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
     return _to_8bit_rgb(img)
 
 
-def find_fov_box(rgb: np.ndarray, dark: int = 30) -> tuple[int, int, int, int] | None:
-    """Bounding square of a dermatoscope's bright circular field of view, or None if no vignette.
+def _extent(counts: np.ndarray, length: int) -> tuple[int, int] | None:
+    """First and one-past-last index whose bright count is over 2% of `length`, or None."""
+    idx = np.flatnonzero(counts / length > 0.02)
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else None
 
-    Rows/columns with more than 2% of pixels brighter than `dark` belong to the field; a frame
-    without a dark border (no vignette) returns None so callers fall back to the centre square.
+
+def _axis_centre(lo: int, hi: int, n: int, r: float) -> float:
+    """The field's centre on one axis, from its bright extent [lo, hi) in n pixels."""
+    if lo > 0 and hi < n:
+        return (lo + hi) / 2
+    if lo > 0:
+        return lo + r  # cut by the far edge: the near edge is one radius from the centre
+    if hi < n:
+        return hi - r
+    return n / 2
+
+
+def _chord_depth(chord: int, r: float) -> float:
+    """Distance, in semi-axes, from an ellipse's centre to a chord `chord` long across semi-axis r."""
+    q = 1 - (chord / (2 * r)) * (chord / (2 * r))
+    return math.sqrt(q) if q > 0 else 0.0
+
+
+def _axis_fit(
+    lo: int, hi: int, n: int, chords: tuple[int, int], r_other: float
+) -> tuple[float, float] | None:
+    """Centre and semi-axis on an axis the frame cuts, from the field's chords along its edges.
+
+    `chords` are the bright counts of the first and last line across this axis, `r_other` the
+    measured semi-axis along them; an uncut end of the extent [lo, hi) is one semi-axis away.
+    """
+    s_lo = 1.0 if lo > 0 else _chord_depth(chords[0], r_other)
+    s_hi = 1.0 if hi < n else _chord_depth(chords[1], r_other)
+    if s_lo + s_hi == 0:
+        return None
+    r = (hi - lo) / (s_lo + s_hi)
+    return lo + r * s_lo, r
+
+
+def _ellipse(
+    xs: tuple[int, int], ys: tuple[int, int], cols: np.ndarray, rows: np.ndarray, bright: int
+) -> tuple[float, float, float, float]:
+    """The field's ellipse (cx, cy, rx, ry) from its extents and bright counts per column/row."""
+    (x0, x1), (y0, y1) = xs, ys
+    w, h = len(cols), len(rows)
+    x_in, y_in = x0 > 0 and x1 < w, y0 > 0 and y1 < h
+    if x_in and y_in:
+        return (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    if x_in:
+        fit = _axis_fit(y0, y1, h, (int(rows[0]), int(rows[-1])), (x1 - x0) / 2)
+        if fit is not None:
+            return (x0 + x1) / 2, fit[0], (x1 - x0) / 2, fit[1]
+    if y_in:
+        fit = _axis_fit(x0, x1, w, (int(cols[0]), int(cols[-1])), (y1 - y0) / 2)
+        if fit is not None:
+            return fit[0], (y0 + y1) / 2, fit[1], (y1 - y0) / 2
+    r = math.sqrt(bright / math.pi)  # cut on both axes: a circle of the bright area (smaller)
+    return _axis_centre(x0, x1, w, r), _axis_centre(y0, y1, h, r), r, r
+
+
+def _dark_corners(bright: np.ndarray) -> int:
+    """How many of the four corner patches (side min(h, w) // 16) are over 60% dark."""
+    h, w = bright.shape
+    k = max(2, min(h, w) // 16)
+    patches = (bright[:k, :k], bright[:k, w - k :], bright[h - k :, :k], bright[h - k :, w - k :])
+    return sum(int(np.count_nonzero(~p)) / (k * k) > 0.6 for p in patches)
+
+
+def inscribed_square(
+    cx: float, cy: float, rx: float, ry: float, w: int, h: int
+) -> tuple[int, int, int, int] | None:
+    """Largest whole-pixel square in a w x h frame with its corners inside ellipse (cx, cy, rx, ry)."""
+    side = min(w, h, int(2 * rx * ry / math.sqrt(rx * rx + ry * ry)) + 1)
+    while side > 0:
+        left = min(max(math.floor(cx - side / 2 + 0.5), 0), w - side)
+        top = min(max(math.floor(cy - side / 2 + 0.5), 0), h - side)
+        dx = max(cx - left, left + side - cx) / rx
+        dy = max(cy - top, top + side - cy) / ry
+        if dx * dx + dy * dy <= 1:
+            return left, top, left + side, top + side
+        side -= 1
+    return None
+
+
+def find_fov_box(rgb: np.ndarray, dark: int = 30) -> tuple[int, int, int, int] | None:
+    """Largest square inside a dermatoscope's bright circular field of view, or None if no vignette.
+
+    Pixels brighter than `dark` (mean of R, G, B) are the field; rows/columns with over 2% of
+    them give its extent. The field is an ellipse (a circle, or one squashed with its photo): an
+    axis whose extent reaches neither frame edge measures that semi-axis and centre; an axis the
+    frame cuts is solved from the bright chords along the cut edges; cut on both axes, it is a
+    circle of the bright area (a safe underestimate) centred on the extents. A frame whose field
+    spans over 97% of both axes without dark corners has no vignette: None, so callers fall back
+    to the centre square.
+    Integer counts and float64 scalar maths only, so the JS port finds the same box.
     """
     gray = rgb.mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
     h, w = gray.shape
     bright = gray > dark
-    cols = np.flatnonzero(bright.mean(axis=0) > 0.02)
-    rows = np.flatnonzero(bright.mean(axis=1) > 0.02)
-    if cols.size == 0 or rows.size == 0:
+    cols, rows = np.count_nonzero(bright, axis=0), np.count_nonzero(bright, axis=1)
+    xs, ys = _extent(cols, h), _extent(rows, w)
+    if xs is None or ys is None:
         return None
-    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
-    if (x1 - x0) > 0.97 * w and (y1 - y0) > 0.97 * h:
+    (x0, x1), (y0, y1) = xs, ys
+    if (x1 - x0) > 0.97 * w and (y1 - y0) > 0.97 * h and _dark_corners(bright) < 3:
         return None  # no vignette to remove
-    side = max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    side = min(side, w, h)
-    left = int(np.clip(cx - side // 2, 0, w - side))
-    top = int(np.clip(cy - side // 2, 0, h - side))
-    if side < 0.25 * min(w, h):
+    cx, cy, rx, ry = _ellipse(xs, ys, cols, rows, int(np.count_nonzero(bright)))
+    box = inscribed_square(cx, cy, rx, ry, w, h)
+    if box is None or box[2] - box[0] < 0.25 * min(w, h):
         return None
-    return left, top, left + side, top + side
+    return box
+
+
+def shades_of_gray(rgb: np.ndarray, p: float = 6.0) -> np.ndarray:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) of an HxWx3 uint8 RGB image.
+
+    Per channel, e_c = (mean((I_c / 255) ** p)) ** (1 / p), summed from the channel's histogram
+    in value order 0..255 (exact counts, one fixed float64 order: the JS port gives the same
+    numbers); e is normalised to unit length and gain_c = 1 / (e_c * sqrt(3)), so a grey
+    illuminant leaves the image unchanged. out = min(255, floor(v * gain_c + 0.5)), through a
+    256-entry table per channel. An all-black image is returned unchanged.
+    """
+    n = rgb.shape[0] * rgb.shape[1]
+    powers = [(v / 255) ** p for v in range(256)]
+    e = []
+    for c in range(3):
+        counts = np.bincount(rgb[..., c].ravel(), minlength=256).tolist()
+        total = 0.0
+        for v in range(256):
+            total += counts[v] * powers[v]
+        e.append((total / n) ** (1 / p))
+    norm = math.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2])
+    if norm == 0:
+        return rgb.copy()
+    out = np.empty_like(rgb)
+    for c in range(3):
+        gain = 1 / ((e[c] / norm) * math.sqrt(3)) if e[c] > 0 else 1.0
+        lut = np.array([min(255, math.floor(v * gain + 0.5)) for v in range(256)], np.uint8)
+        out[..., c] = lut[rgb[..., c]]
+    return out
 
 
 def center_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -179,6 +308,7 @@ def preprocess(
 ) -> np.ndarray:
     """Turn a photo (path, bytes, PIL image or HxWx3 RGB uint8 array) into the model's input.
 
+    Steps: decode, crop, bilinear resize, then the optional colour constancy on the result.
     Returns a C-contiguous uint8 array of shape (size, size, 3), RGB, values 0..255.
     """
     contract = contract or InputContract()
@@ -196,4 +326,7 @@ def preprocess(
     size = (int(contract.size), int(contract.size))
     if img.size != size:
         img = img.resize(size, Image.Resampling.BILINEAR)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    out = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    if contract.color_constancy == "shades_of_gray":
+        out = shades_of_gray(out, float(contract.color_constancy_p))
+    return out

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from dermedge.data.contract import COLOR_CONSTANCY
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -47,6 +49,13 @@ def _fail(e: BaseException) -> click.ClickException:
     default="squash",
     show_default=True,
     help="How photos become squares (preprocessing contract).",
+)
+@click.option(
+    "--color-constancy",
+    type=click.Choice(COLOR_CONSTANCY),
+    default="none",
+    show_default=True,
+    help="Colour constancy after crop+resize, recorded in the contract (Shades of Gray, p = 6).",
 )
 @click.option(
     "--epochs",
@@ -150,7 +159,8 @@ def _fail(e: BaseException) -> click.ClickException:
     help="Bootstrap resamples for the CIs.",
 )
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
-def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: int, fine_tune_epochs: int,
+def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_constancy: str,
+          epochs: int, fine_tune_epochs: int,
           unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
           name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
           sensitivity_margin: float, patience: int, augmentation: str, no_augment: bool,
@@ -165,7 +175,8 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, epochs: 
     from dermedge.train.trainer import train as run_train
 
     cfg = TrainConfig(data=data, arch=arch, weights=None if weights.lower() == "none" else weights,
-                      img_size=img_size, crop=crop, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
+                      img_size=img_size, crop=crop, color_constancy=color_constancy, epochs=epochs,
+                      fine_tune_epochs=fine_tune_epochs,
                       unfreeze_blocks=unfreeze_blocks, batch=batch, lr=lr, fine_tune_lr=fine_tune_lr,
                       seed=seed, name=name, strategy=strategy, target_sensitivity=target_sensitivity,
                       sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,

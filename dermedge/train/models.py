@@ -41,10 +41,14 @@ ARCH_INFO = {
 }
 
 
-def input_contract(arch: str, size: int, crop: str = "squash") -> InputContract:
+def input_contract(
+    arch: str, size: int, crop: str = "squash", color_constancy: str = "none"
+) -> InputContract:
     """The preprocessing contract a model of `arch` at `size` px is trained and served with."""
     info = ARCH_INFO[arch]
-    return InputContract(size=size, crop=crop, mean=info.mean, std=info.std)
+    return InputContract(
+        size=size, crop=crop, mean=info.mean, std=info.std, color_constancy=color_constancy
+    )
 
 
 def _head(x: keras.KerasTensor, dropout: float, name_prefix: str = "head") -> keras.KerasTensor:

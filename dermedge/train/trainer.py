@@ -48,6 +48,7 @@ class TrainConfig:
     weights: str | None = "imagenet"
     img_size: int = 224
     crop: str = "squash"
+    color_constancy: str = "none"  # contract.COLOR_CONSTANCY; old config.json files mean "none"
     epochs: int = 10  # frozen-backbone phase for pretrained backbones, else all epochs
     fine_tune_epochs: int = 10
     unfreeze_blocks: int = 6
@@ -345,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
         if cfg.strategy not in STRATEGIES:
             raise TrainError(f"unknown strategy {cfg.strategy!r}")
         try:
-            input_contract(cfg.arch, cfg.img_size, cfg.crop)
+            input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
         except ValueError as e:
             raise TrainError(str(e)) from e
         if not any(ph["epochs"] > 0 for ph in cfg.phases()):
@@ -387,7 +388,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     strategy = _strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
     _set_determinism(cfg.seed, cfg.deterministic)
     chief = _is_chief()
-    contract = input_contract(cfg.arch, cfg.img_size, cfg.crop)
+    contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
     cache = cfg.cache_dir or str(runs_root() / "cache")
     splits = {s: load_split(records, s, contract, cache) for s in ("train", "val", "test")}
     for s in ("train", "val"):

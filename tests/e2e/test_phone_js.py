@@ -1,6 +1,7 @@
 """The phone page's JavaScript against the Python it mirrors, in node (no browser needed).
 
-- preprocessing: crop ("squash"/"center"/"fov") + Pillow BILINEAR resize, bit for bit;
+- preprocessing: crop ("squash"/"center"/"fov") + Pillow BILINEAR resize, bit for bit, and the
+  optional Shades of Gray colour constancy on real photos of three datasets;
 - the quality gate: same verdicts as dermedge.edge.quality.measure, measures close;
 - the .tflite reader: the quantization LiteRT reports for the input and output tensors.
 """
@@ -11,6 +12,7 @@ import base64
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +68,21 @@ def _vignette(a: np.ndarray, r: float = 0.42, cx: float = 0.47, cy: float = 0.52
 
 def test_preprocess_bit_exact_with_pil(isic_dir: Path) -> None:
     rng = np.random.default_rng(3)
-    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in [(640, 480), (101, 75), (37, 61)]]
+    frames = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for w, h in [(640, 480), (101, 75), (37, 61)]
+    ]
     photo = _photos(isic_dir, 1)[0]
     big = np.asarray(Image.fromarray(photo).resize((1280, 720), Image.Resampling.BICUBIC))
     frames += [big, _vignette(big), photo]
+    # fields cut by the frame on one axis, on both, off-centre, squashed (every fov branch)
+    frames += [_vignette(big, r, cx, cy) for r, cx, cy in [(0.62, 0.5, 0.45), (0.7, 0.56, 0.5)]]
+    frames += [
+        _vignette(big, 0.8, 0.5, 0.5),
+        _vignette(big, 0.9, 0.5, 0.5),
+        _vignette(photo, 0.45, 0.55, 0.4),
+    ]
+    frames += [np.asarray(Image.fromarray(_vignette(big, 0.5)).resize((300, 200)))]
     cases = [
         (a, InputContract(size=size, crop=crop))
         for a in frames
@@ -82,6 +95,50 @@ def test_preprocess_bit_exact_with_pil(isic_dir: Path) -> None:
         js = np.frombuffer(base64.b64decode(r["pixels"]), np.uint8).reshape(c.size, c.size, 3)
         assert tuple(r["box"]) == crop_box(Image.fromarray(a), c), (a.shape, c.crop)
         np.testing.assert_array_equal(js, preprocess(a, c), err_msg=f"{a.shape} {c.size} {c.crop}")
+
+
+def _real_photos(data_dir: Path, per_set: int = 8) -> list[tuple[str, np.ndarray]]:
+    """Photos spread over isic2017 (vignettes, casts), derm7pt and isic-mvb (every k-th file)."""
+    sets = {
+        "isic2017": sorted((data_dir / "isic2017").glob("ISIC-2017_*_Data/*.jpg")),
+        "derm7pt": sorted((data_dir / "derm7pt" / "images").glob("*/*.jpg")),
+        "isic-mvb": sorted((data_dir / "isic-mvb").glob("*/*/*.jpg")),
+    }
+    missing = [name for name, files in sets.items() if len(files) < per_set]
+    if missing:
+        pytest.skip(f"real photos missing under {data_dir}: {', '.join(missing)}")
+    return [
+        (str(f), np.asarray(Image.open(f).convert("RGB")))
+        for files in sets.values()
+        for f in files[:: len(files) // per_set][:per_set]
+    ]
+
+
+def test_color_constancy_matches_python_on_real_photos(data_dir: Path) -> None:
+    photos = _real_photos(data_dir)
+    assert len(photos) >= 20
+    contracts = [
+        InputContract(size=224, crop="squash", color_constancy="shades_of_gray"),
+        InputContract(size=160, crop="fov", color_constancy="shades_of_gray"),
+        InputContract(
+            size=96, crop="center", color_constancy="shades_of_gray", color_constancy_p=2.0
+        ),
+    ]
+    cases = [(a, c) for _, a in photos for c in contracts]
+    out = _run_js(cases)
+    worst, changed = 0, 0
+    for (name, a), i in zip(photos, range(0, len(cases), len(contracts)), strict=True):
+        for (_, c), r in zip(
+            cases[i : i + len(contracts)], out[i : i + len(contracts)], strict=True
+        ):
+            js = np.frombuffer(base64.b64decode(r["pixels"]), np.uint8).reshape(c.size, c.size, 3)
+            py = preprocess(a, c)
+            assert tuple(r["box"]) == crop_box(Image.fromarray(a), c), (name, c.crop)
+            worst = max(worst, int(np.abs(js.astype(int) - py.astype(int)).max()))
+            changed += not np.array_equal(py, preprocess(a, replace(c, color_constancy="none")))
+    print(f"colour constancy Python vs JS on {len(photos)} photos: max |diff| {worst}")
+    assert worst <= 1
+    assert changed >= len(cases) // 2  # the step really does something on real photos
 
 
 def test_quality_gate_matches_python(isic_dir: Path) -> None:

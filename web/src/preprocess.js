@@ -1,7 +1,7 @@
 // The preprocessing contract in JavaScript: crop ("squash" | "center" | "fov") then a bit-exact
 // port of Pillow's 8-bit BILINEAR resample (Resample.c: triangle filter whose support grows with
-// the downscale factor, fixed-point coefficients, horizontal pass then vertical pass).
-// Mirrors dermedge/data/contract.py so the page feeds the model the same numbers as Python.
+// the downscale factor, fixed-point coefficients, horizontal pass then vertical pass), then the
+// optional Shades of Gray colour constancy on the size x size result. Mirrors dermedge/data/contract.py so the page feeds the model the same numbers as Python.
 
 const PRECISION_BITS = 32 - 8 - 2;
 const ONE = 2 ** PRECISION_BITS;
@@ -150,45 +150,150 @@ export function centerBox(w, h) {
   return [left, top, left + side, top + side];
 }
 
+// contract._extent: first and one-past-last index whose bright count is over 2% of `length`.
+function extent(counts, length) {
+  let lo = -1;
+  let hi = -1;
+  for (let i = 0; i < counts.length; i++) {
+    if (counts[i] / length > 0.02) {
+      if (lo < 0) lo = i;
+      hi = i + 1;
+    }
+  }
+  return lo < 0 ? null : [lo, hi];
+}
+
+// contract._axis_centre: the field's centre on one axis from its bright extent [lo, hi).
+function axisCentre(lo, hi, n, r) {
+  if (lo > 0 && hi < n) return (lo + hi) / 2;
+  if (lo > 0) return lo + r;
+  if (hi < n) return hi - r;
+  return n / 2;
+}
+
+// contract._chord_depth: distance, in semi-axes, from the centre to a chord `chord` long.
+function chordDepth(chord, r) {
+  const q = 1 - (chord / (2 * r)) * (chord / (2 * r));
+  return q > 0 ? Math.sqrt(q) : 0;
+}
+
+// contract._axis_fit: centre and semi-axis on a cut axis from the chords along its edges.
+function axisFit(lo, hi, n, chordLo, chordHi, rOther) {
+  const sLo = lo > 0 ? 1 : chordDepth(chordLo, rOther);
+  const sHi = hi < n ? 1 : chordDepth(chordHi, rOther);
+  if (sLo + sHi === 0) return null;
+  const r = (hi - lo) / (sLo + sHi);
+  return [lo + r * sLo, r];
+}
+
+// contract._ellipse: the field's ellipse [cx, cy, rx, ry] from its extents and counts.
+function ellipse([x0, x1], [y0, y1], cols, rows, bright) {
+  const w = cols.length;
+  const h = rows.length;
+  const xIn = x0 > 0 && x1 < w;
+  const yIn = y0 > 0 && y1 < h;
+  if (xIn && yIn) return [(x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2];
+  if (xIn) {
+    const fit = axisFit(y0, y1, h, rows[0], rows[h - 1], (x1 - x0) / 2);
+    if (fit) return [(x0 + x1) / 2, fit[0], (x1 - x0) / 2, fit[1]];
+  }
+  if (yIn) {
+    const fit = axisFit(x0, x1, w, cols[0], cols[w - 1], (y1 - y0) / 2);
+    if (fit) return [fit[0], (y0 + y1) / 2, fit[1], (y1 - y0) / 2];
+  }
+  const r = Math.sqrt(bright / Math.PI);
+  return [axisCentre(x0, x1, w, r), axisCentre(y0, y1, h, r), r, r];
+}
+
+// contract._dark_corners: how many of the four corner patches are over 60% dark.
+function darkCorners(mask, w, h) {
+  const k = Math.max(2, Math.floor(Math.min(h, w) / 16));
+  let n = 0;
+  for (const [x0, y0] of [[0, 0], [w - k, 0], [0, h - k], [w - k, h - k]]) {
+    let dark = 0;
+    for (let y = y0; y < y0 + k; y++) {
+      for (let x = x0; x < x0 + k; x++) if (!mask[y * w + x]) dark++;
+    }
+    if (dark / (k * k) > 0.6) n++;
+  }
+  return n;
+}
+
+/** contract.inscribed_square: largest square in the frame with its corners inside the ellipse. */
+export function inscribedSquare(cx, cy, rx, ry, w, h) {
+  let side = Math.min(w, h, Math.trunc((2 * rx * ry) / Math.sqrt(rx * rx + ry * ry)) + 1);
+  while (side > 0) {
+    const left = Math.min(Math.max(Math.floor(cx - side / 2 + 0.5), 0), w - side);
+    const top = Math.min(Math.max(Math.floor(cy - side / 2 + 0.5), 0), h - side);
+    const dx = Math.max(cx - left, left + side - cx) / rx;
+    const dy = Math.max(cy - top, top + side - cy) / ry;
+    if (dx * dx + dy * dy <= 1) return [left, top, left + side, top + side];
+    side--;
+  }
+  return null;
+}
+
 /**
- * Port of contract.find_fov_box: bounding square of a dermatoscope's bright circular field of
- * view (rows/columns with more than 2% of pixels brighter than `dark`), or null if no vignette.
+ * Port of contract.find_fov_box: the largest square inside a dermatoscope's bright circular
+ * (or squashed, elliptical) field of view, or null if there is no vignette.
  */
 export function findFovBox(rgb, w, h, dark = 30) {
   const colCount = new Int32Array(w);
   const rowCount = new Int32Array(h);
-  for (let y = 0, j = 0; y < h; y++) {
-    for (let x = 0; x < w; x++, j += 3) {
+  const mask = new Uint8Array(w * h);
+  let bright = 0;
+  for (let y = 0, j = 0, i = 0; y < h; y++) {
+    for (let x = 0; x < w; x++, j += 3, i++) {
       if ((rgb[j] + rgb[j + 1] + rgb[j + 2]) / 3 > dark) {
         colCount[x]++;
         rowCount[y]++;
+        mask[i] = 1;
+        bright++;
       }
     }
   }
-  let x0 = -1, x1 = -1, y0 = -1, y1 = -1;
-  for (let x = 0; x < w; x++) {
-    if (colCount[x] / h > 0.02) {
-      if (x0 < 0) x0 = x;
-      x1 = x + 1;
-    }
+  const xs = extent(colCount, h);
+  const ys = extent(rowCount, w);
+  if (!xs || !ys) return null;
+  const [x0, x1] = xs;
+  const [y0, y1] = ys;
+  if (x1 - x0 > 0.97 * w && y1 - y0 > 0.97 * h && darkCorners(mask, w, h) < 3) return null;
+  const [cx, cy, rx, ry] = ellipse(xs, ys, colCount, rowCount, bright);
+  const box = inscribedSquare(cx, cy, rx, ry, w, h);
+  if (!box || box[2] - box[0] < 0.25 * Math.min(w, h)) return null;
+  return box;
+}
+
+/**
+ * Port of contract.shades_of_gray (Shades of Gray colour constancy, Minkowski norm p) on a packed
+ * RGB image of n pixels: same histogram sums in the same order, same per-channel tables.
+ */
+export function shadesOfGray(rgb, n, p = 6) {
+  const powers = new Float64Array(256);
+  for (let v = 0; v < 256; v++) powers[v] = Math.pow(v / 255, p);
+  const e = [];
+  for (let c = 0; c < 3; c++) {
+    const counts = new Int32Array(256);
+    for (let i = c; i < n * 3; i += 3) counts[rgb[i]]++;
+    let total = 0;
+    for (let v = 0; v < 256; v++) total += counts[v] * powers[v];
+    e.push(Math.pow(total / n, 1 / p));
   }
-  for (let y = 0; y < h; y++) {
-    if (rowCount[y] / w > 0.02) {
-      if (y0 < 0) y0 = y;
-      y1 = y + 1;
-    }
+  const norm = Math.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2]);
+  if (norm === 0) return rgb.slice();
+  const luts = e.map((ec) => {
+    const gain = ec > 0 ? 1 / ((ec / norm) * Math.sqrt(3)) : 1;
+    const lut = new Uint8Array(256);
+    for (let v = 0; v < 256; v++) lut[v] = Math.min(255, Math.floor(v * gain + 0.5));
+    return lut;
+  });
+  const out = new Uint8Array(n * 3);
+  for (let i = 0; i < n * 3; i += 3) {
+    out[i] = luts[0][rgb[i]];
+    out[i + 1] = luts[1][rgb[i + 1]];
+    out[i + 2] = luts[2][rgb[i + 2]];
   }
-  if (x0 < 0 || y0 < 0) return null;
-  if (x1 - x0 > 0.97 * w && y1 - y0 > 0.97 * h) return null;
-  let side = Math.max(x1 - x0, y1 - y0);
-  const cx = Math.floor((x0 + x1) / 2);
-  const cy = Math.floor((y0 + y1) / 2);
-  side = Math.min(side, w, h);
-  const clip = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
-  const left = clip(cx - Math.floor(side / 2), 0, w - side);
-  const top = clip(cy - Math.floor(side / 2), 0, h - side);
-  if (side < 0.25 * Math.min(w, h)) return null;
-  return [left, top, left + side, top + side];
+  return out;
 }
 
 /** contract.crop_box */
@@ -202,7 +307,8 @@ export function cropBox(rgb, w, h, crop) {
 }
 
 /**
- * contract.preprocess on an RGB frame: returns {pixels: Uint8Array(size*size*3), box}.
+ * contract.preprocess on an RGB frame: crop, bilinear resize, then the card's optional colour
+ * constancy (contract.color_constancy). Returns {pixels: Uint8Array(size*size*3), box}.
  */
 export function preprocess(rgb, w, h, contract) {
   const size = contract.size | 0;
@@ -216,6 +322,9 @@ export function preprocess(rgb, w, h, contract) {
     cw = box[2] - box[0];
     ch = box[3] - box[1];
   }
-  const pixels = cw === size && ch === size ? img : resizeBilinear(img, cw, ch, size, size);
+  let pixels = cw === size && ch === size ? img : resizeBilinear(img, cw, ch, size, size);
+  if ((contract.color_constancy || 'none') === 'shades_of_gray') {
+    pixels = shadesOfGray(pixels, size * size, contract.color_constancy_p ?? 6);
+  }
   return { pixels, box };
 }
