@@ -19,6 +19,7 @@ class LazyGroup(click.Group):
         "convert": ("dermedge.convert.cli", "convert"),
         "benchmark": ("dermedge.benchmark", "benchmark"),
         "classify": ("dermedge.edge.cli", "main"),
+        "card": ("dermedge.convert.card_cli", "card"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -63,10 +64,11 @@ def main() -> None:
     dermedge data inspect ROOT      check a dataset (duplicates, leakage, bad files)
     dermedge data split ROOT        write a leakage-free split manifest
     dermedge train --data RUN       train a Keras model
-    dermedge evaluate RUN           metrics and plots on a test split
+    dermedge evaluate RUN           metrics and plots on a test split (--external: unseen data)
     dermedge convert RUN            TFLite variants behind an accuracy gate
     dermedge benchmark RUN          latency vs accuracy, with plots
     dermedge classify IMG...        classify photos (same as edge-classify)
+    dermedge card MODEL             show a model card; --add-external records an evaluation
     """
 
 

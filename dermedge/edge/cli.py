@@ -414,6 +414,10 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
             f"{model.threads} threads",
             err=True,
         )
+        from dermedge.train.external import external_lines
+
+        for line in external_lines(model.card):
+            click.echo(f"external: {line}", err=True)
     try:
         failed = (
             run_camera(model, opts, opts["as_json"])

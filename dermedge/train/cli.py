@@ -230,10 +230,38 @@ def _resolve_model(target: str) -> tuple[Path, Path | None]:
 )
 @click.option("--bootstrap", "n_boot", default=2000, show_default=True, type=click.IntRange(100))
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
-def evaluate(target: str, data: str | None, split: str, threshold: float | None, out: str | None,
-             n_boot: int, batch: int) -> None:  # fmt: skip
+@click.option(
+    "--external",
+    is_flag=True,
+    help="--data is a dataset the model never trained on: check overlap with the training "
+    "manifest first (refuse on any), evaluate every image (unless --split), report at the card, "
+    "Youden and sensitivity-0.95 thresholds and per diagnosis [out: RUN/eval-<dataset>/, "
+    "runs/eval/<model>-<dataset>/].",
+)
+@click.option(
+    "--train-manifest",
+    metavar="PATH",
+    help="--external: the model's training manifest [default: RUN/manifest.csv, or the card's].",
+)
+@click.option(
+    "--allow-overlap",
+    is_flag=True,
+    help="--external: evaluate even when photos overlap the training data (loudly warned).",
+)
+@click.pass_context
+def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
+             threshold: float | None, out: str | None, n_boot: int, batch: int, external: bool,
+             train_manifest: str | None, allow_overlap: bool) -> None:  # fmt: skip
     """Accuracy, precision, sensitivity, specificity, F1 and ROC AUC with bootstrap 95% CIs, at the
-    card's operating threshold and at 0.5; confusion, ROC, PR and reliability plots."""
+    card's operating threshold and at 0.5; confusion, ROC, PR and reliability plots.
+
+    With --external, an external evaluation on a dataset the model never trained on (see
+    dermedge.train.external); record it in the card with `dermedge card MODEL --add-external`.
+    """
+    if (train_manifest or allow_overlap) and not external:
+        raise click.UsageError("--train-manifest/--allow-overlap: only with --external")
+    if external and not data:
+        raise click.UsageError("--external needs --data ROOT (the dataset the model never saw)")
     from dermedge.data.manifest import manifest_sha256
     from dermedge.train.card import read_card
     from dermedge.train.evaluate import report_table
@@ -252,6 +280,15 @@ def evaluate(target: str, data: str | None, split: str, threshold: float | None,
         records, csv_path = resolve_records(source, None, split_dataset=False)
     except TrainError as e:
         raise _fail(e) from e
+    if external:
+        from click.core import ParameterSource
+
+        from dermedge.train.external import evaluate_external
+
+        split_given = ctx.get_parameter_source("split") == ParameterSource.COMMANDLINE
+        evaluate_external(model_path, run_dir, card, records, source, split if split_given else None,
+                          threshold, out, train_manifest, allow_overlap, n_boot, batch)  # fmt: skip
+        return
     tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
     if out:
         out_dir = Path(out)

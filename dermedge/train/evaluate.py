@@ -501,3 +501,89 @@ def summarize(report: dict[str, Any], keys: Sequence[str] = METRICS) -> dict[str
     out["accuracy_at_0.5"] = report["at_0.5"]["accuracy"]
     out["ece"] = report["ece"]
     return out
+
+
+# --- operating points and group rates (external evaluation) ------------------------------------
+
+
+def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (NaN for n = 0); sound for small groups."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    return lo, 1.0 if k == n else min(1.0, centre + half)
+
+
+def youden_threshold(y_true: Sequence[Any], prob: Sequence[float]) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on these cases (NaN: one class)."""
+    y, p = _arrays(y_true, prob)
+    if y.sum() == 0 or y.sum() == y.size:
+        return float("nan")
+    fpr, tpr, thr = roc_points(y, p)
+    finite = np.isfinite(thr)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(thr[int(np.argmax(j))])
+
+
+def plot_roc_marked(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
+                    marks: Sequence[tuple[str, float]], title: str = "") -> Path:  # fmt: skip
+    """ROC curve with its AUC and each named threshold's (1 - spec, sens) point marked."""
+    y, p = _arrays(y_true, prob)
+    fig = new_figure()
+    ax = fig.add_subplot(111)
+    fpr, tpr, _ = roc_points(y, p)
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {_auc(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    for (name, thr), style in zip(marks, ("o", "s", "^", "D", "v"), strict=False):
+        if thr is None or not math.isfinite(thr):
+            continue
+        m = binary_metrics(y, p, thr)
+        ax.plot(1 - m["specificity"], m["recall"], style, ms=9,
+                label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}")  # fmt: skip
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title or "ROC")
+    return save_png(fig, Path(path))
+
+
+def group_referral_rates(groups: Sequence[str], labels: Sequence[Any], prob: Sequence[float],
+                         threshold: float) -> list[dict[str, Any]]:  # fmt: skip
+    """Per group (e.g. diagnosis): n, label, referred count/fraction at `threshold`, Wilson CI."""
+    y, p = _arrays(labels, prob)
+    g = np.asarray(list(groups), dtype=object)
+    rows = []
+    for name in sorted(set(g.tolist()), key=lambda s: (-int((g == s).sum()), str(s))):
+        m = g == name
+        n, k = int(m.sum()), int((p[m] >= threshold).sum())
+        pos = int(y[m].sum())
+        label = "malignant" if pos == n else "benign" if pos == 0 else "mixed"
+        rows.append({"group": str(name), "label": label, "n": n, "referred": k,
+                     "referred_fraction": k / n, "ci95": list(wilson_ci(k, n))})  # fmt: skip
+    return rows
+
+
+def plot_referral_rates(rows: Sequence[dict[str, Any]], path: str | Path, threshold: float,
+                        title: str = "") -> Path:  # fmt: skip
+    """Horizontal bars: the referred fraction of each group (Wilson 95% CI), red = malignant."""
+    fig = new_figure((6.4, max(2.5, 0.34 * len(rows) + 1.2)))
+    ax = fig.add_subplot(111)
+    colours = {"malignant": "#c0392b", "benign": "#2e86c1", "mixed": "#7f8c8d"}
+    pos = np.arange(len(rows))[::-1]
+    frac = [r["referred_fraction"] for r in rows]
+    err = np.array([[f - r["ci95"][0] for f, r in zip(frac, rows, strict=True)],
+                    [r["ci95"][1] - f for f, r in zip(frac, rows, strict=True)]])  # fmt: skip
+    err = np.clip(err, 0.0, None)  # rounding at 0 % / 100 %
+    ax.barh(pos, frac, xerr=err, color=[colours[r["label"]] for r in rows], alpha=0.85,
+            error_kw={"lw": 1, "capsize": 2})  # fmt: skip
+    ax.set_yticks(pos, [f"{r['group']} (n={r['n']})" for r in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"referred fraction at t={threshold:.3f} (red: malignant, blue: benign)")
+    ax.set_title(title or "referral rate per diagnosis")
+    return save_png(fig, Path(path))
