@@ -229,3 +229,20 @@ def test_threshold_meets_the_target_in_every_source():
     assert few["per_source"]["a"]["own_threshold"] is not None
     single = choose_threshold_across_sources(y, p, None, 0.95)
     assert single["threshold"] == pooled["threshold"] and single["pool"] == "pooled"
+
+
+def test_training_colour_constancy_matches_the_contract():
+    """Re-applied after augmentation, the TF Shades of Gray gives the contract's pixels."""
+    import tensorflow as tf
+
+    from dermedge.data.contract import shades_of_gray
+    from dermedge.train.data import shades_of_gray_tf
+
+    x = _real_photo()
+    got = shades_of_gray_tf(tf.constant(x.astype(np.float32))).numpy()
+    assert np.abs(got - shades_of_gray(x).astype(np.float32)).max() <= 1
+    # a colour cast added by augmentation is removed again
+    cast = np.clip(x * np.array([1.15, 1.0, 0.85]), 0, 255).astype(np.float32)
+    fixed = shades_of_gray_tf(tf.constant(cast)).numpy()
+    ratio = lambda o: o[..., 0].mean() / o[..., 2].mean()  # noqa: E731
+    assert abs(ratio(fixed) - ratio(shades_of_gray(x))) < 0.05 < abs(ratio(cast) - ratio(x))

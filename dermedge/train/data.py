@@ -131,7 +131,7 @@ class Augment:
     def field(cls) -> Augment:
         """The default geometry and colour jitter plus field-like casts, vignettes, blur, noise,
         JPEG and scale changes: so that a device's look is no evidence for the label."""
-        return cls(zoom=0.25, white_balance=0.15, gamma=0.3, vignette=0.3, blur=0.25,
+        return cls(zoom=0.35, white_balance=0.15, gamma=0.3, vignette=0.3, blur=0.25,
                    noise=0.03, jpeg=0.3, rescale=0.25)  # fmt: skip
 
 
@@ -247,6 +247,16 @@ def _field(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tenso
     return img
 
 
+def shades_of_gray_tf(img: tf.Tensor, p: float = 6.0) -> tf.Tensor:
+    """The contract's Shades of Gray colour constancy on float 0..255 pixels (not bit-exact: used
+    after augmentation, so a cast added in training is removed as the contract removes it)."""
+    unit = tf.clip_by_value(img / 255.0, 0.0, 1.0)
+    e = tf.reduce_mean(unit**p, axis=[0, 1]) ** (1.0 / p)
+    e = e / tf.maximum(tf.norm(e), 1e-12)
+    gain = tf.where(e > 0, 1.0 / (tf.maximum(e, 1e-12) * math.sqrt(3.0)), 1.0)
+    return tf.clip_by_value(tf.round(img * gain), 0.0, 255.0)
+
+
 def augment_image(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tensor:
     """One float32 0..255 (S, S, 3) image, randomly transformed; `seed` is an int64 pair."""
     seeds = tf.random.experimental.stateless_split(seed, num=9)
@@ -292,9 +302,12 @@ def make_dataset(
     seed: int = 0,
     weights: dict[int, float] | np.ndarray | None = None,
     augment: Augment | None = None,
+    color_constancy_p: float | None = None,
 ) -> tf.data.Dataset:
     """(x float32 0..255, y, [sample weight]) batches; shuffled and augmented when training.
-    `weights`: per class ({0: w0, 1: w1}) or per image (an array as long as the split)."""
+    `weights`: per class ({0: w0, 1: w1}) or per image (an array as long as the split).
+    `color_constancy_p`: the contract applies Shades of Gray with this p, so it is applied again
+    after augmentation (the pixels are already corrected; the augmented cast must be too)."""
     size = int(data.x.shape[1])
     y = data.y.reshape(-1, 1).astype(np.float32)
     parts: tuple = (data.x, y)
@@ -315,6 +328,8 @@ def make_dataset(
 
         def _map(item, s):
             img = augment_image(tf.cast(item[0], tf.float32), s, aug, size)
+            if color_constancy_p:
+                img = shades_of_gray_tf(img, color_constancy_p)
             return (img, *item[1:])
 
         ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -413,7 +413,8 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
 
     replicas = strategy.num_replicas_in_sync
     aug = augment_preset(cfg.augmentation if cfg.augment else "none")
-    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug)
+    cc_p = contract.color_constancy_p if contract.color_constancy != "none" else None
+    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug, cc_p)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
 
