@@ -182,10 +182,12 @@ def choose_threshold_across_sources(y_true: Sequence[Any], prob: Sequence[float]
                                     margin_se: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """A threshold that meets the sensitivity target in every validation source, not only pooled.
 
-    Each source with at least MIN_SOURCE_POSITIVES malignant images gets its own threshold
-    (`choose_threshold`, same margin); the lowest of them is used, so the source where the
-    model scores malignant lesions lowest (a device it knows least) still meets the target.
-    With one source, or `sources` None, this is `choose_threshold` on the pool.
+    The pooled threshold keeps its margin of `margin_se` standard errors; each source with at
+    least MIN_SOURCE_POSITIVES malignant images gets its own threshold for the point target (a
+    margin on a source of 27 positives would demand every one of them, i.e. the single lowest
+    score); the lowest of these is used, so the source where the model scores malignant lesions
+    lowest (a device it knows least) still meets the target. With one source, or `sources`
+    None, this is `choose_threshold` on the pool.
     """
     y, p = _arrays(y_true, prob)
     pooled = choose_threshold(y, p, target_sensitivity, margin_se)
@@ -197,7 +199,7 @@ def choose_threshold_across_sources(y_true: Sequence[Any], prob: Sequence[float]
     for name in names:
         m = src == name
         n_pos = int(y[m].sum())
-        own[name] = (choose_threshold(y[m], p[m], target_sensitivity, margin_se)["threshold"]
+        own[name] = (choose_threshold(y[m], p[m], target_sensitivity, 0.0)["threshold"]
                      if n_pos >= MIN_SOURCE_POSITIVES else None)  # fmt: skip
     binding = [n for n in names if own[n] is not None]
     if not binding:
