@@ -218,6 +218,25 @@ def test_edge_never_imports_tensorflow(photos: list[Path]) -> None:
     assert '"prob"' in r.stdout
 
 
+def test_data_and_edge_import_nothing_from_the_heavy_stages() -> None:
+    """Dependencies point one way: no module of `data` or `edge` imports `train`, `convert` or
+    `benchmark`, even lazily inside a function (a lazy import breaks only on the device)."""
+    import ast
+
+    heavy = [["dermedge", stage] for stage in ("train", "convert", "benchmark")]
+    offenders = []
+    for pkg in ("data", "edge"):
+        for path in sorted((REPO / "dermedge" / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = ["dermedge." + node.module if node.level == 2 else node.module]
+                for name in names:
+                    if name.split(".")[:2] in heavy:
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    assert not offenders, offenders
+
+
 def test_image_path_does_not_load_opencv(photos: list[Path]) -> None:
     """Still images need neither OpenCV nor the camera code (fast start on the device)."""
     code = (

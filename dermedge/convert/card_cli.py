@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from dermedge.train.external import ExternalError, add_external, card_entry, external_lines, warn
+from dermedge.edge.external_card import external_lines
+from dermedge.train.external import ExternalError, add_external, card_entry, warn
 
 
 def _fmt(v: Any) -> str:

@@ -414,7 +414,7 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
             f"{model.threads} threads",
             err=True,
         )
-        from dermedge.train.external import external_lines
+        from dermedge.edge.external_card import external_lines
 
         for line in external_lines(model.card):
             click.echo(f"external: {line}", err=True)
