@@ -26,8 +26,8 @@ from dermedge.data.index import HAM_MALIGNANT_DX, read_dataset
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import read_manifest
 from dermedge.edge.runtime import EdgeModel
+from dermedge.metrics import binary_metrics, bootstrap_ci
 from dermedge.plotting import new_figure, save_png
-from dermedge.train.evaluate import binary_metrics, bootstrap_ci
 
 DX_ORDER = ["mel", "bcc", "akiec", "nv", "bkl", "df", "vasc"]
 

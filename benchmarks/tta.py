@@ -22,7 +22,7 @@ from dermedge.data.images import load_images
 from dermedge.data.index import read_dataset
 from dermedge.data.io import atomic_write_text
 from dermedge.edge.runtime import EdgeModel
-from dermedge.train.evaluate import binary_metrics, bootstrap_ci, roc_auc
+from dermedge.metrics import binary_metrics, bootstrap_ci, roc_auc
 
 FLIPS = {
     "none": [lambda x: x],

@@ -20,6 +20,7 @@ class LazyGroup(click.Group):
         "benchmark": ("dermedge.benchmark", "benchmark"),
         "classify": ("dermedge.edge.cli", "main"),
         "card": ("dermedge.convert.card_cli", "card"),
+        "calibrate": ("dermedge.edge.calibrate", "calibrate"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -69,8 +70,13 @@ def main() -> None:
     dermedge benchmark RUN          latency vs accuracy, with plots
     dermedge classify IMG...        classify photos (same as edge-classify)
     dermedge card MODEL             show a model card; --add-external records an evaluation
+    dermedge calibrate MODEL        a site's threshold from its own cases (edge install)
     """
 
 
 main.add_command(data)
 main.epilog = DISCLAIMER
+
+
+if __name__ == "__main__":
+    main()

@@ -572,7 +572,7 @@ def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
           times: dict[int, list[float]], finals: dict[int, dict[str, Any]],
           scores: dict[str, dict[str, Any]], tests: dict[str, TestSet],
           macs: dict[str, dict[str, Any]], peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
-    from dermedge.train.evaluate import binary_metrics
+    from dermedge.metrics import binary_metrics
 
     rows = []
     raw: dict[str, list[float]] = {}

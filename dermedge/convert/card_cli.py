@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dermedge.edge.external_card import external_lines
+from dermedge.edge.card_text import calibration_lines, external_lines
 from dermedge.train.external import ExternalError, add_external, card_entry, warn
 
 
@@ -97,6 +97,7 @@ def summary_lines(card: dict[str, Any]) -> list[str]:
         lines.append(f"gate      {gate.get('verdict')} on {gate.get('test_images')} test images: "
                      f"AUC {_fmt(m.get('auc'))}, sens {_fmt(m.get('sensitivity'))}, "
                      f"spec {_fmt(m.get('specificity'))}")  # fmt: skip
+    lines += [f"{'site' if i == 0 else '':<9} {x}" for i, x in enumerate(calibration_lines(card))]
     ext = external_lines(card)
     lines += [f"{'external' if i == 0 else '':<9} {x}" for i, x in enumerate(ext)]
     return lines

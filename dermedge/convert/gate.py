@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dermedge.metrics import binary_metrics
 from dermedge.runs import format_table
-from dermedge.train.evaluate import binary_metrics
 
 # (report key, binary_metrics key, label)
 REPORTED = (("auc", "roc_auc", "AUC"), ("accuracy", "accuracy", "accuracy"),

@@ -82,8 +82,9 @@ def format_inspect(info: dict[str, Any]) -> str:
                      f"spec {fmt(m.get('specificity'))}, agreement {fmt(m.get('agreement'))}, "
                      f"max|dp| {fmt(m.get('max_abs_dp'))}")  # fmt: skip
         lines += [f"          FAIL {f}" for f in g.get("failures", [])]
-    from dermedge.edge.external_card import external_lines
+    from dermedge.edge.card_text import calibration_lines, external_lines
 
+    lines += [f"{'site' if i == 0 else '':<9} {x}" for i, x in enumerate(calibration_lines(card))]
     lines += [f"{'external' if i == 0 else '':<9} {x}" for i, x in enumerate(external_lines(card))]
     versions = (card.get("conversion") or {}).get("versions") or card.get("versions") or {}
     if versions:

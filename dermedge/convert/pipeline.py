@@ -186,7 +186,7 @@ def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None, p_val: np
     policy = card.get("threshold_policy") or {}
     if y_val is None or p_val is None or "target_sensitivity" not in policy:
         return keep
-    from dermedge.train.evaluate import choose_threshold_across_sources
+    from dermedge.metrics import choose_threshold_across_sources
 
     pool = val_sources if policy.get("pool") == "worst-source" else None
     chosen = choose_threshold_across_sources(y_val, p_val, pool, float(policy["target_sensitivity"]),

@@ -414,8 +414,10 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
             f"{model.threads} threads",
             err=True,
         )
-        from dermedge.edge.external_card import external_lines
+        from dermedge.edge.card_text import calibration_lines, external_lines
 
+        for line in calibration_lines(model.card):
+            click.echo(f"calibrated: {line}", err=True)
         for line in external_lines(model.card):
             click.echo(f"external: {line}", err=True)
     try:

@@ -1,5 +1,5 @@
-"""External results recorded in a model card, as lines a person reads (edge-classify -v,
-convert --inspect, dermedge card). TensorFlow-free: the edge install shows them too."""
+"""A model card's external results and site calibration, as lines a person reads
+(edge-classify -v, convert --inspect, dermedge card). TensorFlow-free: the edge install shows them."""
 
 from __future__ import annotations
 
@@ -34,3 +34,21 @@ def external_lines(card: dict[str, Any] | None) -> list[str]:
                      f"{thr_note}: sens {_fmt(at.get('sensitivity'))}, spec "
                      f"{_fmt(at.get('specificity'))} ({(e.get('date') or '')[:10]}{flag})")  # fmt: skip
     return lines
+
+
+def calibration_lines(card: dict[str, Any] | None) -> list[str]:
+    """The card's site calibration in two lines (threshold now and before, where, on how many
+    cases), or nothing for a model used at its training threshold."""
+    cal = (card or {}).get("calibration")
+    if not cal:
+        return []
+    counts = (cal.get("data") or {}).get("counts") or {}
+    after = cal.get("after") or {}
+    return [f"site {cal.get('site')!r}: threshold {_fmt(cal.get('threshold'))} (trained "
+            f"{_fmt(cal.get('original_threshold'))}), chosen for sensitivity >= "
+            f"{cal.get('target_sensitivity')} on {counts.get('malignant')} malignant + "
+            f"{counts.get('benign')} benign cases ({(cal.get('date') or '')[:10]}, dermedge "
+            f"{(cal.get('tool') or {}).get('dermedge')})",
+            f"on those cases: sens {_fmt(after.get('sensitivity'))}, spec "
+            f"{_fmt(after.get('specificity'))}; internal and external figures were measured at "
+            "the trained threshold"]  # fmt: skip

@@ -1,0 +1,369 @@
+"""`dermedge calibrate MODEL.tflite --data ROOT --out NEW.tflite`: a clinic's own cases, a threshold
+that fits its dermatoscope.
+
+A model's scores still rank lesions on another clinic's device, but its threshold does not travel
+(the shipped default refers nearly every benign lesion from other clinics at its card threshold).
+This runs the model through the edge runtime on the clinic's labelled cases, chooses the threshold
+with the trainer's policy (target sensitivity plus the card's standard-error margin), and writes a
+copy of the model whose card carries the new threshold and a `calibration` record. Edge install
+only: numpy, Pillow and the LiteRT interpreter, so it runs on the Raspberry Pi itself; the ROC plot
+is drawn when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from dermedge import DISCLAIMER, __version__
+from dermedge.data.images import load_images
+from dermedge.data.index import Index, Record, read_dataset
+from dermedge.data.io import atomic_write_bytes, atomic_write_text
+from dermedge.metrics import binary_metrics, bootstrap_ci, choose_threshold, clean_json, wilson_ci
+from dermedge.runs import format_table
+
+MIN_PER_CLASS = 20  # fewer malignant or benign cases than this: refuse, a threshold would be noise
+LOW_SENSITIVITY = 0.85  # warn when the sensitivity's 95% CI reaches below this
+DEFAULT_MARGIN_SE = 1.0  # the trainer's margin, for a card that does not record one
+N_BOOT = 2000
+
+
+class CalibrationError(click.ClickException):
+    """Calibration cannot go on (too few cases, unreadable model or data); exit code 2."""
+
+    exit_code = 2
+
+
+def warn(msg: str) -> None:
+    click.secho(f"WARNING: {msg}", fg="yellow", bold=True, err=True)
+
+
+@dataclass
+class Cases:
+    """Labelled cases the model has scored: labels (1 = malignant), P(malignant), their files."""
+
+    y: np.ndarray
+    prob: np.ndarray
+    records: list[Record]
+
+    def subset(self, mask: np.ndarray) -> Cases:
+        return Cases(self.y[mask], self.prob[mask], [r for r, m in zip(self.records, mask, strict=True) if m])
+
+    def counts(self) -> dict[str, int]:
+        return {"benign": int((self.y == 0).sum()), "malignant": int(self.y.sum())}
+
+
+# --- the clinic's cases -------------------------------------------------------------------------
+
+
+def report_skipped(skipped: dict[str, str], what: str) -> None:
+    """One warning per reason: how many were skipped and an example (all are in report.json)."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in skipped.items():
+        by_reason.setdefault(why, []).append(path)
+    for why, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        warn(f"skipped {len(paths)} {what}: {why} (e.g. {paths[0]})")
+
+
+def read_site_data(root: str) -> Index:
+    """Every dataset layout `dermedge data` reads (a plain benign/ + malignant/ folder included);
+    skipped files are reported, never dropped without a word."""
+    try:
+        index = read_dataset(root)
+    except (OSError, ValueError) as e:
+        raise CalibrationError(str(e).splitlines()[0]) from e
+    report_skipped({p.path: p.reason for p in index.problems}, "rows/files")
+    return index
+
+
+def holdout_split(records: list[Record], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration mask, held-out mask): whole lesions (groups) go to one side, per class, seeded."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(r.group or r.path, []).append(i)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(records), dtype=bool)
+    for label in ("benign", "malignant"):
+        keys = sorted(k for k, idx in groups.items()
+                      if ("malignant" if any(records[i].label == "malignant" for i in idx)
+                          else "benign") == label)  # fmt: skip
+        rng.shuffle(keys)
+        for k in keys[: round(fraction * len(keys))]:
+            held[groups[k]] = True
+    return ~held, held
+
+
+def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, dict[str, str]]:
+    """P(malignant) of each readable case through the model's own contract; unreadable files
+    are returned with their reason."""
+    x, kept, bad = load_images([r.path for r in records], model.contract, desc="site images")
+    report_skipped(bad, "unreadable images")
+    prob = np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(kept), batch)]
+                          or [np.zeros(0)])  # fmt: skip
+    recs = [records[i] for i in kept]
+    y = np.asarray([r.label == "malignant" for r in recs], dtype=np.int64)
+    return Cases(y, prob.astype(np.float64), recs), bad
+
+
+def check_sample(cases: Cases, minimum: int = MIN_PER_CLASS) -> None:
+    """Refuse a sample too small to choose a threshold from."""
+    c = cases.counts()
+    if c["malignant"] < minimum or c["benign"] < minimum:
+        raise CalibrationError(
+            f"too few cases to calibrate: {c['malignant']} malignant and {c['benign']} benign "
+            f"readable images; need at least {minimum} of each (50-200 of each is better)"
+        )
+
+
+def data_digest(records: list[Record]) -> str:
+    """sha256 over each case's label and file content, order-free: which cases chose the threshold."""
+    lines = sorted(f"{r.label} {hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}"
+                   for r in records)  # fmt: skip
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+# --- the threshold ------------------------------------------------------------------------------
+
+
+def operating_point(cases: Cases, threshold: float, seed: int = 0) -> dict[str, Any]:
+    """Sensitivity and specificity at a threshold, with bootstrap and Wilson 95% CIs and counts."""
+    m = binary_metrics(cases.y, cases.prob, threshold)
+    ci = bootstrap_ci(cases.y, cases.prob, threshold, n_boot=N_BOOT, seed=seed,
+                      metrics=("recall", "specificity"))  # fmt: skip
+    return clean_json({
+        "threshold": float(threshold), "sensitivity": m["recall"], "specificity": m["specificity"],
+        "ci95": {"sensitivity": list(ci["recall"]), "specificity": list(ci["specificity"])},
+        "wilson95": {"sensitivity": list(wilson_ci(m["tp"], m["tp"] + m["fn"])),
+                     "specificity": list(wilson_ci(m["tn"], m["tn"] + m["fp"]))},
+        "tp": m["tp"], "fn": m["fn"], "tn": m["tn"], "fp": m["fp"],
+        "referred_fraction": (m["tp"] + m["fp"]) / max(1, m["n"]),
+    })  # fmt: skip
+
+
+def margin_of(card: dict[str, Any]) -> float:
+    """The card's standard-error margin on the sensitivity target (the trainer's policy)."""
+    margin = (card.get("threshold_policy") or {}).get("margin_se")
+    return DEFAULT_MARGIN_SE if margin is None else float(margin)
+
+
+def new_threshold(cases: Cases, target: float, margin_se: float) -> dict[str, Any]:
+    """The highest threshold meeting target + margin_se standard errors on these cases."""
+    return choose_threshold(cases.y, cases.prob, target, margin_se)
+
+
+def sensitivity_floor(point: dict[str, Any]) -> float:
+    """The lower 95% bound of sensitivity: the lower of bootstrap and Wilson (the bootstrap
+    collapses to 1.0 when every malignant case scores above the threshold)."""
+    return min(point["ci95"]["sensitivity"][0], point["wilson95"]["sensitivity"][0])
+
+
+# --- the new card -------------------------------------------------------------------------------
+
+
+def calibration_record(card: dict[str, Any], site: str, index: Index, cases: Cases,
+                       chosen: dict[str, Any], points: dict[str, Any],
+                       skipped: int) -> dict[str, Any]:  # fmt: skip
+    """The card's `calibration` block; the training threshold survives recalibration."""
+    previous = card.get("calibration")
+    original = previous["original_threshold"] if previous else card.get("threshold")
+    return {
+        "site": site, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"dermedge": __version__}, "threshold": chosen["threshold"],
+        "original_threshold": original, "replaced_threshold": card.get("threshold"),
+        "target_sensitivity": chosen["target_sensitivity"], "margin_se": chosen["margin_se"],
+        "effective_target": chosen["effective_target"],
+        "data": {"root": index.root, "layout": index.layout, "sha256": data_digest(cases.records),
+                 "counts": cases.counts(), "skipped": skipped},
+        "before": points["before"], "after": points["after"],
+        "holdout": points.get("holdout"),
+        "previous": ({k: previous.get(k) for k in ("site", "date", "threshold", "data")}
+                     if previous else None),
+    }  # fmt: skip
+
+
+def calibrated_card(card: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the card at the site's threshold, with the calibration record."""
+    new = dict(card)
+    new["threshold"] = record["threshold"]
+    new["threshold_policy"] = {**(card.get("threshold_policy") or {}),
+                               "chosen_on": f"site calibration ({record['site']})"}  # fmt: skip
+    new["calibration"] = record
+    return new
+
+
+def write_model(src: Path, card: dict[str, Any], out: Path) -> None:
+    """The model bytes with the new card embedded, read back and checked, written atomically."""
+    from dermedge.edge.card import embed_card, read_card
+
+    data = embed_card(src.read_bytes(), card)
+    if read_card(data) != json.loads(json.dumps(card)):
+        raise CalibrationError("the re-embedded model card did not read back identically")
+    atomic_write_bytes(out, data)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _ci(point: dict[str, Any], key: str) -> str:
+    lo, hi = point["ci95"][key]
+    v = point[key]
+    return "n/a" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_table(points: dict[str, Any]) -> str:
+    """Before/after sensitivity and specificity with CIs and counts, on each set of cases."""
+    names = {"before": "calibration cases, old threshold", "after": "calibration cases, new threshold",
+             "holdout_before": "held-out cases, old threshold",
+             "holdout_after": "held-out cases, new threshold"}  # fmt: skip
+    rows = []
+    flat = dict(points)
+    if points.get("holdout"):
+        flat["holdout_before"], flat["holdout_after"] = points["holdout"]["before"], points["holdout"]["after"]
+    for key, label in names.items():
+        p = flat.get(key)
+        if p:
+            rows.append([label, f"{p['threshold']:.4f}", _ci(p, "sensitivity"), _ci(p, "specificity"),
+                         f"{p['tp']}/{p['fn']}/{p['tn']}/{p['fp']}", f"{100 * p['referred_fraction']:.1f}%"])  # fmt: skip
+    return format_table(rows, ["cases, threshold", "t", "sensitivity (95% CI)",
+                               "specificity (95% CI)", "tp/fn/tn/fp", "referred"])  # fmt: skip
+
+
+def plot_roc(cases: Cases, points: dict[str, Any], path: Path, title: str) -> Path | None:
+    """ROC of the calibration cases with the old and new operating points (matplotlib optional)."""
+    try:
+        from dermedge.plotting import new_figure, save_png
+        fig = new_figure()
+    except ImportError:
+        warn("ROC plot skipped: matplotlib is not installed (pip install matplotlib)")
+        return None
+    from dermedge.metrics import roc_auc, roc_curve
+
+    ax = fig.add_subplot(111)
+    fpr, tpr = roc_curve(cases.y, cases.prob)
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {roc_auc(cases.y, cases.prob):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    for key, style in (("before", "s"), ("after", "o")):
+        p = points[key]
+        ax.plot(1 - p["specificity"], p["sensitivity"], style, ms=9,
+                label=f"{'old' if key == 'before' else 'new'} t={p['threshold']:.3f}: "
+                      f"sens {p['sensitivity']:.3f}, spec {p['specificity']:.3f}")  # fmt: skip
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title)
+    return save_png(fig, path)
+
+
+def write_report(out: Path, report: dict[str, Any], cases: Cases) -> Path:
+    """`<out>.calibration/`: report.json, predictions.csv and roc.png beside the new model."""
+    folder = out.with_name(out.stem + ".calibration")
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_roc(cases, report["points"], folder / "roc.png",
+             f"calibration on {report['site']} (n={len(cases.y)})")  # fmt: skip
+    lines = ["path,label,prob_malignant"] + [f"{r.path},{r.label},{p:.6f}"
+                                            for r, p in zip(cases.records, cases.prob, strict=True)]  # fmt: skip
+    atomic_write_text(folder / "predictions.csv", "\n".join(lines) + "\n")
+    atomic_write_text(folder / "report.json", json.dumps(clean_json(report), indent=2) + "\n")
+    return folder
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _load_model(path: str, threads: int | None) -> Any:
+    from dermedge.edge.runtime import EdgeError, EdgeModel
+
+    try:
+        return EdgeModel(path, threads=threads)
+    except (EdgeError, ValueError, OSError) as e:
+        raise CalibrationError(str(e).splitlines()[0]) from e
+
+
+def _split_cases(cases: Cases, holdout: float, seed: int) -> tuple[Cases, Cases | None]:
+    if not holdout:
+        return cases, None
+    calib, held = holdout_split(cases.records, holdout, seed)
+    return cases.subset(calib), cases.subset(held)
+
+
+def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> dict[str, Any]:
+    points = {"before": operating_point(calib, model.threshold),
+              "after": operating_point(calib, threshold)}  # fmt: skip
+    if held is not None and len(held.y):
+        points["holdout"] = {"counts": held.counts(),
+                             "before": operating_point(held, model.threshold),
+                             "after": operating_point(held, threshold)}  # fmt: skip
+    return points
+
+
+@click.command("calibrate")
+@click.argument("model_path", metavar="MODEL.tflite", type=click.Path(dir_okay=False))
+@click.option("--data", "root", required=True, metavar="ROOT",
+              help="The site's labelled cases: benign/ + malignant/ folders or any layout `dermedge data` reads.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The calibrated model to write (a copy; MODEL is left as it is).")  # fmt: skip
+@click.option("--target-sensitivity", default=None, type=click.FloatRange(0.5, 1.0, max_open=True),
+              help="Sensitivity to keep at this site [default: the card's, 0.95].")  # fmt: skip
+@click.option("--site", default=None, help="Name of the site/device [default: the data folder's name].")
+@click.option("--holdout", default=0.0, type=click.FloatRange(0.0, 0.9),
+              help="Fraction of lesions held out (grouped, per class) to check the new threshold on.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--min-cases", default=MIN_PER_CLASS, show_default=True, type=click.IntRange(1),
+              help="Refuse with fewer malignant or benign cases than this.")  # fmt: skip
+@click.option("--threads", default=None, type=click.IntRange(1), help="Interpreter threads.")
+def calibrate(model_path: str, root: str, out: str, target_sensitivity: float | None,
+              site: str | None, holdout: float, seed: int, min_cases: int,
+              threads: int | None) -> None:  # fmt: skip
+    """Choose the referral threshold for one site from its own labelled cases, and write a copy
+    of the model with it (the card records the calibration). Runs on the edge install."""
+    src, dst = Path(model_path), Path(out)
+    if dst.resolve() == src.resolve():
+        raise CalibrationError("--out must differ from MODEL: the uncalibrated model is kept")
+    model = _load_model(model_path, threads)
+    card = model.card or {}
+    index = read_site_data(root)
+    cases, bad = score(model, index.records)
+    calib, held = _split_cases(cases, holdout, seed)
+    check_sample(calib, min_cases)
+    target = target_sensitivity or float((card.get("threshold_policy") or {}).get("target_sensitivity", 0.95))
+    chosen = new_threshold(calib, target, margin_of(card))
+    points = _points(model, calib, held, chosen["threshold"])
+    site = site or Path(index.root).name
+    if card.get("calibration"):
+        warn(f"{src.name} was calibrated for {card['calibration'].get('site')!r} "
+             f"({(card['calibration'].get('date') or '')[:10]}): that calibration is replaced")  # fmt: skip
+    record = calibration_record(card, site, index, calib, chosen, points,
+                                len(index.problems) + len(bad))  # fmt: skip
+    write_model(src, calibrated_card(card, record), dst)
+    report = {"model": str(src), "out": str(dst), "site": site, "chosen": chosen, "points": points,
+              "counts": calib.counts(), "skipped": {**{p.path: p.reason for p in index.problems}, **bad},
+              "disclaimer": DISCLAIMER}  # fmt: skip
+    folder = write_report(dst, report, calib)
+    _print_summary(model, record, points, dst, folder)
+
+
+def _print_summary(model: Any, record: dict[str, Any], points: dict[str, Any], dst: Path,
+                   folder: Path) -> None:  # fmt: skip
+    c = record["data"]["counts"]
+    click.echo(summary_table(points))
+    click.echo(f"\nsite {record['site']!r}: {c['malignant']} malignant + {c['benign']} benign cases; "
+               f"threshold {model.threshold:.4f} -> {record['threshold']:.4f} (target sensitivity "
+               f"{record['target_sensitivity']} + {record['margin_se']} SE = "
+               f"{record['effective_target']:.3f} on these cases)")  # fmt: skip
+    floor = sensitivity_floor(points["after"])
+    if math.isfinite(floor) and floor < LOW_SENSITIVITY:
+        warn(f"with {c['malignant']} malignant cases the sensitivity at the new threshold may be as "
+             f"low as {floor:.2f} (95% CI); collect more malignant cases before relying on it")  # fmt: skip
+    click.echo(f"wrote {dst} (card: threshold and calibration) and {folder}/ "
+               "(report.json, predictions.csv, roc.png)")
+    click.echo(DISCLAIMER)
