@@ -159,6 +159,27 @@ def new_threshold(cases: Cases, target: float, margin_se: float) -> dict[str, An
     return choose_threshold(cases.y, cases.prob, target, margin_se)
 
 
+TRADEOFF_TARGETS = (0.85, 0.90, 0.95, 0.98)
+
+
+def tradeoff(cases: Cases, margin_se: float) -> list[dict[str, Any]]:
+    """What other sensitivity targets would cost on these cases: the clinic's choice, in numbers."""
+    rows = []
+    for t in TRADEOFF_TARGETS:
+        c = new_threshold(cases, t, margin_se)
+        m = binary_metrics(cases.y, cases.prob, c["threshold"])
+        rows.append({"target_sensitivity": t, "threshold": c["threshold"], "sensitivity": m["recall"],
+                     "specificity": m["specificity"], "referred_fraction": (m["tp"] + m["fp"]) / m["n"]})  # fmt: skip
+    return rows
+
+
+def tradeoff_table(rows: list[dict[str, Any]]) -> str:
+    return format_table([[f">= {r['target_sensitivity']:.2f}", f"{r['threshold']:.4f}",
+                          f"{r['sensitivity']:.3f}", f"{r['specificity']:.3f}",
+                          f"{100 * r['referred_fraction']:.1f}%"] for r in rows],
+                        ["target sensitivity", "t", "sensitivity", "specificity", "referred"])  # fmt: skip
+
+
 def sensitivity_floor(point: dict[str, Any]) -> float:
     """The lower 95% bound of sensitivity: the lower of bootstrap and Wilson (the bootstrap
     collapses to 1.0 when every malignant case scores above the threshold)."""
@@ -346,16 +367,18 @@ def calibrate(model_path: str, root: str, out: str, target_sensitivity: float | 
                                 len(index.problems) + len(bad))  # fmt: skip
     write_model(src, calibrated_card(card, record), dst)
     report = {"model": str(src), "out": str(dst), "site": site, "chosen": chosen, "points": points,
-              "counts": calib.counts(), "skipped": {**{p.path: p.reason for p in index.problems}, **bad},
+              "counts": calib.counts(), "tradeoff": tradeoff(calib, chosen["margin_se"]), "skipped": {**{p.path: p.reason for p in index.problems}, **bad},
               "disclaimer": DISCLAIMER}  # fmt: skip
     folder = write_report(dst, report, calib)
-    _print_summary(model, record, points, dst, folder)
+    _print_summary(model, record, report, dst, folder)
 
 
-def _print_summary(model: Any, record: dict[str, Any], points: dict[str, Any], dst: Path,
+def _print_summary(model: Any, record: dict[str, Any], report: dict[str, Any], dst: Path,
                    folder: Path) -> None:  # fmt: skip
-    c = record["data"]["counts"]
+    c, points = record["data"]["counts"], report["points"]
     click.echo(summary_table(points))
+    click.echo("\nother targets on the calibration cases (same margin; pass --target-sensitivity):")
+    click.echo(tradeoff_table(report["tradeoff"]))
     click.echo(f"\nsite {record['site']!r}: {c['malignant']} malignant + {c['benign']} benign cases; "
                f"threshold {model.threshold:.4f} -> {record['threshold']:.4f} (target sensitivity "
                f"{record['target_sensitivity']} + {record['margin_se']} SE = "

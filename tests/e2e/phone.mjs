@@ -128,7 +128,7 @@ try {
     saved[kind] = dest;
   }
   console.log('RESULT ' + JSON.stringify({
-    phase: 'online', ...summary(s1), card_name: s1.card.name, headers, downloads: saved,
+    phase: 'online', ...summary(s1), card_name: s1.card.name, calibration_text: await page.textContent('#calibration'), headers, downloads: saved,
     disclaimer_visible: await page.isVisible('#disclaimer'),
     disclaimer_text: await page.textContent('#disclaimer'),
     console: consoleLines.slice(-30),
@@ -140,7 +140,7 @@ try {
     await page.reload({ waitUntil: 'load' });
     const s2 = await waitFrames(page, 5, { needOffline: true, notVersion: version });
     await page.screenshot({ path: join(outDir, 'phone-new-model.png'), fullPage: true });
-    console.log('RESULT ' + JSON.stringify({ phase: 'swapped', ...summary(s2), card_name: s2.card.name }));
+    console.log('RESULT ' + JSON.stringify({ phase: 'swapped', ...summary(s2), card_name: s2.card.name, calibration_text: await page.textContent('#calibration') }));
     version = s2.version;
   }
   if (offline) {

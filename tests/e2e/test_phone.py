@@ -166,6 +166,23 @@ def _run_page(url: str, video: Path, out: Path, srv, on_swap) -> dict[str, dict]
     return results
 
 
+def _calibrated(model: Path, tmp: Path) -> Path:
+    """`dermedge calibrate` on 25 + 25 real photos linked into a clinic's benign/ + malignant/."""
+    import sys
+
+    site = tmp / "clinic"
+    for label in ("benign", "malignant"):
+        (site / label).mkdir(parents=True)
+        for p in sorted((DATA / "isic-mvb" / "test" / label).glob("*.jpg"))[:25]:
+            (site / label / p.name).symlink_to(p)
+    out = tmp / "calibrated.tflite"
+    r = subprocess.run([sys.executable, "-m", "dermedge.cli", "calibrate", str(model), "--data",
+                        str(site), "--site", "e2e-clinic", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
 def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
     model_src = ASSETS / "tiny_int8.tflite"
     swap_src = ASSETS / "tiny_fp32.tflite"
@@ -184,6 +201,7 @@ def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
 
     model = tmp_path / "model.tflite"  # the served file; swapped for a new model mid-test
     shutil.copyfile(model_src, model)
+    swap_src = _calibrated(swap_src, tmp_path)  # the new model comes site-calibrated
     ref = Reference(model)
     ref_new = Reference(swap_src)
 
@@ -226,6 +244,10 @@ def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
     assert online["disclaimer_text"].strip() == ref.card["disclaimer"]
     assert online["version"] == v1
     assert online["quality"]["ok"]
+
+    # the page says which threshold it uses: the training one, then the site's after the swap
+    assert "not calibrated" in online["calibration_text"]
+    assert f"threshold {ref_new.threshold:.3f}: calibrated for e2e-clinic" in swapped["calibration_text"]
 
     # a new model on the server is picked up on the next online load
     assert swapped["version"] != v1

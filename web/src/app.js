@@ -187,6 +187,16 @@ function download(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
+// The site calibration a clinic made with `dermedge calibrate` (or the training threshold).
+function calibrationText(card) {
+  const cal = card.calibration;
+  const t = Number(card.threshold).toFixed(3);
+  if (!cal) return `threshold ${t} (from training; not calibrated for this site)`;
+  const n = (cal.data && cal.data.counts) || {};
+  return `threshold ${t}: calibrated for ${cal.site} on ${n.malignant} malignant + ${n.benign} benign cases`
+    + ` (${String(cal.date || '').slice(0, 10)}; trained ${Number(cal.original_threshold).toFixed(3)})`;
+}
+
 async function main() {
   const video = $('video');
   const card = await fetchOk(`card.json?v=${VERSION}`, 'json');
@@ -195,6 +205,7 @@ async function main() {
   const contract = card.input;
   const threshold = Number(card.threshold);
   $('model').textContent = `${card.name || 'model'} · ${card.quantization || ''} · ${contract.size}px ${contract.crop}`;
+  $('calibration').textContent = calibrationText(card);
 
   const [modelBytes] = await Promise.all([
     fetchOk(`model.tflite?v=${VERSION}`),
