@@ -5,7 +5,7 @@ inference and N-of-M vote as on the device, with its own pipelining: frame k is 
 worker thread while frame k-1 is inferred) over a video file, with timers wrapped around the
 functions it calls, so nothing of the loop is reimplemented here:
 decode (`source.read`), crop (the session's contract crop), quality gate (`analysis_image` +
-`measure`), preprocess (`model_input`), inference (`model.predict`). Because preparation and
+`measure`), preprocess (`model_input`), inference (`model.predict_features`). Because preparation and
 inference overlap, the stage times need not add up to the frame period (1 / frames per second).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from dermedge.benchmark.core import Settings, latency_stats, log
 
 STAGES = {"decode": ("read",), "crop": ("_crop",), "quality gate": ("analysis_image", "measure"),
-          "preprocess": ("model_input",), "inference": ("predict",)}  # fmt: skip
+          "preprocess": ("model_input",), "inference": ("predict_features",)}  # fmt: skip
 
 
 class _Timers:
@@ -56,11 +56,12 @@ class _Timers:
 
 
 class _TimedModel:
-    """The EdgeModel with `predict` timed; everything else passed through."""
+    """The EdgeModel with `predict_features` (what the camera loop calls) timed; everything else
+    passed through."""
 
     def __init__(self, model: Any, timers: _Timers) -> None:
         self._model = model
-        self.predict = timers.wrap("predict", model.predict)
+        self.predict_features = timers.wrap("predict_features", model.predict_features)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

@@ -97,11 +97,19 @@ EXIT_GATE_FAILED = 3
     help="Print what a .tflite holds (I/O, quantization, ops, size, card) and exit.",
 )
 @click.option("--json", "as_json", is_flag=True, help="With --inspect: print JSON.")
+@click.option(
+    "--add-guard",
+    "guard_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.tflite",
+    help="Give a converted model its unfamiliar-input guard, fitted on --data's train split "
+    "(cut-off: 95% of val passes); writes --out/FILE.tflite and guard.json.",
+)
 def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
             max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
             rethreshold: bool, threads: int | None, seed: int, inspect_path: str | None,
-            as_json: bool) -> None:  # fmt: skip
+            as_json: bool, guard_path: str | None) -> None:  # fmt: skip
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -118,6 +126,9 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
         if inspect_path:
             _inspect(inspect_path, as_json)
             return
+        if guard_path:
+            _add_guard(guard_path, data, out, seed)
+            return
         if not run_or_model:
             raise ConvertError(
                 "give a training run folder or a .keras model (or --inspect FILE.tflite)"
@@ -132,6 +143,20 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
         raise click.ClickException(f"cannot write or read{where}: {e.strerror or e}") from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; nothing was written") from None
+
+
+def _add_guard(path: str, data: str | None, out: str | None, seed: int) -> None:
+    from pathlib import Path
+
+    from dermedge.convert.guard import add_guard
+    from dermedge.runs import format_table, runs_root
+
+    if not data:
+        raise ConvertError("--add-guard needs --data: the split manifest the model was trained on")
+    folder = Path(out) if out else runs_root() / "convert" / f"{Path(path).stem}-guard"
+    s = add_guard(path, data, folder, seed=seed)
+    rows = [[k, v] for k, v in s.items()]
+    click.echo(format_table(rows, ["guard", "value"]))
 
 
 def _inspect(path: str, as_json: bool) -> None:

@@ -43,6 +43,7 @@ from dermedge.edge.runtime import EdgeError, EdgeModel  # noqa: E402
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 STREAM_TIMEOUT_MS = 5000
+NO_LESION = "no lesion in view (unlike the training images)"  # the guard's gate reason
 PICAMERA_MISSING = (
     "--picamera needs the picamera2 package, which is not installed. On Raspberry Pi OS: "
     "sudo apt install python3-picamera2, and create the virtualenv with --system-site-packages. "
@@ -573,16 +574,30 @@ class Session:
             event = {"event": "quality", "frame": f.index, "t_s": self._t(), "reason": reason}
             self.emit({**event, **f.quality.to_dict()})
 
+    def _infer(self, f: _Frame) -> float | None:
+        """P(malignant) of a frame through the gate, or None when the model's guard finds it
+        unlike the training images: then it is gated like a bad frame ("no lesion in view")."""
+        assert f.pixels is not None
+        prob, feats = self.model.predict_features(f.pixels)
+        result = self.model.decide(float(prob[0]), feats)
+        if result.get("unfamiliar"):
+            f.quality = replace(f.quality, reason=NO_LESION)
+            self.smoother.reset()
+            return None
+        return float(result["prob"])
+
     def _finish(self, f: _Frame) -> None:
         """Inference, smoothing, reporting, saving, preview for a prepared frame (main thread)."""
         stable = None
-        if f.pixels is None or f.signature is None:
-            self._gated(f)
-        else:
+        prob = None
+        if f.pixels is not None and f.signature is not None:
             if scene_change(self._signature, f.signature):
                 self.smoother.reset()
             self._signature = f.signature
-            prob = float(self.model.predict(f.pixels)[0])
+            prob = self._infer(f)
+        if prob is None:
+            self._gated(f)
+        else:
             self.summary.classified += 1
             self.state.update(prob=prob, reason=None)
             stable = self.smoother.add(prob)

@@ -23,13 +23,15 @@ from dermedge import DISCLAIMER, __version__
 from dermedge.data.contract import CROPS, ImageError, InputContract, load_rgb
 from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
+from dermedge.edge.guard import MESSAGE as GUARD_MESSAGE
 from dermedge.edge.photo import photo_warning
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
-CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "warning", "error"]
+CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "unfamiliar", "guard_score",
+              "warning", "error"]
 
 
 class Fatal(click.ClickException):
@@ -127,8 +129,9 @@ def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
     except ImageError as e:
         return {"file": path, "error": str(e)}
     row = {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
-    warning = photo_warning(img, model.contract.size)
-    return {**row, "warning": warning} if warning else row
+    warnings = [GUARD_MESSAGE] if result.get("unfamiliar") else []
+    warnings += [w for w in [photo_warning(img, model.contract.size)] if w]
+    return {**row, "warning": "; ".join(warnings)} if warnings else row
 
 
 def _table_line(row: dict[str, Any]) -> str:
@@ -191,11 +194,15 @@ def classify_images(
         bar.close()
     failed = sum("error" in r for r in rows)
     refer = sum(r.get("decision") == "refer" for r in rows)
+    routine = sum(r.get("decision") == "routine" for r in rows)
     summary = (
-        f"{len(rows)} images: {refer} refer, {len(rows) - refer - failed} routine, {failed} failed "
+        f"{len(rows)} images: {refer} refer, {routine} routine, {failed} failed "
         f"(threshold {model.threshold:.3f}, model {model.name})"
     )
-    warned = sum("warning" in r for r in rows)
+    unfamiliar = sum(bool(r.get("unfamiliar")) for r in rows)
+    if unfamiliar:
+        summary += f"; {unfamiliar} unlike the training images (no decision: not a lesion photo?)"
+    warned = sum("warning" in r and not r.get("unfamiliar") for r in rows)
     if warned:
         summary += f"; {warned} with a quality warning (low resolution or blurred)"
     if ignored:
@@ -411,7 +418,8 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
         click.echo(
             f"model {model.path} ({model.name}, {model.input_dtype} input, {model.contract.size}px "
             f"{model.contract.crop}, threshold {model.threshold:.3f}); runtime {model.runtime}, "
-            f"{model.threads} threads",
+            f"{model.threads} threads; unfamiliar-input guard "
+            + (f"on (cut-off {model.guard.cutoff:.3f})" if model.guard else "none in this model"),
             err=True,
         )
         from dermedge.edge.card_text import calibration_lines, external_lines

@@ -208,10 +208,11 @@ class EdgeModel:
         self._interpreter = _make_interpreter(
             rt, self.path, self.threads, str(delegate) if delegate else None, xnnpack
         )
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._io_details()
         self._lock = threading.Lock()
         self._check_input()
+        self._check_output()
+        self.guard = self._guard()
 
     def _contract(self, contract: InputContract | None) -> InputContract:
         if contract is not None:
@@ -248,11 +249,48 @@ class EdgeModel:
             )
         self._resize(int(shape[0]), size)
 
+    def _io_details(self) -> None:
+        self._input = self._interpreter.get_input_details()[0]
+        outputs = self._interpreter.get_output_details()
+        self._output = outputs[0]
+        self._features = outputs[1] if len(outputs) > 1 else None
+
+    def _check_output(self) -> None:
+        """One probability per image (or two softmax classes): anything else is refused."""
+        shape = [int(v) for v in self._output["shape"]]
+        per_image = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if per_image not in (1, 2):
+            raise EdgeError(f"{self.path}: the model's output has {per_image} values per image "
+                            f"(shape {shape}); dermedge needs one P(malignant)")  # fmt: skip
+        if np.dtype(self._output["dtype"]).kind in "iu":
+            scale, zero = self._output["quantization"]
+            info = np.iinfo(self._output["dtype"])
+            lo, hi = (info.min - zero) * (scale or 1.0), (info.max - zero) * (scale or 1.0)
+            if lo < -0.01 or hi > 1.01:
+                raise EdgeError(f"{self.path}: the model's output spans {lo:.3g}..{hi:.3g}, not a "
+                                "probability in 0..1")  # fmt: skip
+
+    def _guard(self) -> Any:
+        """The card's unfamiliar-input guard, checked against the model's feature output."""
+        spec = (self.card or {}).get("guard")
+        if not spec:
+            return None
+        from dermedge.edge.guard import Guard
+
+        try:
+            guard = Guard.from_card(spec)
+        except ValueError as e:
+            raise EdgeError(f"{self.path}: {e}") from e
+        shape = self._features["shape"] if self._features is not None else None
+        if shape is None or int(np.prod(shape[1:])) != guard.dim:
+            raise EdgeError(f"{self.path}: the card has a guard of {guard.dim} features but the "
+                            f"model has no such second output")  # fmt: skip
+        return guard
+
     def _resize(self, batch: int, size: int) -> None:
         self._interpreter.resize_tensor_input(self._input["index"], [batch, size, size, 3])
         self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._io_details()
 
     @property
     def input_dtype(self) -> str:
@@ -272,25 +310,36 @@ class EdgeModel:
         q = np.round(pixels.astype(np.float32) / scale + zero)
         return np.clip(q, info.min, info.max).astype(dtype)
 
-    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _dequantize(out: np.ndarray, details: dict[str, Any]) -> np.ndarray:
         if np.dtype(out.dtype).kind == "f":
             return out.astype(np.float64)
-        scale, zero = self._output["quantization"]
+        scale, zero = details["quantization"]
         return (out.astype(np.float64) - zero) * (scale or 1.0)
 
-    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(raw output, features or None) of a batch, dequantized."""
         n = batch.shape[0]
         if n != self._input["shape"][0]:
             sig = self._input.get("shape_signature", self._input["shape"])
             if sig[0] != -1 and n > 1:
-                return np.concatenate([self._invoke(batch[i : i + 1]) for i in range(n)])
+                parts = [self._invoke(batch[i : i + 1]) for i in range(n)]
+                each = [f for _, f in parts if f is not None]
+                return np.concatenate([o for o, _ in parts]), np.concatenate(each) if each else None
             self._resize(n, self.contract.size)
         self._interpreter.set_tensor(self._input["index"], self._quantize(batch))
         self._interpreter.invoke()
-        return self._dequantize(self._interpreter.get_tensor(self._output["index"]))
+        out = self._dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        f = self._features
+        feats = None if f is None else self._dequantize(self._interpreter.get_tensor(f["index"]), f)
+        return out, feats
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """P(malignant) for uint8 RGB input of shape (N, size, size, 3) or (size, size, 3)."""
+        return self.predict_features(pixels)[0]
+
+    def predict_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(P(malignant), penultimate features or None for a model without a feature output)."""
         x = np.asarray(pixels)
         if x.ndim == 3:
             x = x[None]
@@ -300,24 +349,38 @@ class EdgeModel:
                 f"expected uint8 (N, {size}, {size}, 3) pixels, got {x.dtype} {x.shape}"
             )
         if x.shape[0] == 0:
-            return np.zeros(0, dtype=np.float64)
+            return np.zeros(0, dtype=np.float64), None
         with self._lock:
-            out = self._invoke(x).reshape(x.shape[0], -1)
+            out, feats = self._invoke(x)
+        out = out.reshape(x.shape[0], -1)
+        if not np.isfinite(out).all() or out.min() < -1e-3 or out.max() > 1 + 1e-3:
+            raise EdgeError(f"{self.path}: the model gave {out.min():.4g}..{out.max():.4g}, not a "
+                            "probability in 0..1")  # fmt: skip
         column = self.positive if out.shape[1] > 1 else 0
-        return np.clip(out[:, column], 0.0, 1.0)
+        prob = np.clip(out[:, column], 0.0, 1.0)
+        return prob, None if feats is None else feats.reshape(x.shape[0], -1)
 
-    def decide(self, prob: float) -> dict[str, Any]:
-        """prob, label (the likelier class) and decision (refer at/above the threshold)."""
+    def decide(self, prob: float, features: np.ndarray | None = None) -> dict[str, Any]:
+        """prob, label (the likelier class) and decision (refer at/above the threshold); with a
+        guard, its score and `unfamiliar` (then no decision is given)."""
         likelier = self.positive if prob >= 0.5 else 1 - self.positive
-        return {
+        out: dict[str, Any] = {
             "prob": float(prob),
             "label": self.classes[likelier],
             "decision": "refer" if prob >= self.threshold else "routine",
         }
+        if self.guard is not None and features is not None:
+            score = float(self.guard.score(features)[0])
+            out["guard_score"] = round(score, 4)
+            out["unfamiliar"] = score > self.guard.cutoff
+            if out["unfamiliar"]:  # no label or decision for a picture unlike the training images
+                out["label"] = out["decision"] = "none"
+        return out
 
     def classify(self, source: Any) -> dict[str, Any]:
         """Classify a photo (path, bytes, PIL image or HxWx3 uint8 RGB array) per the contract.
 
         Raises dermedge.data.contract.ImageError with the reason for an unusable image.
         """
-        return self.decide(float(self.predict(preprocess(source, self.contract))[0]))
+        prob, feats = self.predict_features(preprocess(source, self.contract))
+        return self.decide(float(prob[0]), feats)

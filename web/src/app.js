@@ -5,6 +5,7 @@ import { loadLiteRt, loadAndCompile, Tensor } from '@litertjs/core';
 import { cropBox, preprocess } from './preprocess.js';
 import { fixBatchDimension, readTflite } from './tflite.js';
 import { assess, sceneChange, signature, Smoother } from './quality.js';
+import { Guard, GUARD_MESSAGE } from './guard.js';
 
 const $ = (id) => document.getElementById(id);
 const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
@@ -44,8 +45,12 @@ class Classifier {
   static async create(modelBytes, card) {
     const info = readTflite(modelBytes);
     const input = info.inputs[0];
-    const output = info.outputs[0];
-    if (!input || !output) throw new Error('model has no input or output tensor');
+    const size1 = (t) => t.shape.slice(1).reduce((a, b) => a * b, 1);
+    const output = info.outputs.find((t) => size1(t) <= 2);
+    if (!input || !output) throw new Error('model has no input or probability output tensor');
+    const guard = card.guard ? new Guard(card.guard) : null;
+    const features = guard ? info.outputs.find((t) => size1(t) === guard.dim) : null;
+    if (guard && !features) throw new Error(`the card has a guard of ${guard.dim} features but the model has no such output`);
     if (input.dtype !== 'uint8' && input.dtype !== 'float32') {
       throw new Error(`model input type ${input.dtype} is not supported in the browser; convert with uint8 input`);
     }
@@ -55,19 +60,21 @@ class Classifier {
       throw new Error(`model input shape [${shape}] does not match the card's contract (${size}x${size}x3)`);
     }
     const model = await loadAndCompile(fixBatchDimension(modelBytes), { accelerator: 'wasm' });
-    return new Classifier(model, input, output, size);
+    return new Classifier(model, input, output, size, guard, features);
   }
 
-  constructor(model, input, output, size) {
+  constructor(model, input, output, size, guard, features) {
     this.model = model;
     this.input = input;
     this.output = output;
     this.size = size;
+    this.guard = guard;
+    this.features = features;
   }
 
-  /** pixels: Uint8Array size*size*3 raw RGB 0..255 -> P(malignant) */
+  /** pixels: Uint8Array size*size*3 raw RGB 0..255 -> {prob: P(malignant), guardScore, unfamiliar} */
   async predict(pixels) {
-    const { input, output } = this;
+    const { input, output, features } = this;
     let data;
     if (input.dtype === 'uint8') {
       if (input.scale && (input.scale !== 1 || input.zeroPoint !== 0)) {
@@ -89,17 +96,22 @@ class Classifier {
     } finally {
       tensor.delete();
     }
-    const out = outs[0];
+    const dequantize = (v, t) => (t.dtype === 'uint8' || t.dtype === 'int8' ? (v - t.zeroPoint) * t.scale : v);
     let raw;
+    let feats = null;
     try {
-      raw = (await out.data())[0];
+      for (const t of outs) { // told apart by size: LiteRT.js need not keep the file's order
+        const data = await t.data();
+        if (data.length <= 2) raw = data[0];
+        else if (features && data.length === this.guard.dim) feats = Array.from(data, (v) => dequantize(v, features));
+      }
     } finally {
       for (const t of outs) t.delete();
     }
-    if (output.dtype === 'uint8' || output.dtype === 'int8') {
-      return (raw - output.zeroPoint) * output.scale;
-    }
-    return raw;
+    const prob = dequantize(raw, output);
+    if (!feats) return { prob, guardScore: null, unfamiliar: false };
+    const guardScore = this.guard.score(feats);
+    return { prob, guardScore, unfamiliar: guardScore > this.guard.cutoff };
   }
 }
 
@@ -275,8 +287,17 @@ async function main() {
     prevSig = sig;
     const { pixels } = preprocess(rgb, w, h, contract);
     const t1 = performance.now();
-    const prob = await clf.predict(pixels);
+    const { prob, guardScore, unfamiliar } = await clf.predict(pixels);
     const t2 = performance.now();
+    if (unfamiliar) { // the guard gates it like a bad frame: no decision, start agreeing afresh
+      smoother.reset();
+      const gated = { ...q, ok: false, reason: GUARD_MESSAGE, guard_score: guardScore };
+      state.last = { quality: gated, prob: null, guard_score: guardScore, unfamiliar: true };
+      $('decision').className = 'decision pending';
+      $('decision').textContent = 'waiting for a lesion in view';
+      render(gated, null);
+      return;
+    }
     state.goodFrames++;
     state.inferMs.push(t2 - t1);
     if (state.inferMs.length > 200) state.inferMs.shift();
@@ -292,6 +313,7 @@ async function main() {
       contract,
       quality: q,
       prob,
+      guard_score: guardScore,
       label: prob >= threshold ? 'malignant' : 'benign',
       threshold,
       smoothed_prob: smoothed.prob,

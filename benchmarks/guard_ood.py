@@ -1,0 +1,178 @@
+"""The unfamiliar-input guard on pictures that are not dermoscopic lesion photos, and on ones that are.
+
+For a guarded model (`dermedge convert --add-guard`): the true-negative rate (share flagged) on
+scikit-image's sample photographs (astronaut, coffee, chelsea, rocket, camera, page, ...; whole and
+centre crop), on blank and flat frames (uniform colours incl. skin tones, noise, gradients) and on
+crops of healthy skin cut from the corners of the shared dermoscopy photos; and the pass rate on
+the model's own test split and on Derm7pt (another dermatoscope: it should mostly pass). Writes
+JSON, MD and a PNG of the score distributions.
+
+    python benchmarks/guard_ood.py --model runs/convert/default-guard/default.tflite --name default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dermedge.data.contract import ImageError, preprocess
+from dermedge.data.index import read_dataset
+from dermedge.data.io import atomic_write_text
+from dermedge.edge.runtime import EdgeModel
+from dermedge.plotting import new_figure, save_png
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DERMEDGE_DATA", REPO.parent / "shared" / "data"))
+SKIMAGE = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock",
+           "coffee", "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
+           "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
+           "text")  # fmt: skip
+SKIN_TONES = ((255, 224, 196), (234, 192, 134), (198, 134, 66), (141, 85, 36), (92, 56, 32))
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        a = np.clip(a / (a.max() or 1) * 255, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """Each sample image whole and as its centre half: real photos that no one here made."""
+    import skimage.data
+
+    out = []
+    for name in SKIMAGE:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                img = _rgb(getattr(skimage.data, name)())
+            except Exception:  # noqa: BLE001 - a sample that needs a download is left out
+                continue
+        h, w = img.shape[:2]
+        out += [(name, img), (f"{name} (centre)", img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4])]
+    return out
+
+
+def flat_frames(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Blank and flat frames a camera sees: uniform colours, skin tones, noise, gradients."""
+    rng = np.random.default_rng(seed)
+    colours = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (64, 64, 64), (200, 200, 200),
+               (255, 0, 0), (0, 255, 0), (0, 0, 255), *SKIN_TONES]  # fmt: skip
+    out = [(f"uniform {c}", np.full((480, 640, 3), c, np.uint8)) for c in colours]
+    for i in range(4):
+        out.append((f"noise {i}", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
+        tone = np.asarray(SKIN_TONES[i], np.float64)
+        ramp = np.linspace(0.6, 1.1, 640)[None, :, None]
+        out.append((f"skin gradient {i}", np.clip(tone * ramp * np.ones((480, 1, 1)), 0, 255).astype(np.uint8)))
+    return out
+
+
+def skin_crops(n_photos: int = 60) -> list[tuple[str, np.ndarray]]:
+    """The four corners (a quarter of each side) of dermoscopy photos: skin beside the lesion."""
+    files = sorted((DATA / "isic-mvb" / "test" / "benign").glob("*.jpg"))[:n_photos]
+    out = []
+    for f in files:
+        a = np.asarray(Image.open(f).convert("RGB"))
+        h, w = a.shape[:2]
+        ch, cw = h // 4, w // 4
+        for tag, crop in (("tl", a[:ch, :cw]), ("tr", a[:ch, -cw:]), ("bl", a[-ch:, :cw]),
+                          ("br", a[-ch:, -cw:])):  # fmt: skip
+            if crop.mean() > 40:  # a black vignette corner is a flat frame, counted there
+                out.append((f"{f.name} {tag}", crop))
+    return out
+
+
+def dataset(root: Path, limit: int | None = None) -> list[tuple[str, Path]]:
+    recs = read_dataset(root).records
+    if limit:
+        recs = recs[:: max(1, len(recs) // limit)][:limit]
+    return [(r.path, Path(r.path)) for r in recs]
+
+
+def scores(model: EdgeModel, items: list[tuple[str, object]]) -> np.ndarray:
+    """Guard score of each picture through the model's own contract (unreadable ones skipped)."""
+    out = []
+    for _, src in items:
+        try:
+            x = preprocess(src, model.contract)
+        except ImageError:
+            continue
+        _, f = model.predict_features(x)
+        out.append(float(model.guard.score(f)[0]))
+    return np.asarray(out)
+
+
+def run(model_path: Path, name: str, out_dir: Path) -> dict:
+    model = EdgeModel(model_path)
+    if model.guard is None:
+        raise SystemExit(f"{model_path} has no guard: dermedge convert --add-guard it first")
+    sets = {
+        "skimage sample photos": (skimage_photos(), "flag"),
+        "blank and flat frames": (flat_frames(), "flag"),
+        "healthy skin crops (dermoscopy corners)": (skin_crops(), "flag"),
+        "isic-mvb test folder (a training source)": (dataset(DATA / "isic-mvb" / "test"), "pass"),
+        "Derm7pt (other dermatoscope)": (dataset(DATA / "derm7pt"), "pass"),
+    }
+    cut = model.guard.cutoff
+    result, dist = {}, {}
+    for label, (items, want) in sets.items():
+        s = scores(model, items)
+        flagged = float(np.mean(s > cut)) if s.size else float("nan")
+        result[label] = {"n": int(s.size), "expect": want, "flagged": flagged, "passed": 1 - flagged,
+                         "median_score": float(np.median(s)) if s.size else None}  # fmt: skip
+        dist[label] = s
+    report = {"model": str(model_path), "name": name, "cutoff": cut,
+              "fit": (model.card or {}).get("guard", {}).get("fit"), "sets": result}  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"guard_{name}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / f"guard_{name}.md", _markdown(report))
+    _plot(dist, cut, out_dir / f"guard_{name}.png", name)
+    return report
+
+
+def _markdown(r: dict) -> str:
+    lines = [f"# Unfamiliar-input guard: `{r['name']}`", "",
+             f"Cut-off {r['cutoff']:.3f} (95% of the validation split passes). Model `{r['model']}`.", "",
+             "| pictures | n | should | flagged (TNR for non-lesion sets) | passed | median score |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for k, v in r["sets"].items():
+        lines.append(f"| {k} | {v['n']} | {v['expect']} | {100 * v['flagged']:.1f}% | "
+                     f"{100 * v['passed']:.1f}% | {v['median_score']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _plot(dist: dict[str, np.ndarray], cut: float, path: Path, name: str) -> None:
+    fig = new_figure((7.0, 4.2))
+    ax = fig.add_subplot(111)
+    hi = max(float(np.percentile(np.concatenate(list(dist.values())), 99)), cut * 2)
+    bins = np.linspace(0, hi, 60)
+    for label, s in dist.items():
+        ax.hist(np.clip(s, 0, hi), bins=bins, histtype="step", lw=1.6, density=True, label=label)
+    ax.axvline(cut, c="k", ls="--", lw=1, label=f"cut-off {cut:.2f}")
+    ax.set_xlabel("guard score (Mahalanobis distance per feature, nearest class)")
+    ax.set_ylabel("density")
+    ax.set_title(f"{name}: scores of lesion photos and of other pictures")
+    ax.legend(fontsize=7)
+    save_png(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args()
+    print(_markdown(run(args.model, args.name, args.out)))
+
+
+if __name__ == "__main__":
+    main()

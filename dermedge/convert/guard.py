@@ -1,0 +1,134 @@
+"""`dermedge convert --add-guard MODEL.tflite --data SPLIT`: give a converted model its
+unfamiliar-input guard.
+
+Two steps: the model's penultimate features (the input of its last fully connected layer) become
+a second output of the graph, with LiteRT's own flatbuffer schema (`ai_edge_litert`), so the
+probability output and every weight stay as they were; then the guard (`dermedge.edge.guard`) is
+fitted on the features of the training split through the edge runtime, its cut-off chosen on the
+validation split, and written into the card. The result is checked: same probabilities as the
+source model on the validation images, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermedge.convert import ConvertError
+
+FEATURES = "dermedge_features"
+_PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "LOGISTIC", "SOFTMAX", "RESHAPE"}
+
+
+def _schema() -> Any:
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:  # the TensorFlow install carries the same schema
+        from tensorflow.lite.python import schema_py_generated as fb
+    return fb
+
+
+def _op_name(fb: Any, model: Any, op: Any) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    value = max(code.builtinCode, code.deprecatedBuiltinCode)
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(value, str(value))
+
+
+def feature_tensor(fb: Any, model: Any) -> int:
+    """The input tensor of the fully connected layer that feeds the probability output."""
+    sg = model.subgraphs[0]
+    producer = {int(t): op for op in sg.operators for t in op.outputs}
+    tensor = int(sg.outputs[0])
+    for _ in range(8):
+        op = producer.get(tensor)
+        if op is None:
+            break
+        name = _op_name(fb, model, op)
+        if name == "FULLY_CONNECTED":
+            return int(op.inputs[0])
+        if name not in _PASS_THROUGH:
+            break
+        tensor = int(op.inputs[0])
+    raise ConvertError("no fully connected layer feeds the model's output: cannot add a guard")
+
+
+def add_feature_output(data: bytes) -> tuple[bytes, int]:
+    """The model with its penultimate features as output 1 (and in its signature); the dim."""
+    import flatbuffers
+
+    fb = _schema()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
+    sg = model.subgraphs[0]
+    if len(sg.outputs) != 1:
+        raise ConvertError(f"the model has {len(sg.outputs)} outputs; a guard needs exactly one")
+    idx = feature_tensor(fb, model)
+    sg.outputs = np.append(np.asarray(sg.outputs, dtype=np.int32), np.int32(idx))
+    for sig in model.signatureDefs or []:
+        m = fb.TensorMapT()
+        m.name, m.tensorIndex = FEATURES, idx
+        sig.outputs = [*(sig.outputs or []), m]
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), int(np.prod(sg.tensors[idx].shape[1:]))
+
+
+def _pixels(records: list[Any], contract: Any, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    from dermedge.data.images import load_images
+    from dermedge.runs import runs_root
+
+    x, kept, _ = load_images([r.path for r in records], contract, cache_dir=runs_root() / "cache",
+                             desc=desc)  # fmt: skip
+    y = np.asarray([records[i].label == "malignant" for i in kept], dtype=np.int64)
+    return x, y
+
+
+def _sample(records: list[Any], n: int, seed: int) -> list[Any]:
+    if len(records) <= n:
+        return records
+    idx = np.random.default_rng(seed).choice(len(records), n, replace=False)
+    return [records[i] for i in sorted(idx)]
+
+
+def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 4000,
+              seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary."""
+    from dermedge.data.io import atomic_write_bytes, atomic_write_text
+    from dermedge.data.manifest import read_manifest
+    from dermedge.edge import guard as g
+    from dermedge.edge.card import embed_card, read_card
+    from dermedge.edge.runtime import EdgeModel
+
+    src = Path(model_path)
+    card = read_card(src)
+    if not card:
+        raise ConvertError(f"{src}: no model card: convert it with dermedge first")
+    records = read_manifest(manifest)
+    train = _sample([r for r in records if r.split == "train"], max_train, seed)
+    val = [r for r in records if r.split == "val"]
+    data, dim = add_feature_output(src.read_bytes())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (src.stem + ".features.tflite")
+    atomic_write_bytes(tmp, data)
+    model = EdgeModel(tmp)
+    xt, yt = _pixels(train, model.contract, "guard: train images")
+    xv, yv = _pixels(val, model.contract, "guard: val images")
+    _, ft = model.predict_features(xt)
+    pv, fv = model.predict_features(xv)
+    same = np.array_equal(pv, EdgeModel(src).predict(xv))
+    if not same:
+        raise ConvertError("the guarded model's probabilities differ from the source model's")
+    guard = g.fit(ft, yt, fv)
+    summary = {"train_images": len(yt), "val_images": len(yv), "dim": dim, "k": guard.components.shape[0],
+               "cutoff": guard.cutoff, "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
+               "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
+               "probabilities_identical_on_val": same, "manifest": str(manifest)}  # fmt: skip
+    new_card = {**card, "guard": {**guard.to_card(), "fit": summary}}
+    out = out_dir / src.name
+    atomic_write_bytes(out, embed_card(data, new_card))
+    tmp.unlink()
+    atomic_write_text(out_dir / "guard.json", json.dumps(summary, indent=2) + "\n")
+    return {**summary, "model": str(out)}

@@ -1,0 +1,178 @@
+"""The unfamiliar-input guard: a second model output, a card record, and every runner using it,
+on the shipped tiny model and real pictures (scikit-image's sample photos, shared dermoscopy)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA, REPO, _need
+from PIL import Image
+
+from dermedge.data.contract import preprocess
+from dermedge.edge import guard as g
+from dermedge.edge.camera import NO_LESION, OpenCVSource, Session, SessionOptions
+from dermedge.edge.card import embed_card, read_card
+from dermedge.edge.runtime import EdgeError, EdgeModel
+
+TINY = REPO / "dermedge" / "models" / "tiny.tflite"
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "page", "horse", "clock")
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = np.asarray(getattr(skimage.data, name)())
+    if a.dtype != np.uint8:  # horse is boolean
+        a = (a.astype(np.float64) / (a.max() or 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3])
+
+
+def _lesions(label: str, n: int, start: int = 0) -> list[Path]:
+    return sorted((_need(DATA / "isic-mvb") / "test" / label).glob("*.jpg"))[start : start + n]
+
+
+def _manifest(tmp: Path) -> Path:
+    """A small split manifest of real photos: train 150 + 150 from isic-mvb/train, val 60 + 60."""
+    src = _need(DATA / "isic-mvb")
+    rows = []
+    for label in ("benign", "malignant"):
+        files = sorted((src / "train" / label).glob("*.jpg"))
+        rows += [(f, label, "train") for f in files[:150]] + [(f, label, "val") for f in files[150:210]]
+    path = tmp / "manifest.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        w.writerows([(str(f), lab, s) for f, lab, s in rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("guard")
+    r = subprocess.run([sys.executable, "-m", "dermedge.cli", "convert", "--add-guard", str(TINY),
+                        "--data", str(_manifest(tmp)), "--out", str(tmp / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "out" / "tiny.tflite"
+
+
+def test_guarded_model_keeps_its_probabilities_and_card(guarded: Path) -> None:
+    plain, model = EdgeModel(TINY), EdgeModel(guarded)
+    assert plain.guard is None and model.guard is not None
+    x = np.stack([preprocess(p, model.contract) for p in _lesions("malignant", 8) + _lesions("benign", 8)])
+    prob, feats = model.predict_features(x)
+    assert np.array_equal(prob, plain.predict(x))  # bit for bit: only an output was added
+    assert feats is not None and feats.shape == (16, model.guard.dim)
+    card, old = read_card(guarded), read_card(TINY)
+    assert {k: v for k, v in card.items() if k != "guard"} == old
+    fit = card["guard"]["fit"]
+    assert fit["train_images"] == 300 and fit["val_images"] == 120
+    assert abs(fit["val_pass_rate"] - g.PASS_RATE) <= 0.02
+    assert json.loads((guarded.parent / "guard.json").read_text())["cutoff"] == card["guard"]["cutoff"]
+
+
+def test_guard_flags_photos_that_are_not_lesions(guarded: Path) -> None:
+    model = EdgeModel(guarded)
+    flagged = [model.classify(_photo(n)).get("unfamiliar") for n in PHOTOS]
+    assert sum(flagged) >= len(PHOTOS) // 2, dict(zip(PHOTOS, flagged, strict=True))
+    lesions = _lesions("malignant", 40, 100) + _lesions("benign", 40, 100)
+    passed = [not model.classify(p)["unfamiliar"] for p in lesions]
+    assert np.mean(passed) >= 0.85
+    r = model.classify(_photo("astronaut"))
+    if r["unfamiliar"]:
+        assert r["decision"] == r["label"] == "none" and r["guard_score"] > model.guard.cutoff
+
+
+def test_edge_classify_reports_unfamiliar_inputs(guarded: Path, tmp_path: Path) -> None:
+    pics = []
+    for name in PHOTOS:
+        p = tmp_path / f"{name}.png"
+        Image.fromarray(_photo(name)).save(p)
+        pics.append(p)
+    lesion = _lesions("malignant", 1)[0]
+    out_csv = tmp_path / "out.csv"
+    r = subprocess.run([sys.executable, "-m", "dermedge.edge.cli", "--model", str(guarded), "--csv",
+                        str(out_csv), *map(str, pics), str(lesion)], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {Path(row["file"]).stem: row for row in csv.DictReader(out_csv.read_text().splitlines())}
+    flagged = [n for n in PHOTOS if rows[n]["unfamiliar"] == "True"]
+    assert flagged and all(rows[n]["decision"] == "none" for n in flagged)
+    assert all(g.MESSAGE in rows[n]["warning"] for n in flagged)
+    assert f"{len(flagged)} unlike the training images" in r.stdout
+    assert rows[lesion.stem]["decision"] in ("refer", "routine")
+    line = next(x for x in r.stdout.splitlines() if flagged[0] in x)
+    assert line.startswith("none") and g.MESSAGE in line
+
+
+def test_camera_gates_unfamiliar_frames(guarded: Path, tmp_path: Path) -> None:
+    """A video of a photo that is not a lesion: gated ("no lesion in view"), never a decision."""
+    model = EdgeModel(guarded)
+    name = next(n for n in PHOTOS if model.classify(_photo(n))["unfamiliar"])
+    frame = cv2.cvtColor(cv2.resize(_photo(name), (320, 240)), cv2.COLOR_RGB2BGR)
+    video = tmp_path / "not-a-lesion.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    for k in range(20):
+        writer.write(np.roll(frame, k % 2, axis=1))
+    writer.release()
+    events: list[dict] = []
+    summary = Session(model, OpenCVSource(str(video)), SessionOptions(), events.append).run()
+    assert not [e for e in events if e["event"] == "decision"]
+    gated = summary.gated.get(NO_LESION, 0)
+    assert gated > 0 and summary.classified + sum(summary.gated.values()) == summary.frames
+    assert any(e.get("reason") == NO_LESION for e in events if e["event"] == "quality")
+
+
+def test_a_guard_without_its_feature_output_is_refused(guarded: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(embed_card(TINY.read_bytes(), read_card(guarded)))
+    with pytest.raises(EdgeError, match="no such second output"):
+        EdgeModel(bad)
+    card = read_card(guarded)
+    card["guard"]["means"] = card["guard"]["means"][:-8]
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(embed_card(guarded.read_bytes(), card))
+    with pytest.raises(EdgeError, match="malformed guard"):
+        EdgeModel(broken)
+
+
+def test_fit_on_known_gaussians_flags_the_far_ones() -> None:
+    rng = np.random.default_rng(0)
+    d = 40
+    means = np.stack([np.zeros(d), np.full(d, 0.5)])
+    y = rng.integers(0, 2, 4000)
+    x = means[y] + rng.normal(size=(4000, d)) * np.linspace(0.2, 2.0, d)
+    val = means[rng.integers(0, 2, 1000)] + rng.normal(size=(1000, d)) * np.linspace(0.2, 2.0, d)
+    guard = g.fit(x, y, val, k=8)
+    assert abs(np.mean(guard.score(val) <= guard.cutoff) - 0.95) < 0.01
+    far = rng.normal(size=(200, d)) * 2.0 + 6.0
+    assert guard.unfamiliar(far).mean() > 0.99
+    again = g.Guard.from_card(json.loads(json.dumps(guard.to_card())))
+    assert np.allclose(again.score(val), guard.score(val), rtol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_phone_page_guard_matches_python() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(500, 24)), rng.integers(0, 2, 500)
+    guard = g.Guard.from_card(g.fit(x, y, rng.normal(size=(200, 24)), k=6).to_card())
+    feats = rng.normal(size=(10, 24)) * 2
+    script = ("import { Guard } from '" + (REPO / "web" / "src" / "guard.js").as_uri() + "';"
+              "let s = ''; process.stdin.on('data', (c) => { s += c; }); process.stdin.on('end', () => {"
+              "const { spec, feats } = JSON.parse(s); const gd = new Guard(spec);"
+              "console.log(JSON.stringify(feats.map((f) => gd.score(f)))); });")  # fmt: skip
+    r = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
+                       input=json.dumps({"spec": guard.to_card(), "feats": feats.tolist()}), timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert np.allclose(json.loads(r.stdout), guard.score(feats), rtol=1e-9)

@@ -1,0 +1,56 @@
+// Port of dermedge/edge/guard.py: the unfamiliar-input guard. A guarded model's second output is
+// its penultimate features; the card holds class means and a shared covariance (probabilistic
+// PCA: top components, their variances, one residual variance). The score is the squared
+// Mahalanobis distance to the nearest class mean per feature; above the card's cut-off a frame is
+// "unlike the training images" and gets no decision.
+
+function floats(b64, n) {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const a = new Float32Array(bytes.buffer);
+  if (a.length !== n) throw new Error(`guard array of ${a.length} values, expected ${n}`);
+  return Float64Array.from(a);
+}
+
+export const GUARD_MESSAGE = 'no lesion in view (unlike the training images)';
+
+export class Guard {
+  constructor(spec) {
+    if (!spec || spec.kind !== 'mahalanobis-ppca/1') throw new Error(`unknown guard kind ${spec && spec.kind}`);
+    this.dim = spec.dim;
+    this.k = spec.k;
+    this.classes = spec.classes;
+    this.means = floats(spec.means, spec.classes * spec.dim);
+    this.components = floats(spec.components, spec.k * spec.dim);
+    this.variances = floats(spec.variances, spec.k);
+    this.residual = spec.residual_variance;
+    this.cutoff = spec.cutoff;
+  }
+
+  /** features: array of dim numbers -> score (same as Guard.score in Python) */
+  score(features) {
+    const { dim, k } = this;
+    let best = Infinity;
+    const r = new Float64Array(dim);
+    for (let c = 0; c < this.classes; c++) {
+      let norm = 0;
+      for (let i = 0; i < dim; i++) {
+        r[i] = features[i] - this.means[c * dim + i];
+        norm += r[i] * r[i];
+      }
+      let inside = 0;
+      let projNorm = 0;
+      for (let j = 0; j < k; j++) {
+        let p = 0;
+        const row = j * dim;
+        for (let i = 0; i < dim; i++) p += r[i] * this.components[row + i];
+        inside += (p * p) / this.variances[j];
+        projNorm += p * p;
+      }
+      const d = inside + Math.max(norm - projNorm, 0) / this.residual;
+      if (d < best) best = d;
+    }
+    return best / dim;
+  }
+}
