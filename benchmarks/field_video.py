@@ -254,7 +254,8 @@ class RecordingSession(Session):
     def _finish(self, f: Any) -> None:
         """Run the session's own step, then note the frame's outcome."""
         super()._finish(f)
-        prob = float(self.state["prob"]) if f.pixels is not None else None
+        classified = f.pixels is not None and f.quality.reason is None  # not gated, nor unfamiliar
+        prob = float(self.state["prob"]) if classified else None
         self.per_frame[f.index] = (prob, f.quality.reason)
 
 

@@ -7,7 +7,8 @@ crops of healthy skin cut from the corners of the shared dermoscopy photos; and 
 the model's own test split and on Derm7pt (another dermatoscope: it should mostly pass). Writes
 JSON, MD and a PNG of the score distributions.
 
-    python benchmarks/guard_ood.py --model runs/convert/default-guard/default.tflite --name default
+    python benchmarks/guard_ood.py --model dermedge/models/default.tflite --name default \
+        --plain runs/convert/default-plain/default.tflite
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -111,7 +113,7 @@ def scores(model: EdgeModel, items: list[tuple[str, object]]) -> np.ndarray:
     return np.asarray(out)
 
 
-def run(model_path: Path, name: str, out_dir: Path) -> dict:
+def run(model_path: Path, name: str, out_dir: Path, plain: Path | None = None) -> dict:
     model = EdgeModel(model_path)
     if model.guard is None:
         raise SystemExit(f"{model_path} has no guard: dermedge convert --add-guard it first")
@@ -132,11 +134,31 @@ def run(model_path: Path, name: str, out_dir: Path) -> dict:
         dist[label] = s
     report = {"model": str(model_path), "name": name, "cutoff": cut,
               "fit": (model.card or {}).get("guard", {}).get("fit"), "sets": result}  # fmt: skip
+    if plain is not None:
+        report["latency"] = latency(model_path, plain)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / f"guard_{name}.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / f"guard_{name}.md", _markdown(report))
     _plot(dist, cut, out_dir / f"guard_{name}.png", name)
     return report
+
+
+def latency(guarded: Path, plain: Path, runs: int = 300) -> dict:
+    """Median ms of one image through predict + decide, guarded against its plain peer, the two
+    interleaved in one process (A B A B ...) so that drift hits both alike."""
+    models = {"plain": EdgeModel(plain, threads=1), "guarded": EdgeModel(guarded, threads=1)}
+    size = models["plain"].contract.size
+    x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(runs + 20):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            prob, feats = m.predict_features(x)
+            m.decide(float(prob[0]), feats)
+            if i >= 20:  # warm-up
+                times[k].append(1000 * (time.perf_counter() - t0))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"runs": runs, "threads": 1, "median_ms": med, "ratio": med["guarded"] / med["plain"]}
 
 
 def _markdown(r: dict) -> str:
@@ -147,6 +169,11 @@ def _markdown(r: dict) -> str:
     for k, v in r["sets"].items():
         lines.append(f"| {k} | {v['n']} | {v['expect']} | {100 * v['flagged']:.1f}% | "
                      f"{100 * v['passed']:.1f}% | {v['median_score']:.2f} |")  # fmt: skip
+    if "latency" in r:
+        lat = r["latency"]
+        lines += ["", f"Latency, one image through predict + decide, 1 thread, median of {lat['runs']} "
+                  f"interleaved runs: plain {lat['median_ms']['plain']:.2f} ms, guarded "
+                  f"{lat['median_ms']['guarded']:.2f} ms (ratio {lat['ratio']:.3f}; the issue allows 1.10)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -169,9 +196,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--name", required=True)
+    ap.add_argument("--plain", type=Path, help="the same model without its guard: latency peer")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
-    print(_markdown(run(args.model, args.name, args.out)))
+    print(_markdown(run(args.model, args.name, args.out, args.plain)))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
         "decision",
         "threshold",
         "warning",
+        "unfamiliar",
+        "guard_score",
         "error",
     }
     assert sum(bool(r["error"]) for r in rows) == 4

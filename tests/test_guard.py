@@ -57,25 +57,65 @@ def _manifest(tmp: Path) -> Path:
     return path
 
 
+def _strip_guard(src: Path, dst: Path) -> Path:
+    """The shipped tiny model as it was before its guard: one output, no guard in the card."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    data = src.read_bytes()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
+    model.subgraphs[0].outputs = model.subgraphs[0].outputs[:1]
+    for sig in model.signatureDefs or []:
+        sig.outputs = sig.outputs[:1]
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    card = {k: v for k, v in read_card(src).items() if k != "guard"}
+    dst.write_bytes(embed_card(bytes(builder.Output()), card))
+    return dst
+
+
+def _add_guard(model: Path, manifest: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dermedge.cli", "convert", "--add-guard", str(model),
+                           "--data", str(manifest), "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _strip_guard(TINY, tmp_path_factory.mktemp("plain") / "tiny.tflite")
+
+
+@pytest.fixture(scope="module")
+def guarded(plain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain tiny model guarded on a small split (not its own: --force)."""
     tmp = tmp_path_factory.mktemp("guard")
-    r = subprocess.run([sys.executable, "-m", "dermedge.cli", "convert", "--add-guard", str(TINY),
-                        "--data", str(_manifest(tmp)), "--out", str(tmp / "out")],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    manifest = _manifest(tmp)
+    r = _add_guard(plain, manifest, tmp / "refused")
+    assert r.returncode == 1 and "is not the one the model was trained with" in r.stderr, r.stderr
+    r = _add_guard(plain, manifest, tmp / "out", "--force")
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "out" / "tiny.tflite"
 
 
-def test_guarded_model_keeps_its_probabilities_and_card(guarded: Path) -> None:
-    plain, model = EdgeModel(TINY), EdgeModel(guarded)
-    assert plain.guard is None and model.guard is not None
+def test_shipped_models_carry_a_guard_fitted_on_their_own_split() -> None:
+    for name in ("tiny", "default"):
+        card = read_card(REPO / "dermedge" / "models" / f"{name}.tflite")
+        fit = card["guard"]["fit"]
+        assert fit["probabilities_identical_on_val"] and "warning" not in fit, name
+        assert fit["val_pass_rate"] >= g.PASS_RATE and fit["val_images"] == sum(card["data"]["counts"]["val"].values())
+        assert EdgeModel(REPO / "dermedge" / "models" / f"{name}.tflite").guard is not None
+
+
+def test_guarded_model_keeps_its_probabilities_and_card(plain: Path, guarded: Path) -> None:
+    bare, model = EdgeModel(plain), EdgeModel(guarded)
+    assert bare.guard is None and model.guard is not None
     x = np.stack([preprocess(p, model.contract) for p in _lesions("malignant", 8) + _lesions("benign", 8)])
     prob, feats = model.predict_features(x)
-    assert np.array_equal(prob, plain.predict(x))  # bit for bit: only an output was added
+    assert np.array_equal(prob, bare.predict(x))  # bit for bit: only an output was added
     assert feats is not None and feats.shape == (16, model.guard.dim)
-    card, old = read_card(guarded), read_card(TINY)
+    card, old = read_card(guarded), read_card(plain)
     assert {k: v for k, v in card.items() if k != "guard"} == old
+    assert np.array_equal(EdgeModel(TINY).predict(x), prob)  # the shipped guard changed nothing either
     fit = card["guard"]["fit"]
     assert fit["train_images"] == 300 and fit["val_images"] == 120
     assert abs(fit["val_pass_rate"] - g.PASS_RATE) <= 0.02
@@ -134,9 +174,9 @@ def test_camera_gates_unfamiliar_frames(guarded: Path, tmp_path: Path) -> None:
     assert any(e.get("reason") == NO_LESION for e in events if e["event"] == "quality")
 
 
-def test_a_guard_without_its_feature_output_is_refused(guarded: Path, tmp_path: Path) -> None:
+def test_a_guard_without_its_feature_output_is_refused(plain: Path, guarded: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.tflite"
-    bad.write_bytes(embed_card(TINY.read_bytes(), read_card(guarded)))
+    bad.write_bytes(embed_card(plain.read_bytes(), read_card(guarded)))
     with pytest.raises(EdgeError, match="no such second output"):
         EdgeModel(bad)
     card = read_card(guarded)

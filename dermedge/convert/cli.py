@@ -105,11 +105,13 @@ EXIT_GATE_FAILED = 3
     help="Give a converted model its unfamiliar-input guard, fitted on --data's train split "
     "(cut-off: 95% of val passes); writes --out/FILE.tflite and guard.json.",
 )
+@click.option("--force", is_flag=True,
+              help="With --add-guard: fit on a split other than the one the card records.")
 def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
             max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
             rethreshold: bool, threads: int | None, seed: int, inspect_path: str | None,
-            as_json: bool, guard_path: str | None) -> None:  # fmt: skip
+            as_json: bool, guard_path: str | None, force: bool) -> None:  # fmt: skip
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -127,7 +129,7 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
             _inspect(inspect_path, as_json)
             return
         if guard_path:
-            _add_guard(guard_path, data, out, seed)
+            _add_guard(guard_path, data, out, seed, force)
             return
         if not run_or_model:
             raise ConvertError(
@@ -145,7 +147,7 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
         raise click.ClickException("interrupted; nothing was written") from None
 
 
-def _add_guard(path: str, data: str | None, out: str | None, seed: int) -> None:
+def _add_guard(path: str, data: str | None, out: str | None, seed: int, force: bool) -> None:
     from pathlib import Path
 
     from dermedge.convert.guard import add_guard
@@ -154,7 +156,7 @@ def _add_guard(path: str, data: str | None, out: str | None, seed: int) -> None:
     if not data:
         raise ConvertError("--add-guard needs --data: the split manifest the model was trained on")
     folder = Path(out) if out else runs_root() / "convert" / f"{Path(path).stem}-guard"
-    s = add_guard(path, data, folder, seed=seed)
+    s = add_guard(path, data, folder, seed=seed, force=force)
     rows = [[k, v] for k, v in s.items()]
     click.echo(format_table(rows, ["guard", "value"]))
 

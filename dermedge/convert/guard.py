@@ -56,24 +56,66 @@ def feature_tensor(fb: Any, model: Any) -> int:
     raise ConvertError("no fully connected layer feeds the model's output: cannot add a guard")
 
 
+def _dequantized(fb: Any, model: Any, idx: int) -> int:
+    """A float32 copy of tensor `idx` made by a DEQUANTIZE op at the end of the graph (LiteRT.js
+    reads no int8 outputs); `idx` itself when it is float already."""
+    sg = model.subgraphs[0]
+    src = sg.tensors[idx]
+    if src.type == fb.TensorType.FLOAT32:
+        return idx
+    codes = model.operatorCodes
+    op_index = next((i for i, c in enumerate(codes)
+                     if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.DEQUANTIZE), None)  # fmt: skip
+    if op_index is None:
+        code = fb.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.DEQUANTIZE
+        code.version = 2  # int8 input
+        codes.append(code)
+        op_index = len(codes) - 1
+    out = fb.TensorT()
+    out.shape, out.type, out.buffer, out.name = src.shape, fb.TensorType.FLOAT32, 0, FEATURES.encode()
+    sg.tensors.append(out)
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs = op_index, np.asarray([idx], dtype=np.int32)
+    op.outputs = np.asarray([len(sg.tensors) - 1], dtype=np.int32)
+    sg.operators.append(op)
+    return len(sg.tensors) - 1
+
+
+def _has_feature_output(fb: Any, model: Any, idx: int) -> bool:
+    """Whether output 1 is already the features (guarded before), as is or dequantized."""
+    sg = model.subgraphs[0]
+    if len(sg.outputs) != 2:
+        return False
+    out = int(sg.outputs[1])
+    producer = {int(t): op for op in sg.operators for t in op.outputs}.get(out)
+    return out == idx or (producer is not None and _op_name(fb, model, producer) == "DEQUANTIZE"
+                          and int(producer.inputs[0]) == idx)  # fmt: skip
+
+
 def add_feature_output(data: bytes) -> tuple[bytes, int]:
-    """The model with its penultimate features as output 1 (and in its signature); the dim."""
+    """The model with its penultimate features, as float32, as output 1 (and in its
+    signature); the feature dimension."""
     import flatbuffers
 
     fb = _schema()
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
     sg = model.subgraphs[0]
+    idx = feature_tensor(fb, model)
+    dim = int(np.prod(sg.tensors[idx].shape[1:]))
+    if _has_feature_output(fb, model, idx):
+        return data, dim
     if len(sg.outputs) != 1:
         raise ConvertError(f"the model has {len(sg.outputs)} outputs; a guard needs exactly one")
-    idx = feature_tensor(fb, model)
-    sg.outputs = np.append(np.asarray(sg.outputs, dtype=np.int32), np.int32(idx))
+    out = _dequantized(fb, model, idx)
+    sg.outputs = np.append(np.asarray(sg.outputs, dtype=np.int32), np.int32(out))
     for sig in model.signatureDefs or []:
         m = fb.TensorMapT()
-        m.name, m.tensorIndex = FEATURES, idx
+        m.name, m.tensorIndex = FEATURES, out
         sig.outputs = [*(sig.outputs or []), m]
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), int(np.prod(sg.tensors[idx].shape[1:]))
+    return bytes(builder.Output()), dim
 
 
 def _pixels(records: list[Any], contract: Any, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,9 +135,27 @@ def _sample(records: list[Any], n: int, seed: int) -> list[Any]:
     return [records[i] for i in sorted(idx)]
 
 
+def split_mismatch(card: dict[str, Any], records: list[Any], manifest: str) -> str | None:
+    """Why a manifest is not the split the card says the model was trained on (its counts per
+    split and class differ), or None: the guard must describe the model's own training images."""
+    want = (card.get("data") or {}).get("counts")
+    if not isinstance(want, dict):
+        return None
+    have: dict[str, dict[str, int]] = {}
+    for r in records:
+        per = have.setdefault(r.split, {})
+        per[r.label] = per.get(r.label, 0) + 1
+    for split in ("train", "val"):
+        if split in want and want[split] != have.get(split):
+            return (f"{manifest}: its {split} split {have.get(split)} is not the one the model was "
+                    f"trained with {want[split]}")  # fmt: skip
+    return None
+
+
 def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 4000,
-              seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary."""
+              seed: int = 0, force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary. A
+    guarded model is guarded again in place of its old guard."""
     from dermedge.data.io import atomic_write_bytes, atomic_write_text
     from dermedge.data.manifest import read_manifest
     from dermedge.edge import guard as g
@@ -107,6 +167,9 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
     if not card:
         raise ConvertError(f"{src}: no model card: convert it with dermedge first")
     records = read_manifest(manifest)
+    mismatch = split_mismatch(card, records, manifest)
+    if mismatch and not force:
+        raise ConvertError(f"{mismatch}: give the model's own split (or --force)")
     train = _sample([r for r in records if r.split == "train"], max_train, seed)
     val = [r for r in records if r.split == "val"]
     data, dim = add_feature_output(src.read_bytes())
@@ -126,6 +189,10 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
                "cutoff": guard.cutoff, "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
                "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
                "probabilities_identical_on_val": same, "manifest": str(manifest)}  # fmt: skip
+    if mismatch:
+        summary["warning"] = f"forced: {mismatch}"
+    if "guard" in card:
+        summary["replaced"] = "the model's previous guard"
     new_card = {**card, "guard": {**guard.to_card(), "fit": summary}}
     out = out_dir / src.name
     atomic_write_bytes(out, embed_card(data, new_card))

@@ -583,6 +583,8 @@ class Session:
         if result.get("unfamiliar"):
             f.quality = replace(f.quality, reason=NO_LESION)
             self.smoother.reset()
+            for key in ("prob", "decision"):  # nothing of an earlier frame is shown for it
+                self.state.pop(key, None)
             return None
         return float(result["prob"])
 

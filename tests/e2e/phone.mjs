@@ -6,6 +6,7 @@
 //   --swap     PAUSE swap: the test puts a new model in place; reload online, expect the new version
 //   --offline  PAUSE stop: the test stops the server; reload, and the page must still classify
 //   --frames=N classify N frames before the first result (default 12)
+//   --gate     the video is not a lesion: wait for N frames the model's guard gates, report, stop
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -18,6 +19,7 @@ const { chromium } = require('playwright-core');
 const [url, video, outDir, ...flags] = process.argv.slice(2);
 const offline = flags.includes('--offline');
 const swap = flags.includes('--swap');
+const gate = flags.includes('--gate'); // expect the guard to gate every frame: report and stop
 const frames = Number((flags.find((f) => f.startsWith('--frames=')) || '--frames=12').split('=')[1]);
 const exe = process.env.CHROMIUM || '/usr/bin/chromium';
 const userDataDir = mkdtempSync(join(tmpdir(), 'dermedge-chromium-'));
@@ -111,6 +113,19 @@ try {
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   const resp = await page.goto(url, { waitUntil: 'load' });
   const headers = resp.headers();
+  if (gate) {
+    await page.waitForFunction((k) => window.dermedge && (window.dermedge.error || window.dermedge.unfamiliarFrames >= k),
+      frames, timeout(120000));
+    const s = await page.evaluate(() => JSON.parse(JSON.stringify(window.dermedge)));
+    if (s.error) throw new Error(`page error: ${s.error}`);
+    await page.screenshot({ path: join(outDir, 'phone-guard.png'), fullPage: true });
+    console.log('RESULT ' + JSON.stringify({
+      phase: 'gate', frames: s.frames, unfamiliar_frames: s.unfamiliarFrames, good_frames: s.goodFrames,
+      last: s.last, smoothed: s.smoothed, quality_text: await page.textContent('#quality'),
+      decision_text: await page.textContent('#decision'), prob_text: await page.textContent('#prob'),
+    }));
+  }
+  if (!gate) { // the lesion run: online, model swap, offline
   const s1 = await waitFrames(page, frames, { needOffline: true, needDecision: true });
   await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true });
 
@@ -149,6 +164,7 @@ try {
     const s3 = await waitFrames(page, 5);
     await page.screenshot({ path: join(outDir, 'phone-offline.png'), fullPage: true });
     console.log('RESULT ' + JSON.stringify({ phase: 'offline', ...summary(s3), card_name: s3.card.name, console: consoleLines.slice(-30) }));
+  }
   }
 } catch (e) {
   log(e.stack || String(e));

@@ -119,16 +119,8 @@ class Reference:
         return "refer" if p >= self.threshold else "routine"
 
 
-def _run_page(url: str, video: Path, out: Path, srv, on_swap) -> dict[str, dict]:
-    cmd = [
-        "node",
-        str(REPO / "tests" / "e2e" / "phone.mjs"),
-        url,
-        str(video),
-        str(out),
-        "--swap",
-        "--offline",
-    ]
+def _run_page(url: str, video: Path, out: Path, srv, on_swap, flags=("--swap", "--offline")) -> dict[str, dict]:
+    cmd = ["node", str(REPO / "tests" / "e2e" / "phone.mjs"), url, str(video), str(out), *flags]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.PIPE,
@@ -279,3 +271,39 @@ def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
     }
     (ARTIFACTS / "phone-e2e.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
+
+
+def test_phone_page_gates_a_picture_unlike_the_training_images(browser_env, tmp_path: Path) -> None:
+    """The shipped tiny model's guard on the page (LiteRT.js, second output): a real photograph
+    that is not a lesion gets the guard's message and no decision, as in Python."""
+    import skimage.data
+
+    from dermedge.edge.camera import NO_LESION
+    from dermedge.edge.runtime import EdgeModel
+
+    model = REPO / "dermedge" / "models" / "tiny.tflite"
+    edge = EdgeModel(model)
+    assert edge.guard is not None
+    # the camera frame is the photo at 640x480; the page and Python see its centre square
+    frames = {n: np.asarray(Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
+                            .resize((640, 480), Image.Resampling.BICUBIC)) for n in ("astronaut", "coffee", "chelsea")}  # fmt: skip
+    flagged = [n for n, f in frames.items() if edge.classify(f[:, 80:560])["unfamiliar"]]
+    assert flagged, "the Python guard flags none of the photos"
+    video = tmp_path / "photo.y4m"
+    write_y4m(frames[flagged[0]], video)
+    out = ARTIFACTS / "phone-guard"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    srv = make_server(str(model), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        res = _run_page(srv.url, video, out, srv, None, flags=("--gate", "--frames=5"))["gate"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert res["unfamiliar_frames"] >= 5 and res["good_frames"] == 0 and res["smoothed"] is None
+    assert res["last"]["unfamiliar"] and res["last"]["prob"] is None
+    assert res["last"]["guard_score"] > edge.guard.cutoff
+    assert res["quality_text"].startswith(NO_LESION)  # the camera loop's reason, word for word
+    assert "REFER" not in res["decision_text"] and "routine" not in res["decision_text"]
+    assert (out / "phone-guard.png").stat().st_size > 1000

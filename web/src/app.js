@@ -21,6 +21,7 @@ const state = {
   card: null,
   frames: 0,
   goodFrames: 0,
+  unfamiliarFrames: 0,
   last: null,
   smoothed: null,
   inferMs: [],
@@ -291,6 +292,8 @@ async function main() {
     const t2 = performance.now();
     if (unfamiliar) { // the guard gates it like a bad frame: no decision, start agreeing afresh
       smoother.reset();
+      state.unfamiliarFrames++;
+      state.smoothed = null;
       const gated = { ...q, ok: false, reason: GUARD_MESSAGE, guard_score: guardScore };
       state.last = { quality: gated, prob: null, guard_score: guardScore, unfamiliar: true };
       $('decision').className = 'decision pending';
