@@ -7,6 +7,7 @@ import json
 import click
 
 from dermedge.convert import VARIANTS, ConvertError, parse_quant
+from dermedge.edge.runtime import EdgeError
 
 EXIT_GATE_FAILED = 3
 
@@ -139,6 +140,8 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
                  max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed,
                  rethreshold)  # fmt: skip
     except ConvertError as e:
+        raise click.ClickException(str(e)) from None
+    except (ValueError, EdgeError) as e:  # a card or model file the edge code refuses
         raise click.ClickException(str(e)) from None
     except OSError as e:  # a full disk, a read-only or missing folder...
         where = f" {e.filename}" if getattr(e, "filename", None) else ""

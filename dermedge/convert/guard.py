@@ -115,7 +115,9 @@ def add_feature_output(data: bytes) -> tuple[bytes, int]:
         sig.outputs = [*(sig.outputs or []), m]
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), dim
+    from dermedge.edge.card import seal
+
+    return seal(bytes(builder.Output())), dim
 
 
 def _pixels(records: list[Any], contract: Any, desc: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ signatures and weights survive untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -322,8 +323,149 @@ def _embed(old: bytes, data: bytes) -> bytes:
 
 
 def embed_card(tflite: bytes, card: dict[str, Any]) -> bytes:
-    """Return `tflite` with `card` embedded as metadata `dermedge_card` (replacing an old one)."""
-    return _walk("the model to embed a card into", _embed, bytes(tflite), _card_json(card))
+    """Return `tflite` with `card` embedded as metadata `dermedge_card` (replacing an old one),
+    the card's first key `file_sha256` the digest of the result (see `check_digest`)."""
+    if not isinstance(card, dict):
+        raise TypeError(f"card must be a dict, got {type(card).__name__}")
+    raw = _card_json({DIGEST_KEY: _ZEROS.decode(), **without_digest(card)})
+    out = seal(_compact(_walk("the model to embed a card into", _embed, bytes(tflite), raw)))
+    back = read_card(out) or {}
+    if without_digest(back) != without_digest(json.loads(raw)) or check_digest(out) is not True:
+        raise ValueError("the embedded model card did not read back identically")
+    return out
+
+
+def without_digest(card: dict[str, Any]) -> dict[str, Any]:
+    """The card without its file digest (which changes whenever any byte of the file does)."""
+    return {k: v for k, v in card.items() if k != DIGEST_KEY}
+
+
+def _compact(blob: bytes) -> bytes:
+    """The model rewritten by LiteRT's own schema, which drops bytes nothing points at (the old
+    card that embedding leaves behind); unchanged where the schema is not installed (armv7)."""
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        return blob
+    import flatbuffers
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    if any((b.offset or 0) > 1 for b in model.buffers or []):
+        return blob  # weights stored after the flatbuffer (> 2 GB models): keep the layout
+    builder = flatbuffers.Builder(len(blob))
+    builder.Finish(model.Pack(builder), file_identifier=FILE_ID)
+    return bytes(builder.Output())
+
+
+def seal(blob: bytes) -> bytes:
+    """`blob` with its card's digest set to the digest of the file (see `check_digest`): after
+    any change to a model's bytes. A file whose card records no digest is returned as it is."""
+    out = bytearray(blob)
+    at = _digest_at(out)
+    if at is None:
+        return blob
+    out[at : at + 64] = _digest(out, at).encode()
+    return bytes(out)
+
+
+# The card's first entry is a sha256 of the whole file, taken with its own 64 hex digits as
+# zeros: any changed byte (weights, graph, card) is found before an interpreter sees the file.
+DIGEST_KEY = "file_sha256"
+_HEAD = b'{"file_sha256": "'
+_ZEROS = b"0" * 64
+
+
+def _card_start(buf: Any) -> int | None:
+    """Where the live card's bytes start in the file (None: no card, or not stored inline)."""
+    model = _root(buf)
+    buffers = model.tables(MODEL_BUFFERS)
+    for meta in model.tables(MODEL_METADATA):
+        if meta.string(METADATA_NAME) == CARD_NAME:
+            index = meta.scalar(METADATA_BUFFER, N.Uint32Flags)
+            if not 0 <= index < len(buffers):
+                raise ValueError(f"metadata points at buffer {index}, model has {len(buffers)}")
+            start, _ = buffers[index]._vector(BUFFER_DATA)
+            return start or None
+    return None
+
+
+def _digest_at(blob: Any) -> int | None:
+    start = _walk("the model card's place", _card_start, blob)
+    if start is None or bytes(blob[start : start + len(_HEAD)]) != _HEAD:
+        return None
+    return start + len(_HEAD)
+
+
+def _digest(blob: Any, at: int) -> str:
+    view = memoryview(blob)
+    h = hashlib.sha256(view[:at])
+    h.update(_ZEROS)
+    h.update(view[at + 64 :])
+    return h.hexdigest()
+
+
+TENSOR_BUFFER, OPERATOR_INPUTS, OPERATOR_OUTPUTS = 2, 1, 2
+_ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1,
+               "int16": 2, "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8,
+               "uint32": 4, "uint16": 2, "bfloat16": 2}  # fmt: skip
+MAX_TENSOR_BYTES = 1 << 30  # no tensor of a model for this device comes near it
+MAX_TOTAL_TENSOR_BYTES = 2 << 30
+
+
+def _check_graph(buf: Any) -> None:
+    model = _root(buf)
+    n_buffers = len(model.tables(MODEL_BUFFERS))
+    n_codes = len(model.tables(MODEL_OPCODES))
+    total = 0
+    for g, sub in enumerate(model.tables(MODEL_SUBGRAPHS)):
+        tensors = sub.tables(SUBGRAPH_TENSORS)
+        for t, node in enumerate(tensors):
+            shape = node.numbers(TENSOR_SHAPE, N.Int32Flags)
+            type_id = node.scalar(TENSOR_TYPE, N.Int8Flags)
+            item = _ITEM_BYTES.get(TENSOR_TYPES[type_id] if 0 <= type_id < len(TENSOR_TYPES) else "", 1)
+            size = item
+            for d in shape:
+                if d < -1:
+                    raise ValueError(f"subgraph {g} tensor {t} has a negative dimension {d}")
+                size *= max(d, 1)
+            if size > MAX_TENSOR_BYTES or len(shape) > 8:
+                raise ValueError(f"subgraph {g} tensor {t} would take {size} bytes (shape {shape})")
+            total += size
+            if not 0 <= node.scalar(TENSOR_BUFFER, N.Uint32Flags) < max(n_buffers, 1):
+                raise ValueError(f"subgraph {g} tensor {t} points at a buffer that does not exist")
+        refs = sub.numbers(SUBGRAPH_INPUTS, N.Int32Flags) + sub.numbers(SUBGRAPH_OUTPUTS, N.Int32Flags)
+        for op in sub.tables(SUBGRAPH_OPERATORS):
+            if not 0 <= op.scalar(OPERATOR_OPCODE, N.Uint32Flags) < n_codes:
+                raise ValueError(f"subgraph {g} has an operator with an unknown operator code")
+            refs += op.numbers(OPERATOR_INPUTS, N.Int32Flags) + op.numbers(OPERATOR_OUTPUTS, N.Int32Flags)
+        if any(not -1 <= i < len(tensors) for i in refs):
+            raise ValueError(f"subgraph {g} refers to a tensor that does not exist")
+    if total > MAX_TOTAL_TENSOR_BYTES:
+        raise ValueError(f"the model's tensors would take {total} bytes")
+
+
+def check_model_file(blob: bytes) -> None:
+    """Refuse, with ValueError and a one-line reason, a file an interpreter should not be given:
+    one that does not match the digest its card records, or (for a file without one) whose graph
+    points outside itself or asks for tensors no device model needs (unbounded allocation)."""
+    ok = check_digest(blob)
+    if ok is False:
+        raise ValueError("damaged model file: its bytes do not match the sha256 its card records "
+                         "(a partial copy or a corrupted file?): copy it again")  # fmt: skip
+    _walk("the model graph", _check_graph, blob)
+
+
+def check_digest(blob: bytes) -> bool | None:
+    """True when the file matches the digest its card records, False when it does not (a damaged
+    or partly copied file), None when it records none (made before digests, or not by dermedge).
+    ValueError for a file whose flatbuffer cannot be read at all."""
+    at = _digest_at(blob)
+    if at is None:
+        return None
+    recorded = bytes(blob[at : at + 64])
+    if len(recorded) != 64 or recorded.strip(b"0123456789abcdef"):
+        return False
+    return _digest(blob, at) == recorded.decode()
 
 
 def _tensor_info(node: _Node) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from dermedge import CLASSES
 from dermedge.data.contract import InputContract, preprocess
-from dermedge.edge.card import read_card
+from dermedge.edge.card import check_model_file, read_card
 
 # key: (module to import, distribution name for its version)
 RUNTIMES = {
@@ -188,9 +188,12 @@ class EdgeModel:
         if not self.path.is_file():
             raise EdgeError(f"model file not found: {self.path}")
         try:
+            check_model_file(self.path.read_bytes())  # before any interpreter sees it
             self.card = read_card(self.path)
         except ValueError as e:
             raise EdgeError(f"{self.path}: {e}") from e
+        except OSError as e:
+            raise EdgeError(f"cannot read {self.path}: {e.strerror or e}") from e
         self.contract = self._contract(contract)
         self.threshold = self._threshold(threshold)
         card = self.card or {}

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,7 +73,9 @@ MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
 KEEPALIVE_IDLE_S = 5  # an idle kept-alive connection is closed after this (frees browser sockets)
 MAX_MODEL_BYTES = 512 * 1024 * 1024
-MAX_CONNECTIONS = 64  # concurrent connections; more are closed at once
+MAX_CONNECTIONS = 64  # concurrent connections; past it the oldest one still waiting for its headers is closed
+MAX_PER_CLIENT = 32  # concurrent connections from one address, the same way
+HEADER_DEADLINE_S = 10  # from accept (TLS handshake included) or the last response to the end of the next request's headers
 
 
 try:  # raised inside a click command, click prints it as "Error: ..." and exits 2
@@ -231,6 +235,29 @@ def _load_web_assets(web_dir: Path) -> dict[str, Asset]:
     return assets
 
 
+def _model_problem(blob: bytes) -> str | None:
+    """Why these bytes are not a model `--model` would run (checked as it checks: the digest and
+    graph first, then the interpreter loads it), or None."""
+    from dermedge.edge.card import read_card
+    from dermedge.edge.runtime import EdgeError, EdgeModel
+
+    if blob[4:8] != b"TFL3":
+        return "not a .tflite model"
+    try:
+        if read_card(blob) is None:
+            return None  # load_card says what is missing
+    except ValueError as e:
+        return str(e)
+    with tempfile.TemporaryDirectory(prefix="dermedge-serve-") as d:
+        path = Path(d) / "model.tflite"
+        path.write_bytes(blob)
+        try:
+            EdgeModel(path, threads=1)
+        except (EdgeError, ValueError) as e:
+            return str(e).replace(str(path), "the file")
+    return None
+
+
 class _Model:
     """The served model, reloaded when its file changes (so a new model needs no restart)."""
 
@@ -239,6 +266,7 @@ class _Model:
         self.web_digest = web_digest
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
+        self._refused: tuple[int, int, int] | None = None  # a file seen and found unfit
         self.version = ""
         self.card: dict[str, Any] = {}
         self.model: Asset | None = None
@@ -255,18 +283,23 @@ class _Model:
         sidecar = self.path.with_name(self.path.name + ".json")
         side_m = sidecar.stat().st_mtime_ns if sidecar.is_file() else 0
         stamp = (st.st_mtime_ns, st.st_size, side_m)
-        if stamp == self._stamp:
+        if stamp in (self._stamp, self._refused):
             return
         with self._lock:
-            if stamp == self._stamp:
+            if stamp in (self._stamp, self._refused):
                 return
             if st.st_size > MAX_MODEL_BYTES:
                 raise ServeError(f"model too large to serve: {st.st_size} bytes")
             blob = self.path.read_bytes()
-            if blob[4:8] != b"TFL3":
-                if self.model is not None:
-                    return  # half-written replacement: keep the old one
-                raise ServeError(f"not a .tflite model: {self.path}")
+            problem = _model_problem(blob)
+            if problem:
+                if self.model is not None:  # a half-copied or damaged replacement: keep the old one
+                    if self._refused != stamp:
+                        print(f"not serving the new {self.path.name}: {problem}; still serving "
+                              f"version {self.version}", file=sys.stderr, flush=True)  # fmt: skip
+                    self._refused = stamp
+                    return
+                raise ServeError(f"{self.path}: {problem}")
             card = load_card(self.path, blob)
             card_bytes = json.dumps(card, indent=1, sort_keys=True).encode()
             h = hashlib.sha256(card_bytes)
@@ -293,8 +326,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.handle_one_request()
         while not self.close_connection:
+            self.server.waiting()  # idle keep-alive: evictable again, with a fresh deadline
             self.connection.settimeout(KEEPALIVE_IDLE_S)
             self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, then: the headers are in (no more deadline) and the Host is one
+        this server answers to (a DNS-rebinding page's Host is its own name)."""
+        if not super().parse_request():
+            return False
+        self.server.busy()
+        host = self.headers.get("Host")
+        if host is not None and not self.server.host_allowed(host):
+            self._send_plain(HTTPStatus.MISDIRECTED_REQUEST, f"this server does not answer to {host[:100]!r}")
+            return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:
@@ -437,7 +483,12 @@ class DermServer(ThreadingHTTPServer):
         self.verbose = verbose
         self.ssl_context = ssl_context
         self.tls_cert: str | None = None  # the certificate file in use, when serving https
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._conn_lock = threading.Lock()
+        self._pending: dict[Any, tuple[float, str]] = {}  # socket -> (deadline, client address)
+        self._per_client: Counter[str] = Counter()
+        self._active = 0
+        self._local = threading.local()
+        self.host_names = _host_names(address[0])
         self._stamped: dict[tuple[str, str], Asset] = {}
         self._gunzipped: dict[str, bytes] = {}
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -467,21 +518,90 @@ class DermServer(ThreadingHTTPServer):
         sock.settimeout(REQUEST_TIMEOUT_S)
         return sock, addr
 
+    # Connections that have not yet sent their request headers (a TLS handshake, a slow request
+    # line, an idle keep-alive) hold a slot and give nothing back: they are closed at their
+    # deadline (service_actions, every poll) and, when the slots are full, oldest first to make
+    # room for a new connection. Connections being answered are never closed.
+
+    def _evictable(self, client: str | None = None) -> socket.socket | None:
+        for sock, (_, ip) in self._pending.items():  # insertion order: oldest first
+            if client is None or ip == client:
+                return sock
+        return None
+
+    def _evict(self, sock: socket.socket) -> None:
+        self._pending.pop(sock, None)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends; the thread frees the slot
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # too many open connections: drop this one
-            return
+        ip = str(client_address[0])
+        with self._conn_lock:
+            victim = None
+            if self._per_client[ip] >= MAX_PER_CLIENT:
+                victim = self._evictable(ip) or request
+            elif self._active >= MAX_CONNECTIONS:
+                victim = self._evictable() or request
+            if self._active >= 2 * MAX_CONNECTIONS:  # evicted ones still finishing: a hard bound
+                victim = request
+            if victim is request:
+                self.shutdown_request(request)  # every slot is busy answering: drop this one
+                return
+            if victim is not None:
+                self._evict(victim)
+            self._active += 1
+            self._per_client[ip] += 1
+            self._pending[request] = (time.monotonic() + HEADER_DEADLINE_S, ip)
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(request, ip)
             raise
 
+    def _release(self, request: Any, ip: str) -> None:
+        with self._conn_lock:
+            self._active -= 1
+            self._per_client[ip] -= 1
+            self._pending.pop(request, None)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._local.request, self._local.ip = request, str(client_address[0])
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(request, str(client_address[0]))
+
+    def busy(self) -> None:
+        """The connection of this thread has sent its headers: not evictable while answered."""
+        with self._conn_lock:
+            self._pending.pop(getattr(self._local, "request", None), None)
+
+    def waiting(self) -> None:
+        """The connection of this thread waits for its next request (keep-alive)."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            return
+        with self._conn_lock:
+            self._pending.pop(request, None)
+            self._pending[request] = (time.monotonic() + HEADER_DEADLINE_S, self._local.ip)
+
+    def service_actions(self) -> None:
+        """Close connections past their header deadline (called by serve_forever each poll)."""
+        now = time.monotonic()
+        with self._conn_lock:
+            for sock in [s for s, (deadline, _) in self._pending.items() if deadline <= now]:
+                self._evict(sock)
+
+    def host_allowed(self, host: str) -> bool:
+        """An IP address, localhost, this machine's names or the name it was started on."""
+        name = host.strip().lower()
+        name = name[1 : name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0]
+        name = name.rstrip(".")
+        try:
+            ipaddress.ip_address(name)
+            return True  # a literal address is not a rebinding vector
+        except ValueError:
+            return name in self.host_names
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # runs in the connection's thread: a slow or broken TLS handshake blocks only that thread
@@ -518,6 +638,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_names(host: str) -> set[str]:
+    """The DNS names a browser may use for this server: localhost, the machine's names, --host."""
+    names = {"localhost", "ip6-localhost", host.lower().strip("[]")}
+    with contextlib.suppress(OSError):
+        hostname = socket.gethostname().lower()
+        names |= {hostname, f"{hostname}.local", socket.getfqdn().lower()}
+    return {n.rstrip(".") for n in names if n}
+
+
+def _cert_names(cert: str | os.PathLike[str]) -> set[str]:
+    """The DNS names in a certificate's subjectAltName (needs `cryptography`; else none)."""
+    try:
+        from cryptography import x509
+    except ImportError:
+        return set()
+    try:
+        c = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    return {n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)}
 
 
 def _cert_dir() -> Path:
@@ -692,6 +835,8 @@ def make_server(
     except OSError as e:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     srv.tls_cert = tls_cert
+    if tls_cert:
+        srv.host_names |= _cert_names(tls_cert)
     return srv
 
 
