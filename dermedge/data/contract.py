@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 CROPS = ("squash", "center", "fov")
+# Larger images are not decoded whole (a 12000x12000 PNG alone is 432 MB): a JPEG is decoded at a
+# reduced scale (libjpeg's DCT scaling, `draft`) to at most this many pixels, other formats are
+# refused. Images up to it decode exactly as always; 24 MP is a 6000x4000 photo.
+MAX_DECODE_PIXELS = 24_000_000
+_ROWS = 512  # rows converted at a time from 16-bit and float images (bounded temporaries)
 COLOR_CONSTANCY = ("none", "shades_of_gray")
 
 
@@ -89,9 +95,15 @@ def _to_8bit_rgb(img: Image.Image, alpha: str = "composite-black") -> Image.Imag
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr8 = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        arr = np.asarray(img)
+        if mode == "F" and arr.max(initial=0) <= 1.0 and arr.min(initial=0) >= 0.0:
+            top = 1.0  # a float image in 0..1
+        else:
+            top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.empty(arr.shape, dtype=np.uint8)
+        for r in range(0, arr.shape[0], _ROWS):  # float64 per block, not per image
+            block = arr[r : r + _ROWS].astype(np.float64)
+            arr8[r : r + _ROWS] = np.clip(np.round(block * (255.0 / top)), 0, 255)
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA")
@@ -103,6 +115,20 @@ def _to_8bit_rgb(img: Image.Image, alpha: str = "composite-black") -> Image.Imag
             return Image.alpha_composite(background, rgba).convert("RGB")
         return rgba.convert("RGB")
     return img.convert("RGB")
+
+
+def _limit_decode(img: Image.Image) -> None:
+    """Keep the decoded image within MAX_DECODE_PIXELS: JPEG draft mode, else a clear refusal."""
+    w, h = img.size
+    if w * h <= MAX_DECODE_PIXELS:
+        return
+    if img.format == "JPEG":
+        k = 2 ** math.ceil(math.log2(math.sqrt(w * h / MAX_DECODE_PIXELS)))  # 2, 4 or 8 (libjpeg's)
+        img.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
+        if img.size[0] * img.size[1] <= MAX_DECODE_PIXELS:
+            return
+    raise ImageError(f"image too large: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1] / 1e6:.0f} MP, "
+                     f"more than the {MAX_DECODE_PIXELS / 1e6:.0f} MP decoded on the device: downscale it first")  # fmt: skip
 
 
 def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Image:
@@ -117,11 +143,16 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
             if isinstance(source, bytes):
                 if not source:
                     raise ImageError("empty file (0 bytes)")
-                img = Image.open(io.BytesIO(source))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(io.BytesIO(source))
             else:
                 if os.path.getsize(source) == 0:
                     raise ImageError("empty file (0 bytes)")
-                img = Image.open(source)
+                with warnings.catch_warnings():  # MAX_DECODE_PIXELS is the limit here
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(source)
+            _limit_decode(img)
             img.load()  # force full decode: catches truncated files here, not later
         except ImageError:
             raise
