@@ -85,7 +85,8 @@ def test_json_lines(folder: Path) -> None:
     rows = [json.loads(line) for line in out.splitlines()]  # stdout is pure JSON lines
     assert len(rows) == 8
     good = [r for r in rows if "error" not in r]
-    assert all(set(r) == {"file", "prob", "label", "decision", "threshold"} for r in good)
+    assert all(set(r) == {"file", "prob", "label", "decision", "threshold", "disclaimer"} for r in good)
+    assert all(r["disclaimer"] == DISCLAIMER for r in rows)  # every record says so, errors too
     assert all(
         r["decision"] == ("refer" if r["prob"] >= r["threshold"] else "routine") for r in good
     )
@@ -108,8 +109,9 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
         "unfamiliar",
         "guard_score",
         "error",
+        "disclaimer",
     }
-    assert sum(bool(r["error"]) for r in rows) == 4
+    assert sum(bool(r["error"]) for r in rows) == 4 and all(r["disclaimer"] == DISCLAIMER for r in rows)
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left behind
     code, _, err = run("-m", INT8, "--csv", str(tmp_path / "no" / "dir" / "x.csv"), str(folder))
     assert code == 2 and "cannot write --csv" in err

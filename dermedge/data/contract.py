@@ -83,10 +83,15 @@ class InputContract:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputContract:
         """Rebuild from a card's `input` entry, ignoring keys this version does not know."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the input contract must be a JSON object, not {type(d).__name__}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "value_range" in known:
-            known["value_range"] = tuple(known["value_range"])
-        return cls(**known)
+        try:
+            if "value_range" in known:
+                known["value_range"] = tuple(known["value_range"])
+            return cls(**known)
+        except TypeError as e:  # a null or wrong-typed field in a hand-edited card
+            raise ValueError(f"invalid input contract: {e}") from e
 
 
 def _to_8bit_rgb(img: Image.Image, alpha: str = "composite-black") -> Image.Image:

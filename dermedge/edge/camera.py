@@ -248,6 +248,7 @@ LOG_FIELDS = [
     "trigger",
     "frame_file",
     "crop_file",
+    "disclaimer",
 ]
 
 
@@ -526,6 +527,7 @@ class Session:
             "trigger": trigger,
             "source": self.source.description,
             "model": self.model.name,
+            "disclaimer": DISCLAIMER,
         }
 
     def _save(self, record: dict[str, Any], frame: np.ndarray, crop: np.ndarray) -> dict[str, Any]:

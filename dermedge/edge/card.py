@@ -184,7 +184,33 @@ def read_card(source: str | os.PathLike[str] | bytes) -> dict[str, Any] | None:
         raise ValueError(f"the embedded {CARD_NAME} is not valid JSON: {e}") from e
     if not isinstance(card, dict):
         raise ValueError(f"the embedded {CARD_NAME} is not a JSON object")
+    check_card_types(card)
     return card
+
+
+_CARD_TYPES: dict[str, tuple[type, ...]] = {
+    "input": (dict,), "threshold": (int, float), "classes": (list,), "positive_class": (str,),
+    "name": (str,), "guard": (dict,), "calibration": (dict,), "external": (dict,),
+    "disclaimer": (str,), "output": (str,), "data": (dict,), "file_sha256": (str,)}  # fmt: skip
+
+
+def check_card_types(card: dict[str, Any]) -> None:
+    """ValueError, one line, for a card entry of the wrong type (a hand-edited or foreign card):
+    the runners then refuse the model instead of failing deep inside with a traceback."""
+    for key, types in _CARD_TYPES.items():
+        value = card.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            want = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"model card: {key!r} must be a {want}, not {type(value).__name__}")
+    thr = card.get("threshold")
+    if thr is not None and not 0.0 <= float(thr) <= 1.0:
+        raise ValueError(f"model card: threshold {thr} is not a probability in 0..1")
+    classes = card.get("classes")
+    if classes is not None and (len(classes) != 2 or not all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"model card: classes must be two names, not {classes!r}"[:200])
+    size = (card.get("input") or {}).get("size")
+    if "input" in card and (not isinstance(size, int) or isinstance(size, bool)):
+        raise ValueError(f"model card: input size must be an integer, not {size!r}"[:200])
 
 
 class _Block:

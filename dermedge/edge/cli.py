@@ -6,6 +6,7 @@ decision at the model's threshold ("refer" / "routine").
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -31,7 +32,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
 CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "unfamiliar", "guard_score",
-              "warning", "error"]
+              "warning", "error", "disclaimer"]
 
 
 class Fatal(click.ClickException):
@@ -154,7 +155,7 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     try:
-        atomic_write(path, buffer.getvalue().encode("utf-8"))
+        atomic_write(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
         raise Fatal(f"cannot write --csv {path}: {e.strerror or e}") from e
 
@@ -182,6 +183,7 @@ def classify_images(
     bar = _progress(len(items))
     for path, error in items:
         row = {"file": path, "error": error} if error else _result_row(path, model)
+        row["disclaimer"] = DISCLAIMER  # in every record a person may read (JSON, CSV)
         rows.append(row)
         line = json.dumps(row) if as_json else _table_line(row)
         if bar:
@@ -373,7 +375,7 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 )
 @click.option("--serve", is_flag=True, help="Serve the model to phones/browsers on the network.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="--serve address.")
-@click.option("--port", type=int, default=8000, show_default=True, help="--serve port.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="--serve port.")
 @click.option("--tls-cert", metavar="PEM", help="--serve TLS certificate.")
 @click.option("--tls-key", metavar="PEM", help="--serve TLS key.")
 @click.option(
@@ -394,6 +396,9 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
     A screening aid, never a diagnosis. Exit code 1 if any input failed or the camera session
     ended by a fault, 2 if it could not run at all.
     """
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if opts["serve"]:
         serve_model(opts["model"], opts)
         return

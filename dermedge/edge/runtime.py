@@ -364,13 +364,14 @@ class EdgeModel:
         return prob, None if feats is None else feats.reshape(x.shape[0], -1)
 
     def decide(self, prob: float, features: np.ndarray | None = None) -> dict[str, Any]:
-        """prob, label (the likelier class) and decision (refer at/above the threshold); with a
-        guard, its score and `unfamiliar` (then no decision is given)."""
-        likelier = self.positive if prob >= 0.5 else 1 - self.positive
+        """prob, label and decision, both at the threshold (label the positive class exactly when
+        the decision is refer, as on the phone page); with a guard, its score and `unfamiliar`
+        (then no label or decision is given)."""
+        refer = prob >= self.threshold
         out: dict[str, Any] = {
             "prob": float(prob),
-            "label": self.classes[likelier],
-            "decision": "refer" if prob >= self.threshold else "routine",
+            "label": self.classes[self.positive if refer else 1 - self.positive],
+            "decision": "refer" if refer else "routine",
         }
         if self.guard is not None and features is not None:
             score = float(self.guard.score(features)[0])

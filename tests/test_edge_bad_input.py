@@ -1,0 +1,86 @@
+"""Bad input found by a hostile test run gets one line and a non-zero exit, never a traceback:
+wrong-typed cards (in every command that reads them), an impossible port, a bad JSON card beside
+a served model, a file name that is not UTF-8 (with --csv, and under a strict UTF-8 stdout)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA, _need
+
+from dermedge import DISCLAIMER
+from dermedge.edge.card import read_card
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "dermedge" / "models" / "tiny.tflite"
+NOCARD = REPO / "tests" / "assets" / "tiny_fp32_nocard.tflite"
+
+
+def _run(*args: str, env: dict[str, str] | None = None, module: str = "dermedge.edge.cli") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, timeout=60,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def _one_line_error(r: subprocess.CompletedProcess, code: int | None = None) -> str:
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, err)
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("Usage:", "Try "))]
+    assert len(lines) == 1, err  # (click's usage lines above a usage error are fine)
+    return lines[0]
+
+
+def _with_raw_card(card: dict) -> bytes:
+    """tiny.tflite with a card that embed_card itself would refuse to write (hand-edited)."""
+    from dermedge.edge import card as K
+
+    return K.seal(K._embed(TINY.read_bytes(), K._card_json({"file_sha256": "0" * 64, **card})))
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    return sorted((_need(DATA / "isic-mvb") / "test" / "benign").glob("*.jpg"))[0]
+
+
+@pytest.mark.parametrize(("name", "edit", "says"), [
+    ("input_str", lambda c: {**c, "input": "x"}, "'input' must be a dict"),
+    ("size_null", lambda c: {**c, "input": {**c["input"], "size": None}}, "input size must be an integer"),
+    ("thr_list", lambda c: {**c, "threshold": [0.5]}, "'threshold' must be a int or float"),
+    ("classes_int", lambda c: {**c, "classes": 3}, "'classes' must be a list"),
+])  # fmt: skip
+def test_wrong_typed_cards(tmp_path: Path, photo: Path, name: str, edit, says: str) -> None:
+    model = tmp_path / f"{name}.tflite"
+    model.write_bytes(_with_raw_card(edit(read_card(TINY))))
+    assert says in _one_line_error(_run("-m", str(model), str(photo)), 2)
+    assert says in _one_line_error(_run("convert", "--inspect", str(model), module="dermedge.cli"))
+    assert says in _one_line_error(_run("card", str(model), module="dermedge.cli"))
+    assert says in _one_line_error(_run("--serve", "--model", str(model), "--port", "0"), 2)
+
+
+def test_impossible_port_and_bad_card_beside_a_served_model(tmp_path: Path) -> None:
+    assert "--port" in _one_line_error(_run("--serve", "--port", "70000"), 2)
+    model = tmp_path / "m.tflite"
+    shutil.copy(NOCARD, model)
+    (tmp_path / "m.tflite.json").write_text("{bad")
+    assert "m.tflite.json" in _one_line_error(_run("--serve", "--model", str(model), "--port", "0"), 2)
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"lesion-\xff.jpg")
+    shutil.copy(photo, folder / name)
+    out = tmp_path / "out.csv"
+    r = _run("-m", str(TINY), "--csv", str(out), str(folder), env={"PYTHONIOENCODING": "utf-8:strict"})
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert b"lesion-\\udcff.jpg" in r.stdout  # shown, escaped
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert Path(row["file"]).name == name and row["decision"] in ("refer", "routine")  # the exact name
+    assert row["disclaimer"] == DISCLAIMER
