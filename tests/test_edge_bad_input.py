@@ -84,3 +84,17 @@ def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
         (row,) = list(csv.DictReader(f))
     assert Path(row["file"]).name == name and row["decision"] in ("refer", "routine")  # the exact name
     assert row["disclaimer"] == DISCLAIMER
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--serve", "--camera", "0"], "not used with --serve: --camera"),
+    (["--serve", "--csv", "x.csv"], "not used with --serve: --csv"),
+    (["--serve", "--threshold", "0.3", "--size", "64"], "--threshold, --size"),
+    (["--port", "9000", "README.md"], "not used with classifying images: --port"),
+    (["--tls-cert", "c.pem", "README.md"], "--tls-cert"),
+    (["--camera", "0", "--picamera"], "--camera with --picamera"),
+    (["--camera", "0", "--csv", "a.csv"], "not used with --camera/--picamera: --csv"),
+    (["--save", "d", "README.md"], "not used with classifying images: --save"),
+])  # fmt: skip
+def test_options_a_mode_does_not_use_are_refused(args: list[str], says: str) -> None:
+    assert says in _one_line_error(_run(*args), 2)

@@ -156,9 +156,9 @@ def test_usage_errors() -> None:
     code, _, err = run("-m", INT8, "--camera", "0", "--smooth", "2/5")
     assert code == 2 and "more than half" in err
     code, _, err = run("-m", INT8, "--save", "out", "--max-frames", "3", "x.jpg")
-    assert code == 2 and "--save, --max-frames: only for --camera" in err
+    assert code == 2 and "not used with classifying images: --save, --max-frames" in err
     code, _, err = run("-m", INT8, "--camera", "0", "--csv", "out.csv")
-    assert code == 2 and "--csv: only for still images" in err
+    assert code == 2 and "not used with --camera/--picamera: --csv" in err
 
 
 def test_version_names_the_runtime() -> None:

@@ -284,19 +284,32 @@ def serve_model(model: str, opts: dict[str, Any]) -> None:
     serve(str(resolve_model(model)), **{k: opts[k] for k in keys})
 
 
-IMAGE_ONLY = {"csv_path": "--csv"}
-CAMERA_ONLY = {
-    k: "--" + k.replace("_", "-")
-    for k in ("save", "preview", "reconnect", "max_frames", "duration", "width", "height", "fps")
-}
+# Which options each mode takes: the one table; anything else given is an error, not ignored.
+_COMMON = {"model", "threads", "delegate", "no_xnnpack", "verbose"}
+_CLASSIFY = _COMMON | {"threshold", "size", "crop", "as_json"}
+MODE_OPTIONS = {
+    "images": _CLASSIFY | {"csv_path"},
+    "camera": _CLASSIFY | {"camera", "picamera", "width", "height", "fps", "smooth", "preview", "save",
+                           "reconnect", "max_frames", "duration"},
+    "serve": {"model", "verbose", "serve", "host", "port", "tls_cert", "tls_key", "self_signed"},
+}  # fmt: skip
 
 
-def _check_mode(opts: dict[str, Any], live: bool) -> None:
-    """Refuse options that the chosen mode would silently ignore."""
-    wrong = [flag for key, flag in (IMAGE_ONLY if live else CAMERA_ONLY).items() if opts[key]]
+def _flag(ctx: click.Context, name: str) -> str:
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def check_mode_options(ctx: click.Context, mode: str) -> None:
+    """Refuse options given on the command line that `mode` would silently ignore."""
+    given = [name for name in ctx.params
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]  # fmt: skip
+    wrong = [_flag(ctx, n) for n in given if n not in MODE_OPTIONS[mode] and n != "inputs"]
+    if ctx.params.get("camera") is not None and ctx.params.get("picamera"):
+        wrong.append("--camera with --picamera")
     if wrong:
-        mode = "still images" if live else "--camera/--picamera"
-        raise click.UsageError(f"{', '.join(wrong)}: only for {mode}")
+        where = {"images": "classifying images", "camera": "--camera/--picamera", "serve": "--serve"}[mode]
+        raise click.UsageError(f"not used with {where}: {', '.join(wrong)}")
 
 
 def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -399,15 +412,18 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not end the run
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    ctx = click.get_current_context()
+    live = opts["camera"] is not None or opts["picamera"]
+    check_mode_options(ctx, "serve" if opts["serve"] else "camera" if live else "images")
     if opts["serve"]:
+        if inputs:
+            raise click.UsageError("--serve takes no images: the phone classifies its own camera")
         serve_model(opts["model"], opts)
         return
-    live = opts["camera"] is not None or opts["picamera"]
     if live and inputs:
         raise click.UsageError("give either images/folders or --camera/--picamera, not both")
     if not live and not inputs:
         raise click.UsageError("give images, folders or globs, --camera SRC, --picamera or --serve")
-    _check_mode(opts, live)
     if opts["csv_path"]:
         _check_csv_target(opts["csv_path"])
     model = load_model(
