@@ -5,6 +5,7 @@ a served model, a file name that is not UTF-8 (with --csv, and under a strict UT
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -98,3 +99,47 @@ def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
 ])  # fmt: skip
 def test_options_a_mode_does_not_use_are_refused(args: list[str], says: str) -> None:
     assert says in _one_line_error(_run(*args), 2)
+
+
+@pytest.fixture
+def odd_folder(tmp_path: Path, photo: Path) -> Path:
+    """Two real photos beside a dangling link, a link loop, a FIFO and a linked folder."""
+    d = tmp_path / "odd"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(photo, d / "a.jpg")
+    shutil.copy(photo, d / "sub" / "b.jpg")
+    (d / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (d / "loop.jpg").symlink_to(d / "loop.jpg")
+    (d / "sub" / "up").symlink_to(d)  # a folder loop
+    os.mkfifo(d / "pipe.jpg")
+    return d
+
+
+def test_a_folder_reports_every_entry_it_cannot_read(odd_folder: Path) -> None:
+    for arg in (str(odd_folder), str(odd_folder / "**" / "*.jpg")):
+        r = _run("-m", str(TINY), "--json", arg)  # must return (a FIFO opened would hang)
+        rows = {Path(row["file"]).name: row for row in map(json.loads, r.stdout.splitlines())}
+        assert r.returncode == 1 and b"Traceback" not in r.stderr
+        assert {"a.jpg", "b.jpg"} <= {n for n, row in rows.items() if "error" not in row}, rows
+        assert rows["dangling.jpg"]["error"] == "dangling symbolic link"
+        assert rows["loop.jpg"]["error"] == "symbolic link loop"
+        assert rows["pipe.jpg"]["error"] == "not a regular file (FIFO)"
+    rows = [json.loads(x) for x in _run("-m", str(TINY), "--json", str(odd_folder)).stdout.splitlines()]
+    assert any(row["file"].endswith("sub/up") and "not followed" in row["error"] for row in rows)
+
+
+def test_data_inspect_reports_nested_folders_links_and_fifos(tmp_path: Path, photo: Path) -> None:
+    root = tmp_path / "site"
+    for label in ("benign", "malignant"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(photo, root / label / f"{label}{i}.jpg")
+    (root / "benign" / "more").mkdir()
+    shutil.copy(photo, root / "benign" / "more" / "x.jpg")
+    os.mkfifo(root / "malignant" / "pipe.jpg")
+    (root / "malignant" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    r = _run("data", "inspect", str(root), module="dermedge.cli")
+    out = (r.stdout + r.stderr).decode()
+    assert "Traceback" not in out
+    assert "benign/more: folder inside a class folder" in out
+    assert "pipe.jpg: not a regular file (FIFO)" in out and "gone.jpg: dangling symbolic link" in out

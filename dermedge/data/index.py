@@ -15,6 +15,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dermedge.data.io import entry_problem
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
@@ -84,8 +86,20 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _files_in(folder: Path, problems: list[Problem]) -> list[Path]:
+    """The files of a class folder; a nested folder, a broken link or a FIFO is a problem."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        why = entry_problem(p)
+        if why is None and p.is_dir():
+            why = "folder inside a class folder: its images are not read (move them up)"
+        if why:
+            problems.append(Problem(str(p), why))
+        else:
+            files.append(p)
+    return files
 
 
 def read_class_folders(root: Path) -> Index:
@@ -110,7 +124,7 @@ def read_class_folders(root: Path) -> Index:
                     Problem(str(class_dir), f"unknown class folder {class_dir.name!r}")
                 )
                 continue
-            for f in _files_in(class_dir):
+            for f in _files_in(class_dir, index.problems):
                 if not _is_image_name(f):
                     index.problems.append(Problem(str(f), "not an image file name"))
                     continue

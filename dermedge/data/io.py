@@ -38,3 +38,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 text to `path` atomically."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
+
+
+def entry_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a folder entry cannot be read as a file (a dangling link, a link loop, a FIFO, a socket
+    or a device: opening a FIFO would wait forever), or None for a file or a folder."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if os.path.islink(path):
+            return "symbolic link loop" if e.errno == errno.ELOOP else "dangling symbolic link"
+        return f"cannot read: {e.strerror or e}"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+    return f"not a regular file ({kind})"

@@ -22,6 +22,7 @@ import click
 
 from dermedge import DISCLAIMER, __version__
 from dermedge.data.contract import CROPS, ImageError, InputContract, load_rgb
+from dermedge.data.io import entry_problem
 from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
 from dermedge.edge.guard import MESSAGE as GUARD_MESSAGE
@@ -94,12 +95,36 @@ def load_model(
         raise Fatal(str(e)) from e
 
 
-def _folder_images(folder: str) -> tuple[list[str], int]:
-    """Image files under a folder (recursive, hidden ones skipped) and how many others it holds."""
-    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
-    files = [p for p in files if not any(s.startswith(".") for s in p.relative_to(folder).parts)]
-    images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTS]
-    return images, len(files) - len(images)
+def _folder_images(folder: str) -> tuple[list[tuple[str, str | None]], int]:
+    """(path, problem or None) for the images under a folder (recursive, hidden ones skipped;
+    folder links are not followed, so a link loop cannot trap the walk), and how many other
+    files it holds. Entries that cannot be read (dangling links, loops, FIFOs) are reported."""
+    items: list[tuple[str, str | None]] = []
+    others = 0
+    for p in sorted(Path(folder).rglob("*")):
+        if any(s.startswith(".") for s in p.relative_to(folder).parts):
+            continue
+        why = entry_problem(p)
+        if why is None and p.is_dir():
+            if p.is_symlink():
+                items.append((str(p), "link to a folder: not followed (give the folder itself)"))
+            continue
+        if why:
+            items.append((str(p), why))
+        elif p.suffix.lower() in IMAGE_EXTS:
+            items.append((str(p), None))
+        else:
+            others += 1
+    return items, others
+
+
+def _glob(pattern: str) -> list[str]:
+    """Matches of a glob; `**` does not descend into linked folders (a link loop would never end)."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    rest = str(Path(*parts[first:]))
+    return sorted(str(p) for p in base.glob(rest))
 
 
 def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], int]:
@@ -108,18 +133,18 @@ def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], 
     ignored = 0
     for arg in args:
         if os.path.isdir(arg):
-            images, others = _folder_images(arg)
+            found, others = _folder_images(arg)
             ignored += others
-            items += [(p, None) for p in images] or [(arg, "folder holds no image files")]
-        elif not os.path.exists(arg) and glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
+            items += found or [(arg, "folder holds no image files")]
+        elif not os.path.lexists(arg) and glob.has_magic(arg):
+            matches = _glob(arg)
             if not matches:
                 items.append((arg, "no files match this pattern"))
             sub, others = expand_inputs(tuple(matches))
             items += sub
             ignored += others
         else:
-            items.append((arg, None))
+            items.append((arg, entry_problem(arg) if os.path.lexists(arg) else None))
     return list(dict.fromkeys(items)), ignored
 
 
