@@ -459,3 +459,43 @@ def test_draw_overlay(lesions: list[np.ndarray]) -> None:
         img = draw_overlay(frame, state)
         assert img.shape == frame.shape and not np.array_equal(img, frame)
     assert os.environ.get("OPENCV_FFMPEG_LOGLEVEL")  # camera import quiets FFmpeg's frame noise
+
+
+def test_a_kill_during_save_leaves_whole_decisions_and_the_next_start_cleans(
+    videos: dict[str, Path], lesions: list[np.ndarray], tmp_path: Path
+) -> None:
+    """SIGKILL mid-session: every decision folder holds frame, crop and record; what a kill left
+    half-made (staging folders, temporary files) is removed, with a word, at the next start."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    save = tmp_path / "save"
+    long = write_video(tmp_path / "long.avi", [frame_of(rgb, k) for _ in range(6) for rgb in lesions
+                                               for k in range(PER_LESION)])  # fmt: skip
+    cmd = [sys.executable, "-m", "dermedge.edge.cli", "-m", str(INT8), "--camera", str(long), "--save", str(save),
+           "--smooth", "2/3", "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (save.is_dir() and any(
+            p.is_dir() and not p.name.startswith(".") for p in save.iterdir())):  # fmt: skip
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    folders = [p for p in save.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert folders, proc.stderr.read().decode()[-2000:] if proc.stderr else "no decision saved"
+    for d in folders:
+        record = json.loads((d / f"{d.name}.json").read_text())
+        assert (save / record["frame_file"]).is_file() and (save / record["crop_file"]).is_file()
+        assert record["disclaimer"] == DISCLAIMER
+    # what a kill can leave: a staging folder and an atomic write's temporary file
+    (save / ".staging-x").mkdir(exist_ok=True)
+    (save / ".staging-x" / "x.jpg").write_bytes(b"half")
+    (save / ".session.csv.abc.tmp").write_bytes(b"half")
+    result = CliRunner().invoke(main, ["-m", str(INT8), "--camera", str(videos["normal"]), "--save", str(save),
+                                       "--max-frames", "3"])  # fmt: skip
+    assert "unfinished file(s) of an interrupted session" in result.stderr, result.output
+    assert not [p for p in save.iterdir() if p.name.startswith(".staging-") or p.name.endswith(".tmp")]
+    assert all(p.stat().st_mode & 0o044 for p in save.rglob("*.jpg"))  # readable like the logs
+

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -252,6 +253,9 @@ LOG_FIELDS = [
 ]
 
 
+STAGING = ".staging-"  # a decision folder being written
+
+
 class Saver:
     """Saves frame, crop and JSON record per decision, plus a session log (JSONL and CSV)."""
 
@@ -264,13 +268,21 @@ class Saver:
         self.jsonl = self.dir / f"session-{self.session}.jsonl"
         self.csv = self.dir / f"session-{self.session}.csv"
         self.count = 0
+        self.cleaned = self._clean_stale()
 
-    def _image(self, name: str, bgr: np.ndarray) -> str:
+    def _image(self, folder: Path, name: str, bgr: np.ndarray) -> None:
         ok, data = cv2.imencode(Path(name).suffix, bgr)
         if not ok:
             raise OSError(f"could not encode {name}")
-        atomic_write(self.dir / name, data.tobytes())
-        return name
+        atomic_write(folder / name, data.tobytes())
+
+    def _clean_stale(self) -> list[str]:
+        """Remove what a killed session left: half-made decision folders and temporary files."""
+        stale = [p for p in self.dir.iterdir()
+                 if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))]  # fmt: skip
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return [p.name for p in stale]
 
     def _log(self, record: dict[str, Any]) -> None:
         row = io.StringIO()
@@ -285,15 +297,22 @@ class Saver:
                 os.fsync(f.fileno())
 
     def save(self, record: dict[str, Any], frame_bgr: np.ndarray, crop_rgb: np.ndarray) -> dict:
-        """Write the files for one decision; returns the record with their names. OSError on failure."""
+        """Write one decision as a unit: frame, crop and record in a staging folder renamed into
+        place (a kill leaves either the whole folder or a staging one, cleaned at the next
+        start), then the session log. Returns the record with the file names; OSError on failure."""
         self.count += 1
         stem = f"{self.session}-{self.count:04d}-frame{record['frame']:06d}"
-        record = dict(record)
-        record["frame_file"] = self._image(f"{stem}.jpg", frame_bgr)
-        record["crop_file"] = self._image(
-            f"{stem}-crop.png", cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR)
-        )
-        atomic_write(self.dir / f"{stem}.json", json.dumps(record, indent=1).encode())
+        record = {**record, "frame_file": f"{stem}/{stem}.jpg", "crop_file": f"{stem}/{stem}-crop.png"}
+        staging = self.dir / f"{STAGING}{stem}"
+        staging.mkdir()
+        try:
+            self._image(staging, f"{stem}.jpg", frame_bgr)
+            self._image(staging, f"{stem}-crop.png", cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR))
+            atomic_write(staging / f"{stem}.json", json.dumps(record, indent=1).encode())
+            os.replace(staging, self.dir / stem)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         self._log(record)
         return record
 

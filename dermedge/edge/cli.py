@@ -275,6 +275,10 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
         else camera.OpenCVSource(opts["camera"], *size)
     )
     saver = camera.Saver(opts["save"]) if opts["save"] else None
+    if saver and saver.cleaned:
+        click.echo(f"removed {len(saver.cleaned)} unfinished file(s) of an interrupted session from "
+                   f"{saver.dir}: {', '.join(saver.cleaned[:3])}{' ...' if len(saver.cleaned) > 3 else ''}",
+                   err=True)  # fmt: skip
     preview = camera.Preview() if opts["preview"] else None
     options = camera.SessionOptions(
         smooth=opts["smooth"],

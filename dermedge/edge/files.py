@@ -6,12 +6,17 @@ import os
 import tempfile
 from pathlib import Path
 
+from dermedge.data.io import (
+    FILE_MODE,  # what open() would give: frames read like the logs beside them
+)
+
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
