@@ -236,6 +236,7 @@ def _bench(
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end(tiny_run):
     root = tiny_run
     proc = _bench(root, str(root / "runs" / "train" / "tiny"), "--threads", "1,2", "--runs", "6",

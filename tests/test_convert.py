@@ -25,6 +25,8 @@ from dermedge.convert import gate as G
 from dermedge.convert.quantize import calibration_sample
 from dermedge.edge.card import without_digest
 
+pytestmark = pytest.mark.slow  # trains and converts real models
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -307,6 +309,7 @@ def test_card_reads_back_without_tensorflow(converted, run_dir):
 import json, sys
 from dermedge.edge.card import read_card
 from dermedge.edge.runtime import EdgeModel
+
 card = read_card({str(converted.out / "model_int8.tflite")!r})
 result = EdgeModel({str(converted.out / "model_int8.tflite")!r}).classify({str(img)!r})
 assert 'tensorflow' not in sys.modules, 'tensorflow was imported'

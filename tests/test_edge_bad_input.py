@@ -143,3 +143,18 @@ def test_data_inspect_reports_nested_folders_links_and_fifos(tmp_path: Path, pho
     assert "Traceback" not in out
     assert "benign/more: folder inside a class folder" in out
     assert "pipe.jpg: not a regular file (FIFO)" in out and "gone.jpg: dangling symbolic link" in out
+
+
+def test_csv_target_that_is_a_folder_is_refused_before_the_run(tmp_path: Path, photo: Path) -> None:
+    line = _one_line_error(_run("-m", str(TINY), "--csv", str(tmp_path), str(photo)), 2)
+    assert "is a folder: give a file name" in line
+
+
+def test_a_dataset_with_no_usable_rows_and_a_huge_csv_field(tmp_path: Path, photo: Path) -> None:
+    ham = tmp_path / "ham"
+    (ham / "images").mkdir(parents=True)
+    shutil.copy(photo, ham / "images" / "ISIC_0000001.jpg")
+    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_0000009,mel\n")
+    assert "no usable labelled images" in _one_line_error(_run("data", "inspect", str(ham), module="dermedge.cli"))
+    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_2," + "x" * 140000 + ",nv\n")
+    assert "field larger than field limit" in _one_line_error(_run("data", "inspect", str(ham), module="dermedge.cli"))

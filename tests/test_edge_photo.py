@@ -8,11 +8,15 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from dermedge.edge import photo
-from dermedge.edge.quality import ANALYSIS, DARK, Gate, measure
+from dermedge.edge.quality import Gate, measure
 
 
-def test_constants_match_the_camera_gate() -> None:
-    assert (ANALYSIS, DARK, Gate().min_sharpness) == (photo.ANALYSIS, photo.DARK, photo.MIN_SHARPNESS)
+def test_warnings_on_real_photos(isic_dir: Path) -> None:
+    """A sharp photo gets none; its 100x75 thumbnail is low resolution; a heavy blur is blurred."""
+    img = Image.open(sorted(isic_dir.glob("test/*/*.jpg"))[0]).convert("RGB")
+    assert photo.photo_warning(img, 224) is None
+    assert "low resolution (100x75)" in (photo.photo_warning(img.resize((100, 75)), 224) or "")
+    assert "blurred" in (photo.photo_warning(img.filter(ImageFilter.GaussianBlur(12)), 224) or "")
 
 
 def test_sharpness_agrees_with_the_camera_gate_on_real_photos(isic_dir: Path) -> None:

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from dermedge.cli import main
 
+pytestmark = pytest.mark.slow  # trains, converts or runs a whole benchmark
+
 ASSETS = Path(__file__).parent / "assets"
 
 

@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, converts or runs a whole benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "field_video.py"
 PER_CLASS, FPS, CLIP_S, GAP = 4, 15, 0.6, 5

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DERMEDGE_DATA") or REPO.parent / "shared" / "data") / "isic-mvb"
 COMMON = ["--img-size", "64", "--batch", "16", "--bootstrap", "200", "--quiet"]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (DATA / "train" / "benign").is_dir(),
     reason=f"real images not found at {DATA} (set DERMEDGE_DATA to the folder holding isic-mvb/)",
-)
+)]
 
 
 def _images(split_dir: str, label: str, n: int, skip: int = 0) -> list[Path]:

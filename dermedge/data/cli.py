@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ def _load(root: str, link: str | None) -> Analysis:
         other = read_dataset(link) if link else None
     except (FileNotFoundError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
+    except csv.Error as e:  # e.g. a field over the csv module's 131072-character limit
+        raise click.ClickException(f"{root}: a CSV file there cannot be read: {e}") from e
+    for ix in (index, other):
+        if ix is not None and not ix.records:
+            shown = "; ".join(f"{p.path}: {p.reason}" for p in ix.problems[:3])
+            raise click.ClickException(f"{ix.root}: no usable labelled images"
+                                       + (f" ({len(ix.problems)} skipped: {shown} ...)" if shown else ""))  # fmt: skip
     return analyse(index, link=other)
 
 

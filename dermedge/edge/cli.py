@@ -169,6 +169,9 @@ def _table_line(row: dict[str, Any]) -> str:
 
 
 def _check_csv_target(path: str) -> None:
+    """Before the run, not after it: a --csv that cannot be written would lose every result."""
+    if Path(path).is_dir():
+        raise Fatal(f"--csv {path} is a folder: give a file name, e.g. {Path(path) / 'results.csv'}")
     parent = Path(path).resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise Fatal(f"cannot write --csv {path}: folder {parent} is missing or not writable")

@@ -28,6 +28,7 @@ ARTIFACTS = REPO / "runs" / "test-artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ASSETS = REPO / "tests" / "assets"
 TOLERANCE = 0.02
+pytestmark = pytest.mark.slow  # a real browser
 
 
 def _skip_or_fail(reason: str) -> None:
