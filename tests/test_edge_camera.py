@@ -276,10 +276,21 @@ def test_ctrl_c_ends_cleanly_with_a_summary(jpegs: list[bytes]) -> None:
             text=True,
         )
         assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())  # a decision from the live stream
+        # wait for a decision from the live stream, bounded: under load the start can be slow,
+        # and a SIGINT before the loop runs would test the import, not the loop
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout=120)
+        sel.close()
+        if not ready:
+            proc.kill()
+            pytest.fail(f"no decision within 120 s: {proc.communicate()[1][-2000:]}")
+        first = json.loads(proc.stdout.readline())
         assert first["event"] == "decision"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
         cam.stop()
     assert proc.returncode == 0, err
