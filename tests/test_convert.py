@@ -250,10 +250,14 @@ def test_converts_all_four_variants_through_the_gate(converted, run_dir):
     res, out = converted.res, converted.out
     assert res.exit_code == 0, res.output
     assert "| variant" in res.output and "Verdict: **PASS**" in res.output
-    # the device code path: the test split, then the val split for each quantized variant's threshold
+    # the device code path: the test split, the val split for each quantized variant's threshold,
+    # and the guard's check that the unguarded file gives the same probabilities on val
     assert sorted(converted.calls) == sorted(
-        ["fp32", "fp16", "fp16", "dynamic", "dynamic", "int8", "int8"]
+        ["fp32", "fp32", "fp16", "fp16", "fp16", "dynamic", "dynamic", "dynamic", "int8", "int8", "int8"]
     )
+    for v in ("fp32", "fp16", "dynamic", "int8"):
+        guarded = read_card(out / f"model_{v}.tflite")
+        assert guarded["guard"]["fit"]["probabilities_identical_on_val"], v
     report = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["keras", "fp32", "fp16", "dynamic", "int8"]
     assert (out / "report.md").read_text().count("| fp") == 2

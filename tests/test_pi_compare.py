@@ -18,8 +18,8 @@ def _run(tmp_path: Path, ref: list[dict], arm: list[dict], tol: float) -> subpro
 
 
 def _camera(probs: list[float], t: float = 0.19140625) -> list[dict]:
-    recs = [{"event": "decision", "prob": p, "threshold": t, "decision": "refer" if p >= t else "routine"}
-            for p in probs]  # fmt: skip
+    recs = [{"event": "decision", "prob": p, "threshold": t, "decision": "refer" if p >= t else "routine",
+             "label": "malignant" if p >= t else "benign"} for p in probs]  # fmt: skip
     refer = sum(r["decision"] == "refer" for r in recs)
     return [*recs, {"event": "summary", "decisions": {"routine": len(recs) - refer, "refer": refer}}]
 
@@ -39,7 +39,7 @@ def test_a_borderline_decision_may_flip_within_tolerance(tmp_path):
 def test_flips_far_from_the_threshold_or_beyond_tolerance_fail(tmp_path):
     # same probability shift, but the tolerance is tighter than it
     r = _run(tmp_path, _camera([0.1719, 0.99]), _camera([0.1915, 0.99]), 0.005)
-    assert r.returncode == 1 and "MISMATCH [0].decision" in r.stdout
+    assert r.returncode == 1 and "MISMATCH [0].decision" in r.stdout and "MISMATCH [0].label" in r.stdout
     # a decision that differs although neither probability is near the threshold
     ref, arm = _camera([0.05, 0.99]), _camera([0.05, 0.99])
     arm[0]["decision"] = "refer"

@@ -106,13 +106,15 @@ EXIT_GATE_FAILED = 3
     help="Give a converted model its unfamiliar-input guard, fitted on --data's train split "
     "(cut-off: 95% of val passes); writes --out/FILE.tflite and guard.json.",
 )
+@click.option("--no-guard", is_flag=True,
+              help="Do not give the converted models their unfamiliar-input guard.")
 @click.option("--force", is_flag=True,
               help="With --add-guard: fit on a split other than the one the card records.")
 def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
             max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
             rethreshold: bool, threads: int | None, seed: int, inspect_path: str | None,
-            as_json: bool, guard_path: str | None, force: bool) -> None:  # fmt: skip
+            as_json: bool, guard_path: str | None, no_guard: bool, force: bool) -> None:  # fmt: skip
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -138,7 +140,7 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
             )
         _convert(run_or_model, quant, io_type, calib_images, max_auc_drop, max_acc_drop,
                  max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed,
-                 rethreshold)  # fmt: skip
+                 rethreshold, not no_guard)  # fmt: skip
     except ConvertError as e:
         raise click.ClickException(str(e)) from None
     except (ValueError, EdgeError) as e:  # a card or model file the edge code refuses
@@ -174,7 +176,7 @@ def _inspect(path: str, as_json: bool) -> None:
 def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop: float,
              max_acc_drop: float, max_sens_drop: float, min_agreement: float,
              allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
-             threads: int | None, seed: int, rethreshold: bool = True) -> None:  # fmt: skip
+             threads: int | None, seed: int, rethreshold: bool = True, guard: bool = True) -> None:  # fmt: skip
     from dermedge import DISCLAIMER
     from dermedge.convert import gate, pipeline
 
@@ -185,7 +187,7 @@ def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop
     opts = pipeline.Options(quant=parse_quant(quant), io=io_type, calib_images=calib_images,
                             tolerances=tol, allow_float_fallback=allow_float_fallback, data=data,
                             card=card, out=out, threads=threads, seed=seed,
-                            rethreshold=rethreshold)  # fmt: skip
+                            rethreshold=rethreshold, guard=guard)  # fmt: skip
     res = pipeline.run(arg, opts)
     click.echo(res.markdown)
     click.echo(

@@ -49,6 +49,7 @@ class Options:
     threads: int | None = None
     seed: int = 0
     rethreshold: bool = True
+    guard: bool = True  # give each passing variant its unfamiliar-input guard (convert/guard.py)
 
 
 @dataclass
@@ -377,6 +378,8 @@ def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray 
             final = _embed(tfl, card)
             rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
             atomic_write_bytes(work / rel, final)
+            if verdict == "pass" and opts.guard:
+                final, card, row["guard"] = _add_guard(work / rel, src.manifest)
             atomic_write_text(
                 work / (rel + ".json"), json.dumps(card, indent=2, allow_nan=False) + "\n"
             )
@@ -407,6 +410,23 @@ def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def _add_guard(path: Path, manifest: Path) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """The variant with its guard, fitted on the run's own train split (its probabilities are
+    checked bit-identical on val, so the gate's figures hold); bytes, card, fit summary."""
+    from dermedge.convert.guard import add_guard
+    from dermedge.edge.card import read_card, without_digest
+
+    tmp = path.parent / f".guard-{path.stem}"
+    try:
+        fit = add_guard(str(path), str(manifest), tmp)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    data = path.read_bytes()
+    fit.pop("model", None)
+    return data, without_digest(read_card(data) or {}), fit
 
 
 def _deliver(work: Path, out_dir: Path, produced: list[str], requested: list[str]) -> None:

@@ -8,7 +8,8 @@ Leaves whose key looks like a timing or a host detail (ms, fps, latency, time, r
 skipped. Prints whether the probabilities are bit-identical, else the largest difference.
 
 A decision may differ where it is borderline: a record (a top-level list item) whose `prob` is
-within tolerance on both sides and within tolerance of its `threshold` may flip refer/routine,
+within tolerance on both sides and within tolerance of its `threshold` may flip refer/routine
+(and its label, which is decided at the same threshold),
 and each such flip lets a summary's `decisions.*` counts differ by one more. Anything else must
 match. Exit status: 0 equal within tolerance, 1 otherwise, 2 unreadable input.
 """
@@ -122,7 +123,7 @@ def main() -> int:
                 if d > max(args.tol, count_slack):
                     problems.append(f"{path}: x86_64 {a!r} vs ARM {b!r} (|diff| {d:.3g})")
         elif type(a) is not type(b) or a != b:
-            m = re.match(r"\[(\d+)\]\.decision$", path)
+            m = re.match(r"\[(\d+)\]\.(decision|label)$", path)  # the label is at the threshold too
             if not (m and int(m.group(1)) in flips):
                 problems.append(f"{path}: x86_64 {a!r} vs ARM {b!r}")
 
