@@ -65,12 +65,12 @@ def published_table(results: dict) -> str:
     for r in results["rows"]:
         if r.get("error"):
             continue
-        f = report._f
+        f = report.fmt_number
         rows.append([r["model"], r["variant"], report.short_runtime(r.get("runtime")), r["threads"],
                      f(r.get("file_mb"), 2), f(r.get("median_ms"), 1), f(r.get("p90_ms"), 1),
                      f(r.get("throughput_ips"), 1), f(r.get("peak_rss_mb"), 0), f(r.get("auc"), 3),
                      f(r.get("sensitivity"), 3), f(r.get("specificity"), 3), f(r.get("gmacs"), 1),
-                     f(100 * r["frac_peak"], 0) if report._ok(r.get("frac_peak")) else "-",
+                     f(100 * r["frac_peak"], 0) if report.is_finite_number(r.get("frac_peak")) else "-",
                      "yes" if r.get("pareto") else ""])  # fmt: skip
     headers = ["model", "variant", "runtime", "threads", "MB", "median ms", "p90 ms", "img/s",
                "RSS MB", "AUC", "sens", "spec", "GMAC/s", "% peak", "Pareto"]  # fmt: skip

@@ -61,7 +61,7 @@ def _op_macs(code: int, ins: list[list[int]], outs: list[list[int]]) -> int:
 
 
 def _count(buf: Any) -> dict[str, Any]:
-    model = fb._root(buf)
+    model = fb.model_root(buf)
     codes = []
     for code in model.tables(fb.MODEL_OPCODES):
         codes.append(max(code.scalar(fb.OPCODE_DEPRECATED, N.Int8Flags),
@@ -86,8 +86,8 @@ def _count(buf: Any) -> dict[str, Any]:
 
 def count_macs(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     """{"macs": per image, "macs_by_op": {op: macs}, "ops_counted": {op: n}} of a .tflite."""
-    with fb._model_bytes(source) as buf:
-        result: dict[str, Any] = fb._walk("operators", _count, buf)
+    with fb.model_bytes(source) as buf:
+        result: dict[str, Any] = fb.safe_walk("operators", _count, buf)
         return result
 
 

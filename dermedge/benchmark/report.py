@@ -26,7 +26,8 @@ CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto"
               "warnings", "error")  # fmt: skip
 
 
-def _ok(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
+    """A real, finite number (not a bool, None or NaN): one that a table can show."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -34,7 +35,7 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
     """Indices of rows no other row beats: lower-or-equal median latency and higher-or-equal AUC,
     one of them strictly. Rows without both numbers are left out."""
     pts = [(i, r["median_ms"], r["auc"]) for i, r in enumerate(rows)
-           if _ok(r.get("median_ms")) and _ok(r.get("auc"))]  # fmt: skip
+           if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))]  # fmt: skip
     front = []
     for i, lat, auc in pts:
         if not any((la <= lat and au >= auc) and (la < lat or au > auc) for _, la, au in pts):
@@ -59,8 +60,9 @@ def short_runtime(name: str | None) -> str:
     return name.split(" / ")[0].split(" (")[0]
 
 
-def _f(v: Any, nd: int = 1) -> str:
-    if not _ok(v):
+def fmt_number(v: Any, nd: int = 1) -> str:
+    """`v` with `nd` decimals, or '-' where there is no number."""
+    if not is_finite_number(v):
         return "-"
     return f"{v:.{nd}f}"
 
@@ -80,14 +82,14 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         for w in r.get("warnings") or []:
             flags.append(w.split(":")[0])
         body.append([r["model"], r["variant"], short_runtime(r.get("runtime")), str(r["threads"]),
-                     _f(r.get("file_mb"), 2), _f(r.get("load_ms"), 0), _f(r.get("first_ms"), 1),
-                     _f(r.get("median_ms"), 2), _f(r.get("p90_ms"), 2), _f(r.get("p99_ms"), 2),
-                     _f(100 * r["iqr_rel"], 0) if _ok(r.get("iqr_rel")) else "-",
-                     _f(r.get("throughput_ips"), 1), _f(r.get("peak_rss_mb"), 0),
-                     _f(r.get("auc"), 3), _f(r.get("accuracy"), 3), _f(r.get("sensitivity"), 3),
-                     _f(r.get("specificity"), 3), _f(r.get("macs_m"), 1), _f(r.get("gmacs"), 1),
-                     _f(100 * r["frac_peak"], 1) if _ok(r.get("frac_peak")) else "-",
-                     _f(100 * r["frac_machine_peak"], 1) if _ok(r.get("frac_machine_peak")) else "-",
+                     fmt_number(r.get("file_mb"), 2), fmt_number(r.get("load_ms"), 0), fmt_number(r.get("first_ms"), 1),
+                     fmt_number(r.get("median_ms"), 2), fmt_number(r.get("p90_ms"), 2), fmt_number(r.get("p99_ms"), 2),
+                     fmt_number(100 * r["iqr_rel"], 0) if is_finite_number(r.get("iqr_rel")) else "-",
+                     fmt_number(r.get("throughput_ips"), 1), fmt_number(r.get("peak_rss_mb"), 0),
+                     fmt_number(r.get("auc"), 3), fmt_number(r.get("accuracy"), 3), fmt_number(r.get("sensitivity"), 3),
+                     fmt_number(r.get("specificity"), 3), fmt_number(r.get("macs_m"), 1), fmt_number(r.get("gmacs"), 1),
+                     fmt_number(100 * r["frac_peak"], 1) if is_finite_number(r.get("frac_peak")) else "-",
+                     fmt_number(100 * r["frac_machine_peak"], 1) if is_finite_number(r.get("frac_machine_peak")) else "-",
                      "*" if r.get("pareto") else "", ", ".join(flags)])  # fmt: skip
     return format_table(body, headers)
 
@@ -100,7 +102,7 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
              f"(fastest of {peak['runs']} runs, best of {peak.get('sessions', 1)} sessions: "
              "before and after the accuracy pass), GMAC/s:"]  # fmt: skip
     for rt in peak["runtimes"].values():
-        cells = [f"{dt} {t} thr {_f(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()]
+        cells = [f"{dt} {t} thr {fmt_number(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()]
         lines.append(f"  - {short_runtime(rt.get('name'))}: " + ", ".join(cells or ["-"]))
     return lines
 
@@ -152,16 +154,16 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{r['model']}/{r['variant']} at {r['threads']} thread(s) ({r['median_ms']:.1f} ms, "
             f"AUC {r['auc']:.3f})" for r in front) + ".")  # fmt: skip
     for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model and _ok(r.get("median_ms"))]
+        mine = [r for r in rows if r["model"] == model and is_finite_number(r.get("median_ms"))]
         if not mine:
             continue
         fast = min(mine, key=lambda r: r["median_ms"])
         line = (f"- {model}: fastest {fast['variant']} at {fast['threads']} thread(s), "
                 f"{fast['median_ms']:.1f} ms median ({fast['throughput_ips']:.1f} img/s)")  # fmt: skip
-        aucs = [r["auc"] for r in mine if _ok(r.get("auc"))]
+        aucs = [r["auc"] for r in mine if is_finite_number(r.get("auc"))]
         if aucs:
             line += f"; AUC {min(aucs):.3f}-{max(aucs):.3f} across variants"
-        fr = [r["frac_peak"] for r in mine if _ok(r.get("frac_peak"))]
+        fr = [r["frac_peak"] for r in mine if is_finite_number(r.get("frac_peak"))]
         if fr:
             line += f"; {100 * min(fr):.0f}-{100 * max(fr):.0f}% of its runtime's peak"
         by = {(r["variant"], r["threads"]): r for r in mine}
@@ -178,11 +180,11 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
 def camera_markdown(cam: dict[str, Any]) -> str:
     lines = [f"## Camera loop ({cam.get('source')})", "",
              f"- model: {cam.get('model')} ({cam.get('runtime')}, {cam.get('threads')} thread(s)); "
-             f"{cam.get('frames')} frames in {_f(cam.get('seconds'), 2)} s = "
-             f"**{_f(cam.get('fps'), 1)} frames/s** (one frame every {_f(cam.get('frame_period_ms'), 1)} "
+             f"{cam.get('frames')} frames in {fmt_number(cam.get('seconds'), 2)} s = "
+             f"**{fmt_number(cam.get('fps'), 1)} frames/s** (one frame every {fmt_number(cam.get('frame_period_ms'), 1)} "
              f"ms); {cam.get('classified')} classified, {cam.get('rejected')} rejected by the "
              "quality gate", ""]  # fmt: skip
-    rows = [[k, _f(v.get("median_ms"), 2), _f(v.get("p90_ms"), 2), _f(v.get("mean_per_frame_ms"), 2),
+    rows = [[k, fmt_number(v.get("median_ms"), 2), fmt_number(v.get("p90_ms"), 2), fmt_number(v.get("mean_per_frame_ms"), 2),
              str(v.get("n_runs", 0))] for k, v in cam.get("stages", {}).items()]  # fmt: skip
     lines.append(format_table(rows, ["stage", "median ms", "p90 ms", "mean ms per frame", "calls"]))
     lines.append("\nPreprocess and inference run only on frames the quality gate passes. The loop "
@@ -246,7 +248,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
     fig = new_figure((9.0, 6.0))
     ax = fig.add_subplot(111)
-    pts = [r for r in rows if _ok(r.get("median_ms")) and _ok(r.get("auc"))]
+    pts = [r for r in rows if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))]
     models = list(dict.fromkeys(r["model"] for r in rows))
     max_mb = max((r["file_mb"] for r in pts), default=1.0) or 1.0
     scale = 900.0 / max_mb  # points^2 per MB: the largest file gets 900 pt^2
@@ -323,5 +325,5 @@ def plot_camera(cam: dict[str, Any], path: Path) -> Path:
     ax.set_yticks([0, 1], ["frame period", "stages"], fontsize=8)
     ax.set_xlabel("ms per frame (stages overlap: preparation runs beside inference)")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.4))
-    ax.set_title(f"camera loop: {_f(cam.get('fps'), 1)} frames/s", fontsize=9)
+    ax.set_title(f"camera loop: {fmt_number(cam.get('fps'), 1)} frames/s", fontsize=9)
     return save_png(fig, path)

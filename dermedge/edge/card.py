@@ -108,7 +108,7 @@ class _Node:
         return bytes(self.tab.Bytes[start : start + n]) if start else None
 
 
-def _root(buf: Any) -> _Node:
+def model_root(buf: Any) -> _Node:
     """The Model table of a TFLite flatbuffer; ValueError if it is not one."""
     if len(buf) < HEADER + 4:
         raise ValueError("not a TFLite model: file too small")
@@ -121,7 +121,7 @@ def _root(buf: Any) -> _Node:
 
 
 @contextmanager
-def _model_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Iterator[Any]:
+def model_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Iterator[Any]:
     """Bytes of a model given as bytes or a path (memory-mapped, so large files stay cheap)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield source
@@ -148,7 +148,7 @@ def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
     return b""
 
 
-def _walk(what: str, fn: Any, *args: Any) -> Any:
+def safe_walk(what: str, fn: Any, *args: Any) -> Any:
     """Run a flatbuffer walk, turning out-of-range reads of a corrupt file into ValueError."""
     try:
         return fn(*args)
@@ -157,7 +157,7 @@ def _walk(what: str, fn: Any, *args: Any) -> Any:
 
 
 def _metadata(buf: Any) -> dict[str, bytes]:
-    model = _root(buf)
+    model = model_root(buf)
     buffers = model.tables(MODEL_BUFFERS)
     entries = {}
     for meta in model.tables(MODEL_METADATA):
@@ -168,8 +168,8 @@ def _metadata(buf: Any) -> dict[str, bytes]:
 
 def read_metadata(source: str | os.PathLike[str] | bytes) -> dict[str, bytes]:
     """All `Model.metadata` entries of a .tflite (path or bytes) as {name: buffer bytes}."""
-    with _model_bytes(source) as buf:
-        result: dict[str, bytes] = _walk("metadata", _metadata, buf)
+    with model_bytes(source) as buf:
+        result: dict[str, bytes] = safe_walk("metadata", _metadata, buf)
         return result
 
 
@@ -318,7 +318,7 @@ def _shift_absolute_offsets(out: bytearray, model: _Node, shift: int) -> None:
 
 
 def _embed(old: bytes, data: bytes) -> bytes:
-    model = _root(old)
+    model = model_root(old)
     vtable = model.tab.Pos - model.tab.Get(N.SOffsetTFlags, model.tab.Pos)
     nfields = max((model.tab.Get(N.VOffsetTFlags, vtable) - 4) // 2, MODEL_METADATA + 1)
     if nfields > MODEL_FIELDS:
@@ -354,7 +354,7 @@ def embed_card(tflite: bytes, card: dict[str, Any]) -> bytes:
     if not isinstance(card, dict):
         raise TypeError(f"card must be a dict, got {type(card).__name__}")
     raw = _card_json({DIGEST_KEY: _ZEROS.decode(), **without_digest(card)})
-    out = seal(_compact(_walk("the model to embed a card into", _embed, bytes(tflite), raw)))
+    out = seal(_compact(safe_walk("the model to embed a card into", _embed, bytes(tflite), raw)))
     back = read_card(out) or {}
     if without_digest(back) != without_digest(json.loads(raw)) or check_digest(out) is not True:
         raise ValueError("the embedded model card did not read back identically")
@@ -403,7 +403,7 @@ _ZEROS = b"0" * 64
 
 def _card_start(buf: Any) -> int | None:
     """Where the live card's bytes start in the file (None: no card, or not stored inline)."""
-    model = _root(buf)
+    model = model_root(buf)
     buffers = model.tables(MODEL_BUFFERS)
     for meta in model.tables(MODEL_METADATA):
         if meta.string(METADATA_NAME) == CARD_NAME:
@@ -416,7 +416,7 @@ def _card_start(buf: Any) -> int | None:
 
 
 def _digest_at(blob: Any) -> int | None:
-    start = _walk("the model card's place", _card_start, blob)
+    start = safe_walk("the model card's place", _card_start, blob)
     if start is None or bytes(blob[start : start + len(_HEAD)]) != _HEAD:
         return None
     return start + len(_HEAD)
@@ -439,7 +439,7 @@ MAX_TOTAL_TENSOR_BYTES = 2 << 30
 
 
 def _check_graph(buf: Any) -> None:
-    model = _root(buf)
+    model = model_root(buf)
     n_buffers = len(model.tables(MODEL_BUFFERS))
     n_codes = len(model.tables(MODEL_OPCODES))
     total = 0
@@ -478,7 +478,7 @@ def check_model_file(blob: bytes) -> None:
     if ok is False:
         raise ValueError("damaged model file: its bytes do not match the sha256 its card records "
                          "(a partial copy or a corrupted file?): copy it again")  # fmt: skip
-    _walk("the model graph", _check_graph, blob)
+    safe_walk("the model graph", _check_graph, blob)
 
 
 def check_digest(blob: bytes) -> bool | None:
@@ -549,13 +549,13 @@ def _io(model: _Node) -> dict[str, list[dict[str, Any]]]:
 
 def model_io(source: str | os.PathLike[str] | bytes) -> dict[str, list[dict[str, Any]]]:
     """Inputs and outputs of the main subgraph: name, dtype, shape, quantization."""
-    with _model_bytes(source) as buf:
-        result: dict[str, list[dict[str, Any]]] = _walk("tensors", _io, _root(buf))
+    with model_bytes(source) as buf:
+        result: dict[str, list[dict[str, Any]]] = safe_walk("tensors", _io, model_root(buf))
         return result
 
 
 def _summary(buf: Any) -> dict[str, Any]:
-    model = _root(buf)
+    model = model_root(buf)
     ops = _op_counts(model)
     return {
         "size_bytes": len(buf),
@@ -571,7 +571,7 @@ def _summary(buf: Any) -> dict[str, Any]:
 
 def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summary of a .tflite for `dermedge convert --inspect`: size, I/O, ops, metadata, card."""
-    with _model_bytes(path) as buf:
-        info: dict[str, Any] = {"path": os.fspath(path), **_walk("the model", _summary, buf)}
+    with model_bytes(path) as buf:
+        info: dict[str, Any] = {"path": os.fspath(path), **safe_walk("the model", _summary, buf)}
     info["card"] = read_card(path)
     return info

@@ -753,6 +753,22 @@ def _self_signed_openssl(cert: Path, key: Path, dns: list[str], ips: list[str]) 
     os.chmod(key, 0o600)
 
 
+def _cert_expiry(cert: Path) -> float | None:
+    """When a certificate expires (epoch seconds), via `cryptography` or `openssl`; None if unknown."""
+    try:
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
+                             capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
+        return ssl.cert_time_to_seconds(out.strip().split("=", 1)[1])
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+
+
 def self_signed_certificate(host: str, directory: Path | None = None) -> tuple[Path, Path]:
     """A self-signed certificate for `host` (reused while valid), via `cryptography` or `openssl`."""
     d = directory or _cert_dir()
@@ -763,9 +779,8 @@ def self_signed_certificate(host: str, directory: Path | None = None) -> tuple[P
         try:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cert, key)
-            info = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
-            expires = ssl.cert_time_to_seconds(info["notAfter"])
-            if expires - _dt.datetime.now().timestamp() > 7 * 86400:
+            expires = _cert_expiry(cert)
+            if expires is not None and expires - _dt.datetime.now().timestamp() > 7 * 86400:
                 return cert, key
         except (ssl.SSLError, OSError, KeyError, ValueError, AttributeError):
             pass
