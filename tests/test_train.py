@@ -274,8 +274,7 @@ def test_resume_after_kill_mid_epoch(env):
         for line in proc.stdout:
             seen.append(line)
             if "phase train: epoch 3/4" in line:  # epochs 1-2 checkpointed, epoch 3 running
-                time.sleep(0.5)
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(signal.SIGKILL)  # at once: a tiny epoch can end within 0.5 s
                 break
             assert time.time() < deadline, "".join(seen[-20:])
     finally:
@@ -283,7 +282,8 @@ def test_resume_after_kill_mid_epoch(env):
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     run = env["runs"] / "train" / "resume"
     state = json.loads((run / "checkpoints" / "state.json").read_text())
-    assert state["epochs_done"] == 2 and not state.get("finished")
+    done_before = state["epochs_done"]  # 2, or 3 where epoch 3 ended before the signal landed
+    assert done_before in (2, 3) and not state.get("finished")
     assert (run / "checkpoints" / state["last_checkpoint"]).is_file()
     assert not (run / "model.keras").exists()
     # resuming takes everything else from the run's config.json
@@ -291,7 +291,7 @@ def test_resume_after_kill_mid_epoch(env):
                            "train", "--data", "ignored", "--name", "resume", "--resume", "--quiet"],
                           env=e, cwd=REPO, capture_output=True, text=True, timeout=150)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resuming" in done.stdout and "after 2 epochs" in done.stdout
+    assert "resuming" in done.stdout and f"after {done_before} epochs" in done.stdout
     hist = _history(run)
     assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4]
     card = _card(run)
