@@ -30,3 +30,16 @@ def isic_dir() -> Path:
 @pytest.fixture(scope="session")
 def ham_dir() -> Path:
     return _need(DATA / "ham10000-thumbs")
+
+
+def rewrite_tflite(blob: bytes, edit) -> bytes:
+    """A .tflite rewritten through LiteRT's schema after `edit(schema, model)` changed its object
+    tree (to make a damaged or foreign model from a real one); skips where LiteRT is absent."""
+    import flatbuffers
+
+    fb = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    edit(fb, model)
+    builder = flatbuffers.Builder(len(blob))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

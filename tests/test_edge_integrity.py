@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import rewrite_tflite
 
 from dermedge.edge import serve as S
 from dermedge.edge.card import check_digest, check_model_file, embed_card, read_card
@@ -76,21 +77,6 @@ def test_truncated_copies_are_refused_with_one_line(tmp_path: Path) -> None:
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def _schema():
-    return pytest.importorskip("ai_edge_litert.schema_py_generated")
-
-
-def _rewritten(blob: bytes, edit) -> bytes:
-    import flatbuffers
-
-    fb = _schema()
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
-    edit(fb, model)
-    b = flatbuffers.Builder(len(blob))
-    b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
 def test_a_graph_that_would_allocate_without_bound_is_refused(tmp_path: Path) -> None:
     """No digest to go by (a model made elsewhere): the graph is checked before LiteRT sees it."""
     card = {k: v for k, v in read_card(TINY).items() if k != "file_sha256"}
@@ -105,7 +91,7 @@ def test_a_graph_that_would_allocate_without_bound_is_refused(tmp_path: Path) ->
         model.metadata = [m for m in model.metadata if m.name != b"dermedge_card"]
 
     for name, edit, why in (("huge", huge, "would take"), ("ref", bad_ref, "does not exist")):
-        data = _rewritten(TINY.read_bytes(), edit)
+        data = rewrite_tflite(TINY.read_bytes(), edit)
         with pytest.raises(ValueError, match=why):
             check_model_file(data)
         path = tmp_path / f"{name}.tflite"
@@ -128,7 +114,7 @@ def test_outputs_that_are_not_one_probability_are_refused(tmp_path: Path) -> Non
         model.signatureDefs = []
 
     many = tmp_path / "many.tflite"
-    many.write_bytes(embed_card(_rewritten(TINY.read_bytes(), features_out), card))
+    many.write_bytes(embed_card(rewrite_tflite(TINY.read_bytes(), features_out), card))
     with pytest.raises(EdgeError, match="values per image|one probability|not one"):
         EdgeModel(many)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, REPO, _need
+from conftest import DATA, REPO, _need, rewrite_tflite
 from PIL import Image
 
 from dermedge.data.contract import preprocess
@@ -59,18 +59,14 @@ def _manifest(tmp: Path) -> Path:
 
 def _strip_guard(src: Path, dst: Path) -> Path:
     """The shipped tiny model as it was before its guard: one output, no guard in the card."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as fb
 
-    data = src.read_bytes()
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
-    model.subgraphs[0].outputs = model.subgraphs[0].outputs[:1]
-    for sig in model.signatureDefs or []:
-        sig.outputs = sig.outputs[:1]
-    builder = flatbuffers.Builder(len(data))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    def one_output(fb, model) -> None:
+        model.subgraphs[0].outputs = model.subgraphs[0].outputs[:1]
+        for sig in model.signatureDefs or []:
+            sig.outputs = sig.outputs[:1]
+
     card = {k: v for k, v in read_card(src).items() if k != "guard"}
-    dst.write_bytes(embed_card(bytes(builder.Output()), card))
+    dst.write_bytes(embed_card(rewrite_tflite(src.read_bytes(), one_output), card))
     return dst
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 FILE_NAMES = {v: f"model_{v}.tflite" for v in VARIANTS}
 REJECTED_DIR = "rejected"
+FEATURES = "dermedge_features"  # a guarded model's second output: the penultimate features
 
 
 class ConvertError(Exception):

@@ -17,25 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from dermedge.convert import ConvertError
+from dermedge.convert import FEATURES, ConvertError
+from dermedge.convert.quantize import op_names, schema
+from dermedge.data.split import split_counts
 
-FEATURES = "dermedge_features"
 _PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "LOGISTIC", "SOFTMAX", "RESHAPE"}
-
-
-def _schema() -> Any:
-    try:
-        from ai_edge_litert import schema_py_generated as fb
-    except ImportError:  # the TensorFlow install carries the same schema
-        from tensorflow.lite.python import schema_py_generated as fb
-    return fb
 
 
 def _op_name(fb: Any, model: Any, op: Any) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     value = max(code.builtinCode, code.deprecatedBuiltinCode)
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(value, str(value))
+    return op_names().get(value, str(value))
 
 
 def feature_tensor(fb: Any, model: Any) -> int:
@@ -98,7 +90,7 @@ def add_feature_output(data: bytes) -> tuple[bytes, int]:
     signature); the feature dimension."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
     model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
     sg = model.subgraphs[0]
     idx = feature_tensor(fb, model)
@@ -120,16 +112,6 @@ def add_feature_output(data: bytes) -> tuple[bytes, int]:
     return seal(bytes(builder.Output())), dim
 
 
-def _pixels(records: list[Any], contract: Any, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    from dermedge.data.images import load_images
-    from dermedge.runs import runs_root
-
-    x, kept, _ = load_images([r.path for r in records], contract, cache_dir=runs_root() / "cache",
-                             desc=desc)  # fmt: skip
-    y = np.asarray([records[i].label == "malignant" for i in kept], dtype=np.int64)
-    return x, y
-
-
 def _sample(records: list[Any], n: int, seed: int) -> list[Any]:
     if len(records) <= n:
         return records
@@ -143,10 +125,7 @@ def split_mismatch(card: dict[str, Any], records: list[Any], manifest: str) -> s
     want = (card.get("data") or {}).get("counts")
     if not isinstance(want, dict):
         return None
-    have: dict[str, dict[str, int]] = {}
-    for r in records:
-        per = have.setdefault(r.split, {})
-        per[r.label] = per.get(r.label, 0) + 1
+    have = split_counts(records)
     for split in ("train", "val"):
         if split in want and want[split] != have.get(split):
             return (f"{manifest}: its {split} split {have.get(split)} is not the one the model was "
@@ -158,6 +137,7 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
               seed: int = 0, force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary. A
     guarded model is guarded again in place of its old guard."""
+    from dermedge.convert.pipeline import load_split  # the gate's loader: reports bad files
     from dermedge.data.io import atomic_write_bytes, atomic_write_text
     from dermedge.data.manifest import read_manifest
     from dermedge.edge import guard as g
@@ -179,8 +159,8 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
     tmp = out_dir / (src.stem + ".features.tflite")
     atomic_write_bytes(tmp, data)
     model = EdgeModel(tmp)
-    xt, yt = _pixels(train, model.contract, "guard: train images")
-    xv, yv = _pixels(val, model.contract, "guard: val images")
+    xt, yt, _ = load_split(train, "train", model.contract, "guard: train images")
+    xv, yv, _ = load_split(val, "val", model.contract, "guard: val images")
     _, ft = model.predict_features(xt)
     pv, fv = model.predict_features(xv)
     same = np.array_equal(pv, EdgeModel(src).predict(xv))

@@ -88,8 +88,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _load_split(records: list[Any], split: str, contract: InputContract, what: str
+def load_split(records: list[Any], split: str, contract: InputContract, what: str
                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """Pixels, labels (0/1) and paths of one split's readable images; unreadable ones are named."""
     recs = [r for r in records if r.split == split]
     paths = [r.path for r in recs]
     x, kept, bad = load_images(paths, contract, cache_dir=str(runs_root() / "cache"), desc=what)
@@ -167,7 +168,7 @@ def _evaluate_variant(path: Path, pixels: dict[str, np.ndarray], contract: Input
     probs = {}
     for split, x in pixels.items():
         if em.contract != contract:  # the embedded card is the source of truth on the device
-            x, _, _ = _load_split(records, split, em.contract, f"{split} images (card contract)")
+            x, _, _ = load_split(records, split, em.contract, f"{split} images (card contract)")
         try:
             probs[split] = em.predict(x)
         except (EdgeError, ValueError, RuntimeError) as e:
@@ -233,10 +234,10 @@ def run(arg: str, opts: Options) -> Result:
         [] if norm else ["the model has no `normalize` layer: the card's mean/std were not checked"]
     )
 
-    x_test, y_test, _ = _load_split(records, "test", contract, "test images")
+    x_test, y_test, _ = load_split(records, "test", contract, "test images")
     val = None
     if opts.rethreshold and any(r.split == "val" for r in records):
-        x_val, y_val, val_paths = _load_split(records, "val", contract, "val images")
+        x_val, y_val, val_paths = load_split(records, "val", contract, "val images")
         if len(set(y_val.tolist())) == 2:
             source_of = {r.path: r.source for r in records}
             val = (x_val, y_val, [source_of.get(p, "") for p in val_paths])

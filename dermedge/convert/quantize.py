@@ -14,6 +14,7 @@ is left unless float fallback was asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import tempfile
@@ -25,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dermedge.convert import ConvertError
-from dermedge.convert.guard import FEATURES
+from dermedge.convert import FEATURES, ConvertError
 
 CONVERTER_PATH = (
     "keras.Model.export(format='tf_saved_model') + tf.lite.TFLiteConverter.from_saved_model"
@@ -179,12 +179,19 @@ def convert(saved_model: Path, variant: str, io: str = "uint8",
 # --- what is inside a .tflite (LiteRT's generated flatbuffer schema; no TensorFlow needed) -------
 
 
-def _schema() -> Any:
+def schema() -> Any:
+    """LiteRT's generated flatbuffer schema (from TensorFlow where LiteRT is not installed)."""
     try:
         from ai_edge_litert import schema_py_generated as s
     except ImportError:  # pragma: no cover - converter installs have TF
         from tensorflow.lite.python import schema_py_generated as s
     return s
+
+
+@functools.cache
+def op_names() -> dict[int, str]:
+    """Builtin operator code -> name, from the schema."""
+    return {v: k for k, v in vars(schema().BuiltinOperator).items() if isinstance(v, int)}
 
 
 GUARD_OUTPUT = FEATURES.encode()  # the guard's feature output
@@ -194,9 +201,9 @@ def float_ops(tflite: bytes) -> dict[str, int]:
     """Ops (by name) that read or write a float tensor, counted; empty for a full-integer model.
     The guard's DEQUANTIZE of the penultimate features (a side output read by no other op) is
     not on the classification path and is left out."""
-    s = _schema()
+    s = schema()
     types = {v: k for k, v in vars(s.TensorType).items() if isinstance(v, int)}
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if isinstance(v, int)}
+    names = op_names()
     model = s.Model.GetRootAs(tflite, 0)
     found: Counter[str] = Counter()
     for gi in range(model.SubgraphsLength()):
@@ -218,7 +225,7 @@ def float_ops(tflite: bytes) -> dict[str, int]:
 
 def io_details(tflite: bytes) -> dict[str, Any]:
     """dtype, shape and quantization of the first input and output."""
-    s = _schema()
+    s = schema()
     types = {v: k for k, v in vars(s.TensorType).items() if isinstance(v, int)}
     model = s.Model.GetRootAs(tflite, 0)
     g = model.Subgraphs(0)

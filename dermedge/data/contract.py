@@ -101,10 +101,11 @@ def _to_8bit_rgb(img: Image.Image, alpha: str = "composite-black") -> Image.Imag
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)
-        if mode == "F" and arr.max(initial=0) <= 1.0 and arr.min(initial=0) >= 0.0:
+        peak = arr.max(initial=0)
+        if mode == "F" and peak <= 1.0 and arr.min(initial=0) >= 0.0:
             top = 1.0  # a float image in 0..1
         else:
-            top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+            top = 65535.0 if mode.startswith("I;16") or peak > 255 else 255.0
         arr8 = np.empty(arr.shape, dtype=np.uint8)
         for r in range(0, arr.shape[0], _ROWS):  # float64 per block, not per image
             block = arr[r : r + _ROWS].astype(np.float64)
@@ -145,18 +146,11 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
         img = source
     else:
         try:
-            if isinstance(source, bytes):
-                if not source:
-                    raise ImageError("empty file (0 bytes)")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    img = Image.open(io.BytesIO(source))
-            else:
-                if os.path.getsize(source) == 0:
-                    raise ImageError("empty file (0 bytes)")
-                with warnings.catch_warnings():  # MAX_DECODE_PIXELS is the limit here
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    img = Image.open(source)
+            if (len(source) if isinstance(source, bytes) else os.path.getsize(source)) == 0:
+                raise ImageError("empty file (0 bytes)")
+            with warnings.catch_warnings():  # MAX_DECODE_PIXELS is the limit here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             _limit_decode(img)
             img.load()  # force full decode: catches truncated files here, not later
         except ImageError:

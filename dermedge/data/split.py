@@ -39,10 +39,15 @@ class Split:
     dropped: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, Counter[str]] = defaultdict(Counter)
-        for r in self.records:
-            out[r.split or "?"][r.label] += 1
-        return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
+        return split_counts(self.records)
+
+
+def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
+    """{split: {label: images}} of records (as model cards record them)."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in records:
+        out[r.split or "?"][r.label] += 1
+    return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
 
 
 def _assign_groups(groups: list[tuple[str, list[Record]]], fractions: dict[str, float],

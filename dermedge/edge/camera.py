@@ -281,7 +281,10 @@ class Saver:
         stale = [p for p in self.dir.iterdir()
                  if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))]  # fmt: skip
         for p in stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         return [p.name for p in stale]
 
     def _log(self, record: dict[str, Any]) -> None:

@@ -133,11 +133,15 @@ def model_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview)
             yield mm
 
 
-def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
-    """Contents of buffer `index`: inline data, or offset/size outside the flatbuffer (>2 GB)."""
+def _buffer(buffers: list[_Node], index: int) -> _Node:
     if not 0 <= index < len(buffers):
         raise ValueError(f"metadata points at buffer {index}, model has {len(buffers)}")
-    node = buffers[index]
+    return buffers[index]
+
+
+def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
+    """Contents of buffer `index`: inline data, or offset/size outside the flatbuffer (>2 GB)."""
+    node = _buffer(buffers, index)
     data = node.data(BUFFER_DATA)
     if data is not None:
         return data
@@ -407,10 +411,7 @@ def _card_start(buf: Any) -> int | None:
     buffers = model.tables(MODEL_BUFFERS)
     for meta in model.tables(MODEL_METADATA):
         if meta.string(METADATA_NAME) == CARD_NAME:
-            index = meta.scalar(METADATA_BUFFER, N.Uint32Flags)
-            if not 0 <= index < len(buffers):
-                raise ValueError(f"metadata points at buffer {index}, model has {len(buffers)}")
-            start, _ = buffers[index]._vector(BUFFER_DATA)
+            start, _ = _buffer(buffers, meta.scalar(METADATA_BUFFER, N.Uint32Flags))._vector(BUFFER_DATA)
             return start or None
     return None
 

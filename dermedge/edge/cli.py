@@ -155,8 +155,8 @@ def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
     except ImageError as e:
         return {"file": path, "error": str(e)}
     row = {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
-    warnings = [GUARD_MESSAGE] if result.get("unfamiliar") else []
-    warnings += [w for w in [photo_warning(img, model.contract.size)] if w]
+    quality = photo_warning(img, model.contract.size)
+    warnings = [w for w in (GUARD_MESSAGE if result.get("unfamiliar") else None, quality) if w]
     return {**row, "warning": "; ".join(warnings)} if warnings else row
 
 

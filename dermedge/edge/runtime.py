@@ -188,8 +188,9 @@ class EdgeModel:
         if not self.path.is_file():
             raise EdgeError(f"model file not found: {self.path}")
         try:
-            check_model_file(self.path.read_bytes())  # before any interpreter sees it
-            self.card = read_card(self.path)
+            blob = self.path.read_bytes()
+            check_model_file(blob)  # before any interpreter sees it
+            self.card = read_card(blob)
         except ValueError as e:
             raise EdgeError(f"{self.path}: {e}") from e
         except OSError as e:

@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from dermedge.edge.card import read_card
 
 WEB_DIR = Path(__file__).with_name("web")
 VERSION_PLACEHOLDER = b"__DERMEDGE_VERSION__"
@@ -97,83 +98,16 @@ class ServeError(_ErrorBase, ValueError):
 # ----------------------------------------------------------------------------- model card
 
 
-def _tflite_metadata(blob: bytes, name: str) -> bytes | None:
-    """Minimal flatbuffer walk: the buffer of the metadata entry `name` in a .tflite, or None."""
-    try:
-        if blob[4:8] != b"TFL3":
-            return None
-
-        def u32(p: int) -> int:
-            return struct.unpack_from("<I", blob, p)[0]
-
-        def table(p: int) -> tuple[int, int, int]:
-            vt = p - struct.unpack_from("<i", blob, p)[0]
-            return p, vt, struct.unpack_from("<H", blob, vt)[0]
-
-        def field(t: tuple[int, int, int], i: int) -> int:
-            p, vt, vsize = t
-            o = 4 + 2 * i
-            off = struct.unpack_from("<H", blob, vt + o)[0] if o < vsize else 0
-            return p + off if off else 0
-
-        def ref(t: tuple[int, int, int], i: int) -> int:
-            f = field(t, i)
-            return f + u32(f) if f else 0
-
-        def tables(t: tuple[int, int, int], i: int) -> list[tuple[int, int, int]]:
-            v = ref(t, i)
-            if not v:
-                return []
-            return [table(v + 4 + 4 * k + u32(v + 4 + 4 * k)) for k in range(u32(v))]
-
-        def string(t: tuple[int, int, int], i: int) -> bytes:
-            v = ref(t, i)
-            return blob[v + 4 : v + 4 + u32(v)] if v else b""
-
-        model = table(u32(0))
-        buffers = tables(model, 4)
-        for md in tables(model, 6):
-            if string(md, 0) != name.encode():
-                continue
-            f = field(md, 1)
-            idx = u32(f) if f else 0
-            if idx >= len(buffers):
-                return None
-            buf = buffers[idx]
-            data = string(buf, 0)
-            if data:
-                return data
-            fo, fs = field(buf, 1), field(buf, 2)
-            if fo and fs:
-                off, size = (
-                    struct.unpack_from("<Q", blob, fo)[0],
-                    struct.unpack_from("<Q", blob, fs)[0],
-                )
-                return blob[off : off + size]
-            return None
-    except (struct.error, IndexError):
-        return None
-    return None
-
-
 def load_card(model_path: str | os.PathLike[str], blob: bytes | None = None) -> dict[str, Any]:
-    """The model card: embedded in the .tflite (`dermedge.edge.card.read_card` when available),
-    else the `<model>.json` sidecar. Raises ServeError when there is none or it lacks what the
-    page needs (input contract, threshold)."""
+    """The model card: embedded in the .tflite, else the `<model>.json` sidecar. Raises
+    ServeError when there is none, it is malformed, or it lacks what the page needs (input
+    contract, threshold)."""
     path = Path(model_path)
     blob = path.read_bytes() if blob is None else blob
-    card: dict[str, Any] | None = None
     try:
-        from dermedge.edge.card import read_card
-
         card = read_card(blob)
-    except ImportError:
-        raw = _tflite_metadata(blob, "dermedge_card")
-        if raw:
-            try:
-                card = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                card = None
+    except ValueError as e:
+        raise ServeError(f"{path}: {e}") from e
     if card is None:
         sidecar = path.with_name(path.name + ".json")
         if sidecar.is_file():
@@ -235,27 +169,23 @@ def _load_web_assets(web_dir: Path) -> dict[str, Asset]:
     return assets
 
 
-def _model_problem(blob: bytes) -> str | None:
-    """Why these bytes are not a model `--model` would run (checked as it checks: the digest and
-    graph first, then the interpreter loads it), or None."""
-    from dermedge.edge.card import read_card
+def checked_card(path: Path, blob: bytes) -> dict[str, Any]:
+    """The card of a model file `--model` would run, checked as `--model` checks it (digest and
+    graph, then the interpreter loads it with the card's contract and threshold); ServeError
+    with the reason otherwise."""
+    from dermedge.data.contract import InputContract
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
-    if blob[4:8] != b"TFL3":
-        return "not a .tflite model"
-    try:
-        if read_card(blob) is None:
-            return None  # load_card says what is missing
-    except ValueError as e:
-        return str(e)
+    card = load_card(path, blob)
     with tempfile.TemporaryDirectory(prefix="dermedge-serve-") as d:
-        path = Path(d) / "model.tflite"
-        path.write_bytes(blob)
+        tmp = Path(d) / "model.tflite"
+        tmp.write_bytes(blob)  # the bytes that will be served, not the file, which may change
         try:
-            EdgeModel(path, threads=1)
+            EdgeModel(tmp, threads=1, contract=InputContract.from_dict(card["input"]),
+                      threshold=card["threshold"])  # fmt: skip
         except (EdgeError, ValueError) as e:
-            return str(e).replace(str(path), "the file")
-    return None
+            raise ServeError(str(e).replace(str(tmp), str(path))) from None
+    return card
 
 
 class _Model:
@@ -291,16 +221,16 @@ class _Model:
             if st.st_size > MAX_MODEL_BYTES:
                 raise ServeError(f"model too large to serve: {st.st_size} bytes")
             blob = self.path.read_bytes()
-            problem = _model_problem(blob)
-            if problem:
-                if self.model is not None:  # a half-copied or damaged replacement: keep the old one
-                    if self._refused != stamp:
-                        print(f"not serving the new {self.path.name}: {problem}; still serving "
-                              f"version {self.version}", file=sys.stderr, flush=True)  # fmt: skip
-                    self._refused = stamp
-                    return
-                raise ServeError(f"{self.path}: {problem}")
-            card = load_card(self.path, blob)
+            try:
+                card = checked_card(self.path, blob)
+            except ServeError as e:
+                if self.model is None:
+                    raise
+                # a half-copied or damaged replacement: keep serving the old one, say so once
+                print(f"not serving the new {self.path.name}: {e}; still serving version "
+                      f"{self.version}", file=sys.stderr, flush=True)  # fmt: skip
+                self._refused = stamp
+                return
             card_bytes = json.dumps(card, indent=1, sort_keys=True).encode()
             h = hashlib.sha256(card_bytes)
             h.update(hashlib.sha256(blob).digest())
