@@ -74,7 +74,12 @@ def flat_frames(seed: int = 0) -> list[tuple[str, np.ndarray]]:
         out.append((f"noise {i}", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
         tone = np.asarray(SKIN_TONES[i], np.float64)
         ramp = np.linspace(0.6, 1.1, 640)[None, :, None]
-        out.append((f"skin gradient {i}", np.clip(tone * ramp * np.ones((480, 1, 1)), 0, 255).astype(np.uint8)))
+        out.append(
+            (
+                f"skin gradient {i}",
+                np.clip(tone * ramp * np.ones((480, 1, 1)), 0, 255).astype(np.uint8),
+            )
+        )
     return out
 
 

@@ -32,7 +32,9 @@ from dermedge.plotting import new_figure, save_png
 DX_ORDER = ["mel", "bcc", "akiec", "nv", "bkl", "df", "vasc"]
 
 
-def unseen_records(ham_root: str, manifest: str, splits: tuple[str, ...] | None = None) -> tuple[list, int]:
+def unseen_records(
+    ham_root: str, manifest: str, splits: tuple[str, ...] | None = None
+) -> tuple[list, int]:
     """HAM10000 records whose lesion is not in the manifest's `splits` (all if None), and how many
     were excluded."""
     seen = {r.group for r in read_manifest(manifest, splits=splits) if r.group}

@@ -86,7 +86,9 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S")
     ap.add_argument("--camera-source", default=None, help="also time the camera loop on a video")
     ap.add_argument("--runs-root", default=str(REPO / "runs"))
-    ap.add_argument("--train-runs", default=DEFAULT_RUNS, help="run names under runs/train/, comma-separated")
+    ap.add_argument(
+        "--train-runs", default=DEFAULT_RUNS, help="run names under runs/train/, comma-separated"
+    )
     ap.add_argument("--out", default=str(OUT), help="where the committed copies go")
     args = ap.parse_args()
 

@@ -75,9 +75,7 @@ def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]
             "f1": f1}  # fmt: skip
 
 
-def binary_metrics(
-    y_true: ArrayLike, prob: ArrayLike, threshold: float = 0.5
-) -> dict[str, Any]:
+def binary_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, precision, recall (= sensitivity), specificity, F1, ROC AUC and counts.
 
     `y_true` holds 0/1 (or "benign"/"malignant"), `prob` P(malignant); a case is called

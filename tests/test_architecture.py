@@ -8,7 +8,13 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN_ON_DEVICE = ("tensorflow", "keras", "dermedge.train", "dermedge.convert", "dermedge.benchmark")
+FORBIDDEN_ON_DEVICE = (
+    "tensorflow",
+    "keras",
+    "dermedge.train",
+    "dermedge.convert",
+    "dermedge.benchmark",
+)
 
 
 def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -45,7 +51,9 @@ def test_no_private_name_is_imported_across_packages() -> None:
             there = ".".join(mod.split(".")[:2])
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private and there != here:
-                offenders.append(f"{p.relative_to(REPO)}:{line} from {mod} import {', '.join(private)}")
+                offenders.append(
+                    f"{p.relative_to(REPO)}:{line} from {mod} import {', '.join(private)}"
+                )
     assert not offenders, offenders
 
 
@@ -56,11 +64,18 @@ def test_no_private_attribute_of_another_packages_module_is_used() -> None:
         here, tree = _package(p), ast.parse(p.read_text())
         modules = {}  # local name -> package of a dermedge module bound to it
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dermedge") and not node.level:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("dermedge")
+                and not node.level
+            ):
                 for a in node.names:
                     target = REPO / Path(*node.module.split("."), a.name)
                     if target.with_suffix(".py").is_file() or (target / "__init__.py").is_file():
-                        modules[a.asname or a.name] = ".".join([*node.module.split("."), a.name][:2])
+                        modules[a.asname or a.name] = ".".join(
+                            [*node.module.split("."), a.name][:2]
+                        )
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id in modules and modules[node.value.id] != here

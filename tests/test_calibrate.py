@@ -21,7 +21,10 @@ TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DERMEDGE_RUNS": os.environ.get("DERMEDGE_RUNS", "/tmp/dermedge-test-runs")}
+    env = {
+        **os.environ,
+        "DERMEDGE_RUNS": os.environ.get("DERMEDGE_RUNS", "/tmp/dermedge-test-runs"),
+    }
     return subprocess.run([sys.executable, "-m", "dermedge.cli", *args], capture_output=True,
                           text=True, timeout=300, env=env, cwd=REPO)  # fmt: skip
 

@@ -253,7 +253,19 @@ def test_converts_all_four_variants_through_the_gate(converted, run_dir):
     # the device code path: the test split, the val split for each quantized variant's threshold,
     # and the guard's check that the unguarded file gives the same probabilities on val
     assert sorted(converted.calls) == sorted(
-        ["fp32", "fp32", "fp16", "fp16", "fp16", "dynamic", "dynamic", "dynamic", "int8", "int8", "int8"]
+        [
+            "fp32",
+            "fp32",
+            "fp16",
+            "fp16",
+            "fp16",
+            "dynamic",
+            "dynamic",
+            "dynamic",
+            "int8",
+            "int8",
+            "int8",
+        ]
     )
     for v in ("fp32", "fp16", "dynamic", "int8"):
         guarded = read_card(out / f"model_{v}.tflite")

@@ -221,7 +221,9 @@ def test_manifest_round_trip_and_relocation(isic_linked, tmp_path, monkeypatch, 
     assert not rows[0]["path"].startswith("/")
     back = read_manifest(tmp_path)
     here = Path(isic_dir).resolve()  # resolved on both sides: ../shared may be a symlink
-    assert len(back) == len(split.records) and all(Path(r.path).resolve().is_relative_to(here) for r in back)
+    assert len(back) == len(split.records) and all(
+        Path(r.path).resolve().is_relative_to(here) for r in back
+    )
     assert (
         len(read_manifest(tmp_path, splits=("test",)))
         == split.counts()["test"]["benign"] + split.counts()["test"]["malignant"]

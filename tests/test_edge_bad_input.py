@@ -23,7 +23,9 @@ TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 NOCARD = REPO / "tests" / "assets" / "tiny_fp32_nocard.tflite"
 
 
-def _run(*args: str, env: dict[str, str] | None = None, module: str = "dermedge.edge.cli") -> subprocess.CompletedProcess:
+def _run(
+    *args: str, env: dict[str, str] | None = None, module: str = "dermedge.edge.cli"
+) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, timeout=60,
                           env={**os.environ, **(env or {})})  # fmt: skip
 
@@ -69,7 +71,9 @@ def test_impossible_port_and_bad_card_beside_a_served_model(tmp_path: Path) -> N
     model = tmp_path / "m.tflite"
     shutil.copy(NOCARD, model)
     (tmp_path / "m.tflite.json").write_text("{bad")
-    assert "m.tflite.json" in _one_line_error(_run("--serve", "--model", str(model), "--port", "0"), 2)
+    assert "m.tflite.json" in _one_line_error(
+        _run("--serve", "--model", str(model), "--port", "0"), 2
+    )
 
 
 def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
@@ -78,12 +82,17 @@ def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
     name = os.fsdecode(b"lesion-\xff.jpg")
     shutil.copy(photo, folder / name)
     out = tmp_path / "out.csv"
-    r = _run("-m", str(TINY), "--csv", str(out), str(folder), env={"PYTHONIOENCODING": "utf-8:strict"})
+    r = _run(
+        "-m", str(TINY), "--csv", str(out), str(folder), env={"PYTHONIOENCODING": "utf-8:strict"}
+    )
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
     assert b"lesion-\\udcff.jpg" in r.stdout  # shown, escaped
     with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert Path(row["file"]).name == name and row["decision"] in ("refer", "routine")  # the exact name
+    assert Path(row["file"]).name == name and row["decision"] in (
+        "refer",
+        "routine",
+    )  # the exact name
     assert row["disclaimer"] == DISCLAIMER
 
 
@@ -124,7 +133,9 @@ def test_a_folder_reports_every_entry_it_cannot_read(odd_folder: Path) -> None:
         assert rows["dangling.jpg"]["error"] == "dangling symbolic link"
         assert rows["loop.jpg"]["error"] == "symbolic link loop"
         assert rows["pipe.jpg"]["error"] == "not a regular file (FIFO)"
-    rows = [json.loads(x) for x in _run("-m", str(TINY), "--json", str(odd_folder)).stdout.splitlines()]
+    rows = [
+        json.loads(x) for x in _run("-m", str(TINY), "--json", str(odd_folder)).stdout.splitlines()
+    ]
     assert any(row["file"].endswith("sub/up") and "not followed" in row["error"] for row in rows)
 
 
@@ -142,7 +153,9 @@ def test_data_inspect_reports_nested_folders_links_and_fifos(tmp_path: Path, pho
     out = (r.stdout + r.stderr).decode()
     assert "Traceback" not in out
     assert "benign/more: folder inside a class folder" in out
-    assert "pipe.jpg: not a regular file (FIFO)" in out and "gone.jpg: dangling symbolic link" in out
+    assert (
+        "pipe.jpg: not a regular file (FIFO)" in out and "gone.jpg: dangling symbolic link" in out
+    )
 
 
 def test_csv_target_that_is_a_folder_is_refused_before_the_run(tmp_path: Path, photo: Path) -> None:
@@ -155,6 +168,12 @@ def test_a_dataset_with_no_usable_rows_and_a_huge_csv_field(tmp_path: Path, phot
     (ham / "images").mkdir(parents=True)
     shutil.copy(photo, ham / "images" / "ISIC_0000001.jpg")
     (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_0000009,mel\n")
-    assert "no usable labelled images" in _one_line_error(_run("data", "inspect", str(ham), module="dermedge.cli"))
-    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_2," + "x" * 140000 + ",nv\n")
-    assert "field larger than field limit" in _one_line_error(_run("data", "inspect", str(ham), module="dermedge.cli"))
+    assert "no usable labelled images" in _one_line_error(
+        _run("data", "inspect", str(ham), module="dermedge.cli")
+    )
+    (ham / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx\nHAM_2," + "x" * 140000 + ",nv\n"
+    )
+    assert "field larger than field limit" in _one_line_error(
+        _run("data", "inspect", str(ham), module="dermedge.cli")
+    )

@@ -507,6 +507,7 @@ def test_a_kill_during_save_leaves_whole_decisions_and_the_next_start_cleans(
     result = CliRunner().invoke(main, ["-m", str(INT8), "--camera", str(videos["normal"]), "--save", str(save),
                                        "--max-frames", "3"])  # fmt: skip
     assert "unfinished file(s) of an interrupted session" in result.stderr, result.output
-    assert not [p for p in save.iterdir() if p.name.startswith(".staging-") or p.name.endswith(".tmp")]
+    assert not [
+        p for p in save.iterdir() if p.name.startswith(".staging-") or p.name.endswith(".tmp")
+    ]
     assert all(p.stat().st_mode & 0o044 for p in save.rglob("*.jpg"))  # readable like the logs
-

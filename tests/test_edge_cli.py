@@ -85,7 +85,9 @@ def test_json_lines(folder: Path) -> None:
     rows = [json.loads(line) for line in out.splitlines()]  # stdout is pure JSON lines
     assert len(rows) == 8
     good = [r for r in rows if "error" not in r]
-    assert all(set(r) == {"file", "prob", "label", "decision", "threshold", "disclaimer"} for r in good)
+    assert all(
+        set(r) == {"file", "prob", "label", "decision", "threshold", "disclaimer"} for r in good
+    )
     assert all(r["disclaimer"] == DISCLAIMER for r in rows)  # every record says so, errors too
     assert all(
         r["decision"] == ("refer" if r["prob"] >= r["threshold"] else "routine") for r in good
@@ -111,7 +113,9 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
         "error",
         "disclaimer",
     }
-    assert sum(bool(r["error"]) for r in rows) == 4 and all(r["disclaimer"] == DISCLAIMER for r in rows)
+    assert sum(bool(r["error"]) for r in rows) == 4 and all(
+        r["disclaimer"] == DISCLAIMER for r in rows
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left behind
     code, _, err = run("-m", INT8, "--csv", str(tmp_path / "no" / "dir" / "x.csv"), str(folder))
     assert code == 2 and "cannot write --csv" in err
@@ -184,7 +188,9 @@ def test_installed_entry_point_prints_a_result_fast(folder: Path) -> None:
     assert elapsed < 20  # generous: a loaded CI box; the benchmark measures it properly
 
 
-def test_low_resolution_and_blurred_photos_are_flagged(isic_dir: Path, ham_dir: Path, tmp_path: Path) -> None:
+def test_low_resolution_and_blurred_photos_are_flagged(
+    isic_dir: Path, ham_dir: Path, tmp_path: Path
+) -> None:
     """The shipped default misses more melanomas in 100x75 thumbnails: such files get a warning."""
     from PIL import Image, ImageFilter
 

@@ -141,7 +141,11 @@ def test_serve_checks_the_model_at_start_and_on_each_swap(tmp_path: Path) -> Non
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     try:
         v1 = srv.model.version
-        for partial in (blob[: len(blob) - 5000], blob[:-1] + b"\x00", _flipped(blob, random.Random(1))):
+        for partial in (
+            blob[: len(blob) - 5000],
+            blob[:-1] + b"\x00",
+            _flipped(blob, random.Random(1)),
+        ):
             model.write_bytes(partial)  # a copy caught half-way, or damaged
             time.sleep(0.02)
             for path in ("/", "/card.json", "/model.tflite"):

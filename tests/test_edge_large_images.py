@@ -30,7 +30,10 @@ def _png(path: Path, w: int, h: int, bit16: bool, rgb: bool) -> Path:
 
     z = zlib.compressobj(6)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0)))
+        f.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+        )
         data = [z.compress(b"\x00" + bytes([(y * 7) & 255]) * row_bytes) for y in range(h)]
         f.write(chunk(b"IDAT", b"".join(data) + z.flush()) + chunk(b"IEND", b""))
     return path
@@ -63,7 +66,9 @@ def test_peak_rss_stays_within_budget(big: dict[str, Path]) -> None:
     for name in ("photo", "jpeg", "png16", "pngrgb"):
         code, err, rss[name] = _peak_rss_mb(str(big[name]))
         if name in ("png16", "pngrgb"):
-            assert code == 1 and "image too large: 12000x12000" in err and "Traceback" not in err, err
+            assert code == 1 and "image too large: 12000x12000" in err and "Traceback" not in err, (
+                err
+            )
         else:
             assert code == 0, err
     print("peak RSS MB:", {k: round(v) for k, v in rss.items()})
@@ -89,7 +94,9 @@ def test_images_within_the_limit_decode_as_before(tmp_path: Path) -> None:
     t = tmp_path / "f.tiff"
     Image.fromarray(f01).save(t)
     got = np.asarray(C.load_rgb(t))[..., 0]
-    np.testing.assert_array_equal(got, np.clip(np.round(f01.astype(np.float64) * 255), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        got, np.clip(np.round(f01.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    )
 
 
 def test_the_limit_holds_for_bytes_too(tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def test_classify_decision_follows_threshold(int8: EdgeModel, photos: list[Path]
     for r in results:
         assert 0 <= r["prob"] <= 1
         assert r["decision"] == ("refer" if r["prob"] >= int8.threshold else "routine")
-        assert r["label"] == ("malignant" if r["prob"] >= int8.threshold else "benign")  # as the page
+        assert r["label"] == (
+            "malignant" if r["prob"] >= int8.threshold else "benign"
+        )  # as the page
     assert {r["decision"] for r in results} == {"refer", "routine"}
     lenient = EdgeModel(INT8, threshold=0.0)
     assert all(lenient.classify(p)["decision"] == "refer" for p in photos[:3])

@@ -110,7 +110,14 @@ def test_evaluate_predictions_writes_everything(tmp_path):
     paths = [f"img{i}.jpg" for i in range(200)]
     rep = ev.evaluate_predictions(y, p, 0.3, tmp_path, n_boot=200, title="toy", paths=paths,
                                   extra={"split": "test"})  # fmt: skip
-    for f in ("metrics.json", "predictions.csv", "confusion_matrix.png", "roc.png", "pr.png", "reliability.png"):
+    for f in (
+        "metrics.json",
+        "predictions.csv",
+        "confusion_matrix.png",
+        "roc.png",
+        "pr.png",
+        "reliability.png",
+    ):
         assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0, f
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "metrics.json").read_text())

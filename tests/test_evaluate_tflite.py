@@ -41,7 +41,8 @@ def test_evaluate_a_tflite_through_the_edge_runtime(isic_dir, tmp_path):
     pkg.mkdir()
     shutil.copy(model, pkg / model.name)
     r = CliRunner(env={"DERMEDGE_RUNS": str(tmp_path / "runs")}).invoke(
-        main, ["evaluate", str(pkg / model.name), "--data", str(tmp_path / "ds"), "--bootstrap", "100"]
+        main,
+        ["evaluate", str(pkg / model.name), "--data", str(tmp_path / "ds"), "--bootstrap", "100"],
     )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in pkg.iterdir()) == [model.name]

@@ -206,7 +206,9 @@ def test_card_add_external_round_trips_into_the_tflite(evaluated, tmp_path):
     assert len(e["metrics_sha256"]) == 64 and e["tool_version"] and e["date"]
     old = read_card(TINY)
     skip = ("external", "file_sha256")
-    assert {k: v for k, v in card.items() if k not in skip} == {k: v for k, v in old.items() if k not in skip}
+    assert {k: v for k, v in card.items() if k not in skip} == {
+        k: v for k, v in old.items() if k not in skip
+    }
     np.testing.assert_array_equal(EdgeModel(model).predict(_pixels()), before)
     assert "derm7pt: n=60" in r.output
     r = _run(["card", str(model), "--add-external", str(out / "metrics.json"), "--out",

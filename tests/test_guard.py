@@ -48,7 +48,9 @@ def _manifest(tmp: Path) -> Path:
     rows = []
     for label in ("benign", "malignant"):
         files = sorted((src / "train" / label).glob("*.jpg"))
-        rows += [(f, label, "train") for f in files[:150]] + [(f, label, "val") for f in files[150:210]]
+        rows += [(f, label, "train") for f in files[:150]] + [
+            (f, label, "val") for f in files[150:210]
+        ]
     path = tmp / "manifest.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -98,24 +100,32 @@ def test_shipped_models_carry_a_guard_fitted_on_their_own_split() -> None:
         card = read_card(REPO / "dermedge" / "models" / f"{name}.tflite")
         fit = card["guard"]["fit"]
         assert fit["probabilities_identical_on_val"] and "warning" not in fit, name
-        assert fit["val_pass_rate"] >= g.PASS_RATE and fit["val_images"] == sum(card["data"]["counts"]["val"].values())
+        assert fit["val_pass_rate"] >= g.PASS_RATE and fit["val_images"] == sum(
+            card["data"]["counts"]["val"].values()
+        )
         assert EdgeModel(REPO / "dermedge" / "models" / f"{name}.tflite").guard is not None
 
 
 def test_guarded_model_keeps_its_probabilities_and_card(plain: Path, guarded: Path) -> None:
     bare, model = EdgeModel(plain), EdgeModel(guarded)
     assert bare.guard is None and model.guard is not None
-    x = np.stack([preprocess(p, model.contract) for p in _lesions("malignant", 8) + _lesions("benign", 8)])
+    x = np.stack(
+        [preprocess(p, model.contract) for p in _lesions("malignant", 8) + _lesions("benign", 8)]
+    )
     prob, feats = model.predict_features(x)
     assert np.array_equal(prob, bare.predict(x))  # bit for bit: only an output was added
     assert feats is not None and feats.shape == (16, model.guard.dim)
     card, old = read_card(guarded), read_card(plain)
     assert without_digest({k: v for k, v in card.items() if k != "guard"}) == without_digest(old)
-    assert np.array_equal(EdgeModel(TINY).predict(x), prob)  # the shipped guard changed nothing either
+    assert np.array_equal(
+        EdgeModel(TINY).predict(x), prob
+    )  # the shipped guard changed nothing either
     fit = card["guard"]["fit"]
     assert fit["train_images"] == 300 and fit["val_images"] == 120
     assert abs(fit["val_pass_rate"] - g.PASS_RATE) <= 0.02
-    assert json.loads((guarded.parent / "guard.json").read_text())["cutoff"] == card["guard"]["cutoff"]
+    assert (
+        json.loads((guarded.parent / "guard.json").read_text())["cutoff"] == card["guard"]["cutoff"]
+    )
 
 
 def test_guard_flags_photos_that_are_not_lesions(guarded: Path) -> None:
@@ -170,7 +180,9 @@ def test_camera_gates_unfamiliar_frames(guarded: Path, tmp_path: Path) -> None:
     assert any(e.get("reason") == NO_LESION for e in events if e["event"] == "quality")
 
 
-def test_a_guard_without_its_feature_output_is_refused(plain: Path, guarded: Path, tmp_path: Path) -> None:
+def test_a_guard_without_its_feature_output_is_refused(
+    plain: Path, guarded: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(embed_card(plain.read_bytes(), read_card(guarded)))
     with pytest.raises(EdgeError, match="no such second output"):

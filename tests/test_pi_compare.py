@@ -10,7 +10,9 @@ from pathlib import Path
 COMPARE = Path(__file__).parent / "pi" / "compare.py"
 
 
-def _run(tmp_path: Path, ref: list[dict], arm: list[dict], tol: float) -> subprocess.CompletedProcess:
+def _run(
+    tmp_path: Path, ref: list[dict], arm: list[dict], tol: float
+) -> subprocess.CompletedProcess:
     for name, doc in (("ref", ref), ("arm", arm)):
         (tmp_path / f"{name}.json").write_text("\n".join(json.dumps(d) for d in doc))
     return subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "ref.json"), str(tmp_path / "arm.json"),
@@ -21,7 +23,10 @@ def _camera(probs: list[float], t: float = 0.19140625) -> list[dict]:
     recs = [{"event": "decision", "prob": p, "threshold": t, "decision": "refer" if p >= t else "routine",
              "label": "malignant" if p >= t else "benign"} for p in probs]  # fmt: skip
     refer = sum(r["decision"] == "refer" for r in recs)
-    return [*recs, {"event": "summary", "decisions": {"routine": len(recs) - refer, "refer": refer}}]
+    return [
+        *recs,
+        {"event": "summary", "decisions": {"routine": len(recs) - refer, "refer": refer}},
+    ]
 
 
 def test_identical_outputs_pass(tmp_path):
@@ -39,7 +44,11 @@ def test_a_borderline_decision_may_flip_within_tolerance(tmp_path):
 def test_flips_far_from_the_threshold_or_beyond_tolerance_fail(tmp_path):
     # same probability shift, but the tolerance is tighter than it
     r = _run(tmp_path, _camera([0.1719, 0.99]), _camera([0.1915, 0.99]), 0.005)
-    assert r.returncode == 1 and "MISMATCH [0].decision" in r.stdout and "MISMATCH [0].label" in r.stdout
+    assert (
+        r.returncode == 1
+        and "MISMATCH [0].decision" in r.stdout
+        and "MISMATCH [0].label" in r.stdout
+    )
     # a decision that differs although neither probability is near the threshold
     ref, arm = _camera([0.05, 0.99]), _camera([0.05, 0.99])
     arm[0]["decision"] = "refer"

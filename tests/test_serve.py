@@ -47,14 +47,20 @@ def server(model: Path) -> Iterator[S.DermServer]:
 
 
 def request(
-    srv: S.DermServer, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+    srv: S.DermServer,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     host, port = srv.server_address[:2]
     if srv.ssl_context is not None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=10, context=ctx)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=10, context=ctx
+        )
     else:
         conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
@@ -83,7 +89,11 @@ def test_page_headers_and_version(server: S.DermServer) -> None:
     status, h, body = request(server, "GET", "/")
     assert status == 200 and h["content-type"].startswith("text/html")
     csp = h["content-security-policy"]
-    for directive in ("default-src 'none'", "script-src 'self' 'wasm-unsafe-eval'", "frame-ancestors 'none'"):
+    for directive in (
+        "default-src 'none'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "frame-ancestors 'none'",
+    ):
         assert directive in csp
     assert "unsafe-inline" not in csp and "'unsafe-eval'" not in csp
     assert h["x-content-type-options"] == "nosniff"
@@ -112,11 +122,17 @@ def test_model_and_card(server: S.DermServer) -> None:
 def test_gzip_assets_and_etag(server: S.DermServer) -> None:
     path = "/litert/litert_wasm_internal.wasm"
     status, h, gz = request(server, "GET", path, {"Accept-Encoding": "gzip, deflate, br"})
-    assert status == 200 and h["content-encoding"] == "gzip" and h["content-type"] == "application/wasm"
+    assert (
+        status == 200
+        and h["content-encoding"] == "gzip"
+        and h["content-type"] == "application/wasm"
+    )
     status, h2, plain = request(server, "GET", path)
     assert status == 200 and "content-encoding" not in h2
     assert gzip.decompress(gz) == plain and plain[:4] == b"\0asm"
-    status, h3, body = request(server, "GET", path, {"If-None-Match": h["etag"], "Accept-Encoding": "gzip"})
+    status, h3, body = request(
+        server, "GET", path, {"If-None-Match": h["etag"], "Accept-Encoding": "gzip"}
+    )
     assert status == 304 and body == b""
     status, h4, body = request(server, "HEAD", "/app.js", {"Accept-Encoding": "gzip"})
     assert status == 200 and body == b"" and int(h4["content-length"]) > 0
@@ -143,7 +159,9 @@ def test_gzip_assets_and_etag(server: S.DermServer) -> None:
     ],
 )
 def test_path_traversal_is_impossible(server: S.DermServer, path: str) -> None:
-    raw = raw_request(server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    raw = raw_request(
+        server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
     status = int(raw.split(b" ", 2)[1])
     assert status in (400, 404), raw[:200]
     for secret in (b"DermServer", b"[build-system]", b"root:", b"__init__", b"read_card"):
@@ -165,7 +183,9 @@ def test_request_limits(server: S.DermServer) -> None:
     assert status == 431
     status, _, _ = request(server, "GET", "/", body=b"z" * 100)
     assert status == 413
-    raw = raw_request(server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    raw = raw_request(
+        server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
     assert raw.startswith(b"HTTP/1.1 413")
     raw = raw_request(server, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 414")
@@ -193,7 +213,9 @@ def test_tls_argument_errors(model: Path, tmp_path: Path) -> None:
     with pytest.raises(S.ServeError, match="go together"):
         S.make_server(str(model), tls_cert="a.pem")
     with pytest.raises(S.ServeError, match="cannot load"):
-        S.make_server(str(model), port=0, tls_cert=str(tmp_path / "no.pem"), tls_key=str(tmp_path / "no.key"))
+        S.make_server(
+            str(model), port=0, tls_cert=str(tmp_path / "no.pem"), tls_key=str(tmp_path / "no.key")
+        )
     with pytest.raises(S.ServeError, match="model not found"):
         S.make_server(str(tmp_path / "missing.tflite"))
 
@@ -275,7 +297,13 @@ def test_unbuilt_page_is_a_clear_error(model: Path, tmp_path: Path) -> None:
 def test_packaged_assets_are_small_and_complete() -> None:
     web = Path(S.WEB_DIR)
     names = {p.relative_to(web).as_posix() for p in web.rglob("*") if p.is_file()}
-    for need in ("index.html", "sw.js", "app.css", "app.js.gz", "litert/litert_wasm_internal.wasm.gz"):
+    for need in (
+        "index.html",
+        "sw.js",
+        "app.css",
+        "app.js.gz",
+        "litert/litert_wasm_internal.wasm.gz",
+    ):
         assert need in names
     total = sum(p.stat().st_size for p in web.rglob("*") if p.is_file())
     assert total < 8 * 1024 * 1024, total
@@ -283,11 +311,16 @@ def test_packaged_assets_are_small_and_complete() -> None:
 
 def test_connection_cap(server: S.DermServer) -> None:
     """Slots full of idle connections: a new one is served, the oldest idle one closed for it."""
-    idle = [socket.create_connection(server.server_address[:2], timeout=5) for _ in range(S.MAX_PER_CLIENT)]
+    idle = [
+        socket.create_connection(server.server_address[:2], timeout=5)
+        for _ in range(S.MAX_PER_CLIENT)
+    ]
     try:
         time.sleep(0.3)
         with socket.create_connection(server.server_address[:2], timeout=5) as extra:
-            extra.sendall(b"GET /card.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            extra.sendall(
+                b"GET /card.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
             assert extra.recv(12) == b"HTTP/1.1 200"
         idle[0].settimeout(5)
         with contextlib.suppress(ConnectionResetError):

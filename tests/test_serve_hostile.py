@@ -33,14 +33,18 @@ def running(srv: S.DermServer) -> Iterator[S.DermServer]:
         srv.server_close()
 
 
-def timed_get(srv: S.DermServer, path: str = "/card.json", host: str | None = None) -> tuple[int, float]:
+def timed_get(
+    srv: S.DermServer, path: str = "/card.json", host: str | None = None
+) -> tuple[int, float]:
     """(status, seconds) of one GET on a new connection."""
     addr, port = srv.server_address[:2]
     t0 = time.perf_counter()
     if srv.ssl_context is not None:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(addr, port, timeout=10, context=ctx)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            addr, port, timeout=10, context=ctx
+        )
     else:
         conn = http.client.HTTPConnection(addr, port, timeout=10)
     try:
@@ -98,7 +102,9 @@ def test_normal_gets_are_served_while_100_sockets_trickle_headers(tmp_path: Path
             t.join(5)
             for s in slow:
                 s.close()
-    print(f"normal GET during 100 trickling sockets: median {statistics.median(times) * 1000:.1f} ms")
+    print(
+        f"normal GET during 100 trickling sockets: median {statistics.median(times) * 1000:.1f} ms"
+    )
     assert statistics.median(times) < 1.0
 
 
@@ -112,7 +118,9 @@ def test_normal_gets_are_served_while_100_tls_sockets_idle(tmp_path: Path, monke
         finally:
             for s in idle:
                 s.close()
-    print(f"normal HTTPS GET during 100 idle sockets: median {statistics.median(times) * 1000:.1f} ms")
+    print(
+        f"normal HTTPS GET during 100 idle sockets: median {statistics.median(times) * 1000:.1f} ms"
+    )
     assert statistics.median(times) < 1.0
 
 

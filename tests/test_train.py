@@ -30,14 +30,19 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DERMEDGE_DATA") or REPO.parent / "shared" / "data") / "isic-mvb"
 COMMON = ["--img-size", "64", "--batch", "16", "--bootstrap", "200", "--quiet"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not (DATA / "train" / "benign").is_dir(),
-    reason=f"real images not found at {DATA} (set DERMEDGE_DATA to the folder holding isic-mvb/)",
-)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (DATA / "train" / "benign").is_dir(),
+        reason=f"real images not found at {DATA} (set DERMEDGE_DATA to the folder holding isic-mvb/)",
+    ),
+]
 
 
 def _images(split_dir: str, label: str, n: int, skip: int = 0) -> list[Path]:
-    return sorted((DATA / split_dir / label).glob("*.jpg"), key=lambda p: int(p.stem))[skip : skip + n]
+    return sorted((DATA / split_dir / label).glob("*.jpg"), key=lambda p: int(p.stem))[
+        skip : skip + n
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +52,17 @@ def env(tmp_path_factory):
     man = root / "manifest"
     man.mkdir()
     rows = []
-    for split, n, src, skip in (("train", 30, "train", 0), ("val", 10, "train", 30), ("test", 10, "test", 0)):
+    for split, n, src, skip in (
+        ("train", 30, "train", 0),
+        ("val", 10, "train", 30),
+        ("test", 10, "test", 0),
+    ):
         for label in ("benign", "malignant"):
             for p in _images(src, label, n, skip):
                 sha = hashlib.sha256(p.read_bytes()).hexdigest()
-                rows.append([p.relative_to(DATA).as_posix(), sha, label, "", split, "folders", label])
+                rows.append(
+                    [p.relative_to(DATA).as_posix(), sha, label, "", split, "folders", label]
+                )
     with open(man / "manifest.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["path", "sha256", "label", "group", "split", "source", "dx"])
@@ -87,16 +98,30 @@ def _check_run(run: Path, arch: str, mean: float, std: float, epochs: int, manif
     for f in ("model.keras", "manifest.csv", "manifest.json", "history.csv", "curves.png",
               "model_card.json", "config.json"):  # fmt: skip
         assert (run / f).is_file(), f
-    for f in ("metrics.json", "confusion_matrix.png", "roc.png", "pr.png", "reliability.png", "predictions.csv"):
+    for f in (
+        "metrics.json",
+        "confusion_matrix.png",
+        "roc.png",
+        "pr.png",
+        "reliability.png",
+        "predictions.csv",
+    ):
         assert (run / "eval" / f).is_file(), f
     assert not list(run.rglob(".tmp-*")), "temporary files left behind"
     card = _card(run)
     assert card["schema"] == "dermedge.card/1" and card["arch"] == arch and card["name"] == run.name
     assert card["classes"] == ["benign", "malignant"] and card["positive_class"] == "malignant"
     assert card["output"] == "sigmoid" and "not a diagnosis" in card["disclaimer"]
-    assert card["input"]["size"] == 64 and card["input"]["mean"] == mean and card["input"]["std"] == std
+    assert (
+        card["input"]["size"] == 64
+        and card["input"]["mean"] == mean
+        and card["input"]["std"] == std
+    )
     assert 0.0 <= card["threshold"] <= 1.0
-    assert card["threshold_policy"]["target_sensitivity"] == 0.95 and card["threshold_policy"]["chosen_on"] == "val"
+    assert (
+        card["threshold_policy"]["target_sensitivity"] == 0.95
+        and card["threshold_policy"]["chosen_on"] == "val"
+    )
     assert card["metrics"]["val"]["sensitivity"] >= 0.95
     test = card["metrics"]["test"]
     for k in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
@@ -191,7 +216,10 @@ def test_train_on_dataset_folder_writes_split_manifest(env):
     meta = json.loads((run / "manifest.json").read_text())
     assert meta["mode"] == "resplit" and sum(sum(c.values()) for c in meta["counts"].values()) == 24
     card = _card(run)
-    assert card["data"]["manifest_sha256"] == hashlib.sha256((run / "manifest.csv").read_bytes()).hexdigest()
+    assert (
+        card["data"]["manifest_sha256"]
+        == hashlib.sha256((run / "manifest.csv").read_bytes()).hexdigest()
+    )
     # one source: balancing per source is the global balance, recorded per source in the card
     t = card["training"]
     assert t["config"]["balance"] == "source"
@@ -229,7 +257,11 @@ def test_train_efficientnet_lite0_two_phases(env):
     # the top 2 blocks (14, 15) and the head conv fine-tuned
     assert same("stem_conv") and same("block3_project_conv") and same("block13_project_conv")
     assert same("block15_project_bn") and same("head_bn") and same("block14_bn")
-    assert not same("block15_project_conv") and not same("block14_expand_conv") and not same("head_conv")
+    assert (
+        not same("block15_project_conv")
+        and not same("block14_expand_conv")
+        and not same("head_conv")
+    )
 
     # continuing from the trained model: --epochs 0 skips the frozen phase, fine-tunes only
     _cli(["train", "--data", str(env["manifest"]), "--arch", "efficientnet_lite0", "--weights",
@@ -238,9 +270,17 @@ def test_train_efficientnet_lite0_two_phases(env):
     more = env["runs"] / "train" / "lite0-more"
     assert [r["phase"] for r in _history(more)] == ["finetune"]
     cont = _load(more)
-    for name in ("stem_conv", "block14_expand_conv", "block15_project_bn"):  # below the unfrozen block, or BN
-        assert all(np.array_equal(a, b) for a, b in
-                   zip(model.get_layer(name).get_weights(), cont.get_layer(name).get_weights(), strict=True))
+    for name in (
+        "stem_conv",
+        "block14_expand_conv",
+        "block15_project_bn",
+    ):  # below the unfrozen block, or BN
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                model.get_layer(name).get_weights(), cont.get_layer(name).get_weights(), strict=True
+            )
+        )
     assert not np.array_equal(model.get_layer("block15_project_conv").get_weights()[0],
                               cont.get_layer("block15_project_conv").get_weights()[0])  # fmt: skip
 
@@ -331,8 +371,14 @@ def test_mirrored_strategy_on_two_logical_cpus(env):
         (["train", "--data", "{manifest}", "--resume"], "--resume needs --name"),
         (["train", "--data", "{manifest}", "--name", "simple"], "already exists"),
         (["train", "--data", "{manifest}", "--img-size", "8"], "8"),
-        (["train", "--data", "{manifest}", "--epochs", "0", "--fine-tune-epochs", "0"], "nothing to train"),
-        (["train", "--data", "{manifest}", "--arch", "simple_cnn", "--epochs", "0"], "nothing to train"),
+        (
+            ["train", "--data", "{manifest}", "--epochs", "0", "--fine-tune-epochs", "0"],
+            "nothing to train",
+        ),
+        (
+            ["train", "--data", "{manifest}", "--arch", "simple_cnn", "--epochs", "0"],
+            "nothing to train",
+        ),
         (["evaluate", "/no/such/run"], "no such run folder"),
         (["evaluate", "{manifest}"], "has no model.keras"),
         (["evaluate", "{manifest}/manifest.csv"], "expected a run folder"),
@@ -360,4 +406,6 @@ def test_bad_data_error_in_a_real_process(env, tmp_path):
     done = subprocess.run([sys.executable, "-c", "from dermedge.cli import main; main()", "train",
                            "--data", str(empty)], env=e, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
-    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(
+        "Error:"
+    )

@@ -102,7 +102,9 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
              f"(fastest of {peak['runs']} runs, best of {peak.get('sessions', 1)} sessions: "
              "before and after the accuracy pass), GMAC/s:"]  # fmt: skip
     for rt in peak["runtimes"].values():
-        cells = [f"{dt} {t} thr {fmt_number(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()]
+        cells = [
+            f"{dt} {t} thr {fmt_number(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()
+        ]
         lines.append(f"  - {short_runtime(rt.get('name'))}: " + ", ".join(cells or ["-"]))
     return lines
 
@@ -248,7 +250,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
     fig = new_figure((9.0, 6.0))
     ax = fig.add_subplot(111)
-    pts = [r for r in rows if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))]
+    pts = [
+        r for r in rows if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))
+    ]
     models = list(dict.fromkeys(r["model"] for r in rows))
     max_mb = max((r["file_mb"] for r in pts), default=1.0) or 1.0
     scale = 900.0 / max_mb  # points^2 per MB: the largest file gets 900 pt^2

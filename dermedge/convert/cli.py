@@ -106,10 +106,16 @@ EXIT_GATE_FAILED = 3
     help="Give a converted model its unfamiliar-input guard, fitted on --data's train split "
     "(cut-off: 95% of val passes); writes --out/FILE.tflite and guard.json.",
 )
-@click.option("--no-guard", is_flag=True,
-              help="Do not give the converted models their unfamiliar-input guard.")
-@click.option("--force", is_flag=True,
-              help="With --add-guard: fit on a split other than the one the card records.")
+@click.option(
+    "--no-guard",
+    is_flag=True,
+    help="Do not give the converted models their unfamiliar-input guard.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --add-guard: fit on a split other than the one the card records.",
+)
 def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
             max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,

@@ -65,7 +65,12 @@ def _dequantized(fb: Any, model: Any, idx: int) -> int:
         codes.append(code)
         op_index = len(codes) - 1
     out = fb.TensorT()
-    out.shape, out.type, out.buffer, out.name = src.shape, fb.TensorType.FLOAT32, 0, FEATURES.encode()
+    out.shape, out.type, out.buffer, out.name = (
+        src.shape,
+        fb.TensorType.FLOAT32,
+        0,
+        FEATURES.encode(),
+    )
     sg.tensors.append(out)
     op = fb.OperatorT()
     op.opcodeIndex, op.inputs = op_index, np.asarray([idx], dtype=np.int32)

@@ -217,8 +217,12 @@ def float_ops(tflite: bytes) -> dict[str, int]:
                 name = code.CustomCode().decode()
             tensors = [*op.InputsAsNumpy().tolist(), *op.OutputsAsNumpy().tolist()] \
                 if op.InputsLength() or op.OutputsLength() else []  # fmt: skip
-            floats = [t for t in tensors if t >= 0 and types.get(g.Tensors(t).Type()) in FLOAT_TYPES]
-            if floats and not (name == "DEQUANTIZE" and all(g.Tensors(t).Name() == GUARD_OUTPUT for t in floats)):
+            floats = [
+                t for t in tensors if t >= 0 and types.get(g.Tensors(t).Type()) in FLOAT_TYPES
+            ]
+            if floats and not (
+                name == "DEQUANTIZE" and all(g.Tensors(t).Name() == GUARD_OUTPUT for t in floats)
+            ):
                 found[name] += 1
     return dict(sorted(found.items()))
 

@@ -55,7 +55,9 @@ class Cases:
     records: list[Record]
 
     def subset(self, mask: np.ndarray) -> Cases:
-        return Cases(self.y[mask], self.prob[mask], [r for r, m in zip(self.records, mask, strict=True) if m])
+        return Cases(
+            self.y[mask], self.prob[mask], [r for r, m in zip(self.records, mask, strict=True) if m]
+        )
 
     def counts(self) -> dict[str, int]:
         return {"benign": int((self.y == 0).sum()), "malignant": int(self.y.sum())}
@@ -84,7 +86,9 @@ def read_site_data(root: str) -> Index:
     return index
 
 
-def holdout_split(records: list[Record], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(
+    records: list[Record], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(calibration mask, held-out mask): whole lesions (groups) go to one side, per class, seeded."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
@@ -245,7 +249,10 @@ def summary_table(points: dict[str, Any]) -> str:
     rows = []
     flat = dict(points)
     if points.get("holdout"):
-        flat["holdout_before"], flat["holdout_after"] = points["holdout"]["before"], points["holdout"]["after"]
+        flat["holdout_before"], flat["holdout_after"] = (
+            points["holdout"]["before"],
+            points["holdout"]["after"],
+        )
     for key, label in names.items():
         p = flat.get(key)
         if p:
@@ -259,6 +266,7 @@ def plot_roc(cases: Cases, points: dict[str, Any], path: Path, title: str) -> Pa
     """ROC of the calibration cases with the old and new operating points (matplotlib optional)."""
     try:
         from dermedge.plotting import new_figure, save_png
+
         fig = new_figure()
     except ImportError:
         warn("ROC plot skipped: matplotlib is not installed (pip install matplotlib)")
@@ -333,7 +341,9 @@ def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> d
               help="The calibrated model to write (a copy; MODEL is left as it is).")  # fmt: skip
 @click.option("--target-sensitivity", default=None, type=click.FloatRange(0.5, 1.0, max_open=True),
               help="Sensitivity to keep at this site [default: the card's, 0.95].")  # fmt: skip
-@click.option("--site", default=None, help="Name of the site/device [default: the data folder's name].")
+@click.option(
+    "--site", default=None, help="Name of the site/device [default: the data folder's name]."
+)
 @click.option("--holdout", default=0.0, type=click.FloatRange(0.0, 0.9),
               help="Fraction of lesions held out (grouped, per class) to check the new threshold on.")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
@@ -354,7 +364,9 @@ def calibrate(model_path: str, root: str, out: str, target_sensitivity: float | 
     cases, bad = score(model, index.records)
     calib, held = _split_cases(cases, holdout, seed)
     check_sample(calib, min_cases)
-    target = target_sensitivity or float((card.get("threshold_policy") or {}).get("target_sensitivity", 0.95))
+    target = target_sensitivity or float(
+        (card.get("threshold_policy") or {}).get("target_sensitivity", 0.95)
+    )
     chosen = new_threshold(calib, target, margin_of(card))
     points = _points(model, calib, held, chosen["threshold"])
     site = site or Path(index.root).name
@@ -385,6 +397,8 @@ def _print_summary(model: Any, record: dict[str, Any], report: dict[str, Any], d
     if math.isfinite(floor) and floor < LOW_SENSITIVITY:
         warn(f"with {c['malignant']} malignant cases the sensitivity at the new threshold may be as "
              f"low as {floor:.2f} (95% CI); collect more malignant cases before relying on it")  # fmt: skip
-    click.echo(f"wrote {dst} (card: threshold and calibration) and {folder}/ "
-               "(report.json, predictions.csv, roc.png)")
+    click.echo(
+        f"wrote {dst} (card: threshold and calibration) and {folder}/ "
+        "(report.json, predictions.csv, roc.png)"
+    )
     click.echo(DISCLAIMER)

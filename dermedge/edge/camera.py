@@ -305,7 +305,11 @@ class Saver:
         start), then the session log. Returns the record with the file names; OSError on failure."""
         self.count += 1
         stem = f"{self.session}-{self.count:04d}-frame{record['frame']:06d}"
-        record = {**record, "frame_file": f"{stem}/{stem}.jpg", "crop_file": f"{stem}/{stem}-crop.png"}
+        record = {
+            **record,
+            "frame_file": f"{stem}/{stem}.jpg",
+            "crop_file": f"{stem}/{stem}-crop.png",
+        }
         staging = self.dir / f"{STAGING}{stem}"
         staging.mkdir()
         try:

@@ -411,7 +411,9 @@ def _card_start(buf: Any) -> int | None:
     buffers = model.tables(MODEL_BUFFERS)
     for meta in model.tables(MODEL_METADATA):
         if meta.string(METADATA_NAME) == CARD_NAME:
-            start, _ = _buffer(buffers, meta.scalar(METADATA_BUFFER, N.Uint32Flags))._vector(BUFFER_DATA)
+            start, _ = _buffer(buffers, meta.scalar(METADATA_BUFFER, N.Uint32Flags))._vector(
+                BUFFER_DATA
+            )
             return start or None
     return None
 
@@ -449,7 +451,9 @@ def _check_graph(buf: Any) -> None:
         for t, node in enumerate(tensors):
             shape = node.numbers(TENSOR_SHAPE, N.Int32Flags)
             type_id = node.scalar(TENSOR_TYPE, N.Int8Flags)
-            item = _ITEM_BYTES.get(TENSOR_TYPES[type_id] if 0 <= type_id < len(TENSOR_TYPES) else "", 1)
+            item = _ITEM_BYTES.get(
+                TENSOR_TYPES[type_id] if 0 <= type_id < len(TENSOR_TYPES) else "", 1
+            )
             size = item
             for d in shape:
                 if d < -1:
@@ -460,11 +464,15 @@ def _check_graph(buf: Any) -> None:
             total += size
             if not 0 <= node.scalar(TENSOR_BUFFER, N.Uint32Flags) < max(n_buffers, 1):
                 raise ValueError(f"subgraph {g} tensor {t} points at a buffer that does not exist")
-        refs = sub.numbers(SUBGRAPH_INPUTS, N.Int32Flags) + sub.numbers(SUBGRAPH_OUTPUTS, N.Int32Flags)
+        refs = sub.numbers(SUBGRAPH_INPUTS, N.Int32Flags) + sub.numbers(
+            SUBGRAPH_OUTPUTS, N.Int32Flags
+        )
         for op in sub.tables(SUBGRAPH_OPERATORS):
             if not 0 <= op.scalar(OPERATOR_OPCODE, N.Uint32Flags) < n_codes:
                 raise ValueError(f"subgraph {g} has an operator with an unknown operator code")
-            refs += op.numbers(OPERATOR_INPUTS, N.Int32Flags) + op.numbers(OPERATOR_OUTPUTS, N.Int32Flags)
+            refs += op.numbers(OPERATOR_INPUTS, N.Int32Flags) + op.numbers(
+                OPERATOR_OUTPUTS, N.Int32Flags
+            )
         if any(not -1 <= i < len(tensors) for i in refs):
             raise ValueError(f"subgraph {g} refers to a tensor that does not exist")
     if total > MAX_TOTAL_TENSOR_BYTES:

@@ -32,8 +32,18 @@ from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
-CSV_FIELDS = ["file", "prob", "label", "decision", "threshold", "unfamiliar", "guard_score",
-              "warning", "error", "disclaimer"]
+CSV_FIELDS = [
+    "file",
+    "prob",
+    "label",
+    "decision",
+    "threshold",
+    "unfamiliar",
+    "guard_score",
+    "warning",
+    "error",
+    "disclaimer",
+]
 
 
 class Fatal(click.ClickException):
@@ -171,7 +181,9 @@ def _table_line(row: dict[str, Any]) -> str:
 def _check_csv_target(path: str) -> None:
     """Before the run, not after it: a --csv that cannot be written would lose every result."""
     if Path(path).is_dir():
-        raise Fatal(f"--csv {path} is a folder: give a file name, e.g. {Path(path) / 'results.csv'}")
+        raise Fatal(
+            f"--csv {path} is a folder: give a file name, e.g. {Path(path) / 'results.csv'}"
+        )
     parent = Path(path).resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise Fatal(f"cannot write --csv {path}: folder {parent} is missing or not writable")
@@ -340,7 +352,11 @@ def check_mode_options(ctx: click.Context, mode: str) -> None:
     if ctx.params.get("camera") is not None and ctx.params.get("picamera"):
         wrong.append("--camera with --picamera")
     if wrong:
-        where = {"images": "classifying images", "camera": "--camera/--picamera", "serve": "--serve"}[mode]
+        where = {
+            "images": "classifying images",
+            "camera": "--camera/--picamera",
+            "serve": "--serve",
+        }[mode]
         raise click.UsageError(f"not used with {where}: {', '.join(wrong)}")
 
 
@@ -420,7 +436,9 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 )
 @click.option("--serve", is_flag=True, help="Serve the model to phones/browsers on the network.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="--serve address.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="--serve port.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="--serve port."
+)
 @click.option("--tls-cert", metavar="PEM", help="--serve TLS certificate.")
 @click.option("--tls-key", metavar="PEM", help="--serve TLS key.")
 @click.option(

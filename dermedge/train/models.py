@@ -140,7 +140,9 @@ def build_model(arch: str, size: int = 224, weights: str | None = "imagenet",
         try:
             model.load_weights(str(path))
         except Exception as e:  # noqa: BLE001 - keras raises many types for a mismatched file
-            raise WeightsError(f"cannot load {arch} weights from {path}: {str(e).splitlines()[0]}") from e
+            raise WeightsError(
+                f"cannot load {arch} weights from {path}: {str(e).splitlines()[0]}"
+            ) from e
     return model
 
 
@@ -195,4 +197,8 @@ def set_trainable(model: keras.Model, arch: str, unfreeze_blocks: int | None) ->
         trainable_layers += bool(on and layer.weights)
     n_train = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     n_all = sum(int(keras.ops.size(w)) for w in model.weights)
-    return {"trainable_layers": trainable_layers, "trainable_params": n_train, "total_params": n_all}
+    return {
+        "trainable_layers": trainable_layers,
+        "trainable_params": n_train,
+        "total_params": n_all,
+    }

@@ -67,7 +67,9 @@ class TrainConfig:
     deterministic: bool = True
     dropout: float = 0.2
     label_smoothing: float = 0.0
-    balance: str = "class"  # class: one global class balance; source: classes balanced per source dataset
+    balance: str = (
+        "class"  # class: one global class balance; source: classes balanced per source dataset
+    )
     n_boot: int = 2000
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -409,7 +411,9 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
         per_source = {src or "-": {"benign": w[0], "malignant": w[1]}
                       for src, w in source_class_weights(splits["train"].y, splits["train"].sources).items()}  # fmt: skip
         for src, w in per_source.items():
-            _log(f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}")
+            _log(
+                f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}"
+            )
 
     replicas = strategy.num_replicas_in_sync
     aug = augment_preset(cfg.augmentation if cfg.augment else "none")

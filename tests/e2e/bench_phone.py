@@ -29,7 +29,11 @@ from dermedge.edge.serve import make_server  # noqa: E402
 
 def main() -> None:
     model = Path(sys.argv[1])
-    image = Path(sys.argv[2]) if len(sys.argv) > 2 else sorted((DATA / "isic-mvb/test/malignant").glob("*.jpg"))[0]
+    image = (
+        Path(sys.argv[2])
+        if len(sys.argv) > 2
+        else sorted((DATA / "isic-mvb/test/malignant").glob("*.jpg"))[0]
+    )
     out = Path(tempfile.mkdtemp(prefix="dermedge-bench-"))
     rgb = np.asarray(Image.open(image).convert("RGB").resize((640, 480), Image.Resampling.BICUBIC))
     write_y4m(rgb, out / "lesion.y4m")
@@ -39,8 +43,18 @@ def main() -> None:
     t0 = time.time()
     try:
         r = subprocess.run(
-            ["node", str(REPO / "tests/e2e/phone.mjs"), srv.url, str(out / "lesion.y4m"), str(out), "--frames=40"],
-            capture_output=True, text=True, timeout=600, check=False,
+            [
+                "node",
+                str(REPO / "tests/e2e/phone.mjs"),
+                srv.url,
+                str(out / "lesion.y4m"),
+                str(out),
+                "--frames=40",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
     finally:
         srv.shutdown()
@@ -53,21 +67,38 @@ def main() -> None:
     cap = json.loads(Path(page["downloads"]["json"]).read_text())
     p_py = ref.prob(frame)
     t_py = []
-    x = __import__("dermedge.data.contract", fromlist=["preprocess"]).preprocess(frame, ref.contract)
+    x = __import__("dermedge.data.contract", fromlist=["preprocess"]).preprocess(
+        frame, ref.contract
+    )
     for _ in range(20):
         s = time.perf_counter()
         ref._predict(x)
         t_py.append((time.perf_counter() - s) * 1000)
-    print(json.dumps({
-        "model": str(model), "model_bytes": model.stat().st_size, "image": str(image),
-        "page_prob": cap["prob"], "python_prob": p_py, "abs_diff": abs(cap["prob"] - p_py),
-        "page_decision": page["decision"], "python_decision": ref.decision(p_py),
-        "runtime": page["runtime"], "browser_infer_ms_median": round(page["infer_ms_median"], 2),
-        "browser_infer_ms_mean": round(page["infer_ms_mean"], 2), "browser_infer_ms_min": round(page["infer_ms_min"], 2),
-        "frames_timed": page["infer_ms_n"], "browser_preprocess_and_gate_ms": round(page["preprocess_ms"], 1),
-        "python_reference": ref.name, "python_infer_ms_median": round(sorted(t_py)[10], 2),
-        "wall_s": round(time.time() - t0, 1), "artifacts": str(out),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": str(model),
+                "model_bytes": model.stat().st_size,
+                "image": str(image),
+                "page_prob": cap["prob"],
+                "python_prob": p_py,
+                "abs_diff": abs(cap["prob"] - p_py),
+                "page_decision": page["decision"],
+                "python_decision": ref.decision(p_py),
+                "runtime": page["runtime"],
+                "browser_infer_ms_median": round(page["infer_ms_median"], 2),
+                "browser_infer_ms_mean": round(page["infer_ms_mean"], 2),
+                "browser_infer_ms_min": round(page["infer_ms_min"], 2),
+                "frames_timed": page["infer_ms_n"],
+                "browser_preprocess_and_gate_ms": round(page["preprocess_ms"], 1),
+                "python_reference": ref.name,
+                "python_infer_ms_median": round(sorted(t_py)[10], 2),
+                "wall_s": round(time.time() - t0, 1),
+                "artifacts": str(out),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

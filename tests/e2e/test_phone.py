@@ -120,7 +120,9 @@ class Reference:
         return "refer" if p >= self.threshold else "routine"
 
 
-def _run_page(url: str, video: Path, out: Path, srv, on_swap, flags=("--swap", "--offline")) -> dict[str, dict]:
+def _run_page(
+    url: str, video: Path, out: Path, srv, on_swap, flags=("--swap", "--offline")
+) -> dict[str, dict]:
     cmd = ["node", str(REPO / "tests" / "e2e" / "phone.mjs"), url, str(video), str(out), *flags]
     proc = subprocess.Popen(
         cmd,
@@ -240,7 +242,10 @@ def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
 
     # the page says which threshold it uses: the training one, then the site's after the swap
     assert "not calibrated" in online["calibration_text"]
-    assert f"threshold {ref_new.threshold:.3f}: calibrated for e2e-clinic" in swapped["calibration_text"]
+    assert (
+        f"threshold {ref_new.threshold:.3f}: calibrated for e2e-clinic"
+        in swapped["calibration_text"]
+    )
 
     # a new model on the server is picked up on the next online load
     assert swapped["version"] != v1

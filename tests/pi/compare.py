@@ -104,7 +104,9 @@ def main() -> int:
 
     border = borderline_records(ref_doc, arm_doc, args.tol)
     ref_map, arm_map = dict(ref), dict(arm)
-    flips = sorted(i for i in border if ref_map.get(f"[{i}].decision") != arm_map.get(f"[{i}].decision"))
+    flips = sorted(
+        i for i in border if ref_map.get(f"[{i}].decision") != arm_map.get(f"[{i}].decision")
+    )
     numbers = 0
     probs: list[tuple[str, float, float]] = []
     worst, worst_at = 0.0, ""
@@ -144,7 +146,9 @@ def main() -> int:
         f"{verdict}"
     )
     for i in flips:
-        print(f"  borderline: record [{i}] decision differs with P within {args.tol:g} of the threshold")
+        print(
+            f"  borderline: record [{i}] decision differs with P within {args.tol:g} of the threshold"
+        )
     for p in problems[:10]:
         print(f"  MISMATCH {p}")
     if len(problems) > 10:
