@@ -26,12 +26,14 @@ from dermedge.data.contract import InputContract
 from dermedge.data.index import Record
 from dermedge.data.io import atomic_write_bytes, atomic_write_text
 from dermedge.data.manifest import ManifestError, manifest_sha256, read_manifest
+from dermedge.metrics import clean_json
 from dermedge.runs import format_table, new_run_dir, runs_root
 from dermedge.train import evaluate as ev
 from dermedge.train.card import make_card, write_card
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 THRESHOLD_POOLS = ("worst-source", "pooled")
+BALANCES = ("class", "source")
 STATE = "state.json"
 
 
@@ -121,7 +123,7 @@ def _load_weights(model: Any, path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(ev._clean(obj), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(clean_json(obj), indent=2) + "\n")
 
 
 def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
@@ -232,62 +234,87 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
 # --- the training loop --------------------------------------------------------------------------
 
 
-def _state_callback(run_dir: Path, state: dict[str, Any], phase_idx: int, phase: dict[str, Any],
-                    patience: int, chief: bool, t_start: float) -> Any:  # fmt: skip
+class RunState:
+    """Per-epoch bookkeeping of a phase: history row, best weights on val AUC, a full checkpoint
+    with state.json, and early stopping. A Keras callback (made by `_state_callback`)."""
+
+    def __init__(self, run_dir: Path, state: dict[str, Any], phase_idx: int,
+                 phase: dict[str, Any], patience: int, chief: bool, t_start: float) -> None:  # fmt: skip
+        self.run_dir, self.ckpt = run_dir, run_dir / "checkpoints"
+        self.state, self.phase_idx, self.phase = state, phase_idx, phase
+        self.patience, self.chief, self.t_start = patience, chief, t_start
+        self.t0 = time.time()
+
+    def begin(self, epoch: int) -> None:
+        """Log the epoch and start its clock."""
+        self.t0 = time.time()
+        _log(f"phase {self.phase['name']}: epoch {epoch + 1}/{self.phase['epochs']} "
+             f"(run epoch {self.state['epochs_done'] + 1})")  # fmt: skip
+
+    def end(self, model: Any, epoch: int, logs: dict[str, Any]) -> None:
+        """Record the epoch, keep the best weights, checkpoint, and stop early if val AUC stalls."""
+        row = self._history_row(model, epoch, logs)
+        self.state["history"].append(row)
+        self.state["epochs_done"] += 1
+        self.state["phase"], self.state["phase_epoch"] = self.phase_idx, epoch + 1
+        self._track_best(model, logs.get("val_auc"), row["epoch"])
+        last = self.phase["epochs"] == epoch + 1
+        if self.state["wait"] >= self.patience and not last:
+            _log(f"early stop: val AUC has not improved for {self.patience} epochs")
+            self.state["stopped_early"].append(self.phase["name"])
+            model.stop_training = True
+        if last or model.stop_training:
+            self.state["phases_done"] = self.phase_idx + 1
+        self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.time() - self.t_start
+        if self.chief:
+            self._checkpoint(model)
+
+    def _history_row(self, model: Any, epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": self.state["epochs_done"] + 1, "phase": self.phase["name"],
+                               "phase_epoch": epoch + 1}  # fmt: skip
+        row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
+        row["lr"] = float(np.asarray(model.optimizer.learning_rate))
+        row["seconds"] = round(time.time() - self.t0, 2)
+        return row
+
+    def _track_best(self, model: Any, auc: float | None, epoch: int) -> None:
+        best = self.state.get("best_val_auc")
+        if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
+            self.state.update(best_val_auc=float(auc), best_epoch=epoch, wait=0)
+            if self.chief:
+                _save_keras(model, self.ckpt / "best.weights.h5")
+        else:
+            self.state["wait"] = self.state.get("wait", 0) + 1
+
+    def _checkpoint(self, model: Any) -> None:
+        """epoch-N.keras, then state.json naming it, then the previous checkpoint is removed."""
+        name = f"epoch-{self.state['epochs_done']}.keras"
+        _save_keras(model, self.ckpt / name)
+        old = self.state.get("last_checkpoint")
+        self.state["last_checkpoint"] = name
+        _write_state(self.ckpt, self.state)
+        if old and old != name:
+            with contextlib.suppress(OSError):
+                (self.ckpt / old).unlink()
+        write_history(self.state["history"], self.run_dir)
+
+
+def _state_callback(run_state: RunState) -> Any:
+    """`run_state` as a Keras callback (Keras is imported only when training)."""
     import keras
 
-    ckpt = run_dir / "checkpoints"
-
-    class RunState(keras.callbacks.Callback):
-        """Per-epoch: history row, best weights on val AUC, full checkpoint + state, early stop."""
-
+    class _Callback(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.t0 = time.time()
-            _log(f"phase {phase['name']}: epoch {epoch + 1}/{phase['epochs']} "
-                 f"(run epoch {state['epochs_done'] + 1})")  # fmt: skip
+            run_state.begin(epoch)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = dict(logs or {})
-            lr = self.model.optimizer.learning_rate
-            row: dict[str, Any] = {"epoch": state["epochs_done"] + 1, "phase": phase["name"],
-                                   "phase_epoch": epoch + 1}  # fmt: skip
-            row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
-            row["lr"] = float(np.asarray(lr))
-            row["seconds"] = round(time.time() - self.t0, 2)
-            state["history"].append(row)
-            state["epochs_done"] += 1
-            state["phase"], state["phase_epoch"] = phase_idx, epoch + 1
-            auc = logs.get("val_auc")
-            best = state.get("best_val_auc")
-            if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
-                state["best_val_auc"], state["best_epoch"], state["wait"] = (
-                    float(auc),
-                    row["epoch"],
-                    0,
-                )
-                if chief:
-                    _save_keras(self.model, ckpt / "best.weights.h5")
-            else:
-                state["wait"] = state.get("wait", 0) + 1
-            if state["wait"] >= patience and epoch + 1 < phase["epochs"]:
-                _log(f"early stop: val AUC has not improved for {patience} epochs")
-                state["stopped_early"].append(phase["name"])
-                self.model.stop_training = True
-            if phase["epochs"] == epoch + 1 or self.model.stop_training:
-                state["phases_done"] = phase_idx + 1
-            state["wall_seconds"] = state.get("wall_before", 0.0) + time.time() - t_start
-            if chief:
-                name = f"epoch-{state['epochs_done']}.keras"
-                _save_keras(self.model, ckpt / name)
-                old = state.get("last_checkpoint")
-                state["last_checkpoint"] = name
-                _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
-                if old and old != name:
-                    with contextlib.suppress(OSError):
-                        (ckpt / old).unlink()
-                write_history(state["history"], run_dir)
+            run_state.end(self.model, epoch, dict(logs or {}))
 
-    return RunState()
+    return _Callback()
+
+
+def _write_state(ckpt: Path, state: dict[str, Any]) -> None:
+    _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
 
 
 def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
@@ -301,11 +328,11 @@ def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
     )
 
 
-def predict(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """P(malignant) for uint8 (N, S, S, 3) images."""
+def predict(model: Any, x: Any, batch: int = 64) -> np.ndarray:
+    """P(malignant) for uint8 (N, S, S, 3) images (an array, or a lazy one read in slices)."""
     out = np.empty(len(x), dtype=np.float64)
     for i in range(0, len(x), batch):
-        chunk = x[i : i + batch].astype(np.float32)
+        chunk = np.asarray(x[i : i + batch], dtype=np.float32)
         out[i : i + batch] = np.asarray(model(chunk, training=False)).reshape(-1)
     return out
 
@@ -317,241 +344,340 @@ class TrainResult:
     report: dict[str, Any]
 
 
+@dataclass
+class _Run:
+    """A run being trained: its config, folder, records and saved state (None when new)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    records: list[Record]
+    csv_path: Path
+    state: dict[str, Any] | None
+    t_start: float = field(default_factory=time.time)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+@dataclass
+class _Data:
+    """The decoded splits, the weights the loss uses and the tf.data pipelines."""
+
+    contract: InputContract
+    splits: dict[str, Any]
+    skipped: dict[str, str]
+    weights: dict[int, float]
+    per_source: dict[str, dict[str, float]]
+    augment: Any
+    train_ds: Any
+    val_ds: Any
+    steps: int
+
+
 def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
           verbose: int | str = "auto", on_start: Callable[[Path], None] | None = None) -> TrainResult:  # fmt: skip
-    """Train per `cfg` (or continue the run `cfg.name` with `resume`) and evaluate on test."""
-    from dermedge.train.models import ARCHS, WeightsError, input_contract
-
-    t_start = time.time()
-    if resume:
-        if not cfg.name:
-            raise TrainError("--resume needs --name of the run to continue")
-        run_dir = runs_root() / "train" / cfg.name
-        state_path = run_dir / "checkpoints" / STATE
-        if not (run_dir / "config.json").is_file():
-            raise TrainError(f"nothing to resume: {run_dir} has no config.json")
-        saved = json.loads((run_dir / "config.json").read_text())
-        cfg = TrainConfig(**saved)
-        state = json.loads(state_path.read_text()) if state_path.is_file() else None
-        if state and state.get("finished"):
-            raise TrainError(f"{run_dir} already finished; nothing to resume")
-        records, csv_path = resolve_records(str(run_dir), None)
-        csv_path = run_dir / "manifest.csv"
-    else:
-        if cfg.arch not in ARCHS:
-            raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
-        if cfg.balance not in ("class", "source"):
-            raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
-        if cfg.threshold_pool not in THRESHOLD_POOLS:
-            raise TrainError(f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
-                             f"{', '.join(THRESHOLD_POOLS)}")  # fmt: skip
-        if cfg.strategy not in STRATEGIES:
-            raise TrainError(f"unknown strategy {cfg.strategy!r}")
-        try:
-            input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
-        except ValueError as e:
-            raise TrainError(str(e)) from e
-        if not any(ph["epochs"] > 0 for ph in cfg.phases()):
-            raise TrainError("nothing to train: every phase has 0 epochs")
-        if not Path(cfg.data).exists():
-            raise TrainError(f"--data {cfg.data}: no such file or folder")
-        if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
-            raise TrainError(f"--weights {cfg.weights}: no such file")
-        try:
-            run_dir = new_run_dir("train", cfg.name, exist_ok=exist_ok)
-        except FileExistsError as e:
-            raise TrainError(f"{e} (or --resume to continue it)") from e
-        cfg.name = run_dir.name
-        state = None
-        try:
-            records, csv_path = resolve_records(cfg.data, run_dir, cfg.seed)
-        except TrainError:
-            if not any(run_dir.iterdir()):
-                run_dir.rmdir()
-            raise
-        _write_json(run_dir / "config.json", asdict(cfg))
+    """Train per `cfg` (or continue the run `cfg.name` with `resume`) and evaluate on test:
+    prepare the run -> load the data -> fit the phases -> finish (threshold, test, card)."""
+    run = _resume_run(cfg) if resume else _new_run(cfg, exist_ok)
     if on_start:
-        on_start(run_dir)
+        on_start(run.run_dir)
+    cfg = run.cfg
     if cfg.weights == "none":
         cfg.weights = None
-
-    import keras
-
-    from dermedge.train.data import (
-        augment_preset,
-        class_weights,
-        load_split,
-        make_dataset,
-        source_balanced_weights,
-        source_class_weights,
-    )
-    from dermedge.train.models import build_model, set_trainable
-
     strategy = _strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
     _set_determinism(cfg.seed, cfg.deterministic)
-    chief = _is_chief()
+    data = _load_data(run, strategy)
+    state = _start_state(run)
+    model, info = _fit_phases(run, data, strategy, state, verbose)
+    final = _best_model(run, strategy, model)
+    if _is_chief():
+        _save_keras(final, run.run_dir / "model.keras")
+    state["wall_seconds"] = state["wall_before"] + time.time() - run.t_start
+    return _finish(run, data, state, final, info, strategy.num_replicas_in_sync)
+
+
+def _resume_run(cfg: TrainConfig) -> _Run:
+    """The interrupted run `cfg.name`: its saved config, manifest and state."""
+    if not cfg.name:
+        raise TrainError("--resume needs --name of the run to continue")
+    run_dir = runs_root() / "train" / cfg.name
+    state_path = run_dir / "checkpoints" / STATE
+    if not (run_dir / "config.json").is_file():
+        raise TrainError(f"nothing to resume: {run_dir} has no config.json")
+    saved = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if state and state.get("finished"):
+        raise TrainError(f"{run_dir} already finished; nothing to resume")
+    records, _ = resolve_records(str(run_dir), None)
+    return _Run(saved, run_dir, records, run_dir / "manifest.csv", state)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a config that cannot train, before a run folder exists (one-line TrainError)."""
+    from dermedge.train.models import ARCHS, input_contract
+
+    if cfg.arch not in ARCHS:
+        raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
+    if cfg.balance not in BALANCES:
+        raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
+    if cfg.threshold_pool not in THRESHOLD_POOLS:
+        raise TrainError(f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
+                         f"{', '.join(THRESHOLD_POOLS)}")  # fmt: skip
+    if cfg.strategy not in STRATEGIES:
+        raise TrainError(f"unknown strategy {cfg.strategy!r}")
+    try:
+        input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
+    except ValueError as e:
+        raise TrainError(str(e)) from e
+    if not any(ph["epochs"] > 0 for ph in cfg.phases()):
+        raise TrainError("nothing to train: every phase has 0 epochs")
+    if not Path(cfg.data).exists():
+        raise TrainError(f"--data {cfg.data}: no such file or folder")
+    if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
+        raise TrainError(f"--weights {cfg.weights}: no such file")
+
+
+def _new_run(cfg: TrainConfig, exist_ok: bool) -> _Run:
+    """A checked config, a new run folder with the manifest and config.json in it."""
+    check_config(cfg)
+    try:
+        run_dir = new_run_dir("train", cfg.name, exist_ok=exist_ok)
+    except FileExistsError as e:
+        raise TrainError(f"{e} (or --resume to continue it)") from e
+    cfg.name = run_dir.name
+    try:
+        records, csv_path = resolve_records(cfg.data, run_dir, cfg.seed)
+    except TrainError:
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    assert csv_path is not None  # a split is always written for training
+    _write_json(run_dir / "config.json", asdict(cfg))
+    return _Run(cfg, run_dir, records, csv_path, None)
+
+
+def _load_data(run: _Run, strategy: Any) -> _Data:
+    """Decode the splits through the contract, weigh the classes, and build the pipelines."""
+    from dermedge.train.data import augment_preset, load_split, make_dataset
+    from dermedge.train.models import input_contract
+
+    cfg = run.cfg
     contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
     cache = cfg.cache_dir or str(runs_root() / "cache")
-    splits = {s: load_split(records, s, contract, cache) for s in ("train", "val", "test")}
+    splits = {s: load_split(run.records, s, contract, cache) for s in ("train", "val", "test")}
     for s in ("train", "val"):
         c = splits[s].counts()
         if min(c.values()) == 0:
-            raise TrainError(f"the {s} split needs both classes; it has {c} ({csv_path})")
+            raise TrainError(f"the {s} split needs both classes; it has {c} ({run.csv_path})")
     skipped = {p: r for s in splits.values() for p, r in s.skipped.items()}
     for p, r in list(skipped.items())[:10]:
         _log(f"skipped unreadable {p}: {r}")
-    weights = class_weights(splits["train"].y)
-    _log(f"run {run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
+    _log(f"run {run.run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
          f"val {splits['val'].counts()}, test {splits['test'].counts()}")  # fmt: skip
-    _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
-    sample_w: dict[int, float] | np.ndarray = weights
-    per_source: dict[str, dict[str, float]] = {}
-    if cfg.balance == "source":
-        sample_w = source_balanced_weights(splits["train"].y, splits["train"].sources)
-        per_source = {src or "-": {"benign": w[0], "malignant": w[1]}
-                      for src, w in source_class_weights(splits["train"].y, splits["train"].sources).items()}  # fmt: skip
-        for src, w in per_source.items():
-            _log(
-                f"class weights for source {src}: benign {w['benign']:.4f}, malignant {w['malignant']:.4f}"
-            )
-
-    replicas = strategy.num_replicas_in_sync
+    weights, sample_w, per_source = _loss_weights(cfg, splits["train"])
     aug = augment_preset(cfg.augmentation if cfg.augment else "none")
     cc_p = contract.color_constancy_p if contract.color_constancy != "none" else None
     train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug, cc_p)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
+    return _Data(contract, splits, skipped, weights, per_source, aug, train_ds, val_ds, steps)
 
+
+def _loss_weights(cfg: TrainConfig, train_split: Any) -> tuple[dict[int, float], Any, dict[str, dict[str, float]]]:  # fmt: skip
+    """(class weights, what the loss uses: class or per-image weights, per-source weights)."""
+    from dermedge.train.data import class_weights, source_balanced_weights, source_class_weights
+
+    weights = class_weights(train_split.y)
+    _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
+    if cfg.balance != "source":
+        return weights, weights, {}
+    per = source_class_weights(train_split.y, train_split.sources)
+    per_source = {src or "-": {"benign": w[0], "malignant": w[1]} for src, w in per.items()}
+    for src, w in per_source.items():
+        _log(f"class weights for source {src}: benign {w['benign']:.4f}, "
+             f"malignant {w['malignant']:.4f}")  # fmt: skip
+    return weights, source_balanced_weights(train_split.y, train_split.sources), per_source
+
+
+def _start_state(run: _Run) -> dict[str, Any]:
+    """A fresh run state, or the saved one of a resumed run (one more resume counted)."""
+    state = run.state
     if state is None:
         state = {"epochs_done": 0, "phase": 0, "phase_epoch": 0, "phases_done": 0, "history": [],
                  "best_val_auc": None, "best_epoch": None, "wait": 0, "stopped_early": [],
                  "wall_seconds": 0.0, "resumes": 0}  # fmt: skip
     else:
         state["resumes"] = state.get("resumes", 0) + 1
-        _log(f"resuming {run_dir} after {state['epochs_done']} epochs "
+        _log(f"resuming {run.run_dir} after {state['epochs_done']} epochs "
              f"(phase {state['phase'] + 1}, epoch {state['phase_epoch']})")  # fmt: skip
     state["wall_before"] = state.get("wall_seconds", 0.0)
-    ckpt = run_dir / "checkpoints"
-    ckpt.mkdir(exist_ok=True)
-    phases = cfg.phases()
+    run.ckpt.mkdir(exist_ok=True)
+    return state
+
+
+def _fit_phases(run: _Run, data: _Data, strategy: Any, state: dict[str, Any],
+                verbose: int | str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Fit each phase not yet done (continuing a phase from its last checkpoint)."""
+    cfg, phases = run.cfg, run.cfg.phases()
     info: dict[str, Any] = {}
     model = None
     for idx, phase in enumerate(phases):
         if idx < state["phases_done"]:
             continue
-        mid_phase = (
-            state["phase"] == idx and state["phase_epoch"] > 0 and state.get("last_checkpoint")
-        )
         with strategy.scope():
-            if mid_phase:
-                model = keras.models.load_model(ckpt / state["last_checkpoint"])
-                initial = state["phase_epoch"]
-            else:
-                if model is None:
-                    try:
-                        model = build_model(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout)
-                    except WeightsError as e:
-                        raise TrainError(str(e)) from e
-                if idx > 0 and (ckpt / "best.weights.h5").is_file():
-                    _load_weights(model, ckpt / "best.weights.h5")
-                set_trainable(model, cfg.arch, phase["unfreeze"])
-                _compile(model, phase["lr"], steps * phase["epochs"], cfg.label_smoothing)
-                initial = 0
-                state["wait"] = 0
+            model, initial = _phase_model(run, data, state, idx, phase, model)
         n_train = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         info[phase["name"]] = {"trainable_params": n_train, "total_params": model.count_params(),
                                "lr": phase["lr"], "unfreeze_blocks": phase["unfreeze"]}  # fmt: skip
-        _log(f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, lr {phase['lr']:g}, "
-             f"{n_train:,} of {model.count_params():,} parameters trainable, {replicas} replica(s)")  # fmt: skip
-        cb = _state_callback(run_dir, state, idx, phase, cfg.patience, chief, t_start)
-        model.fit(train_ds, validation_data=val_ds, epochs=phase["epochs"], initial_epoch=initial,
-                  callbacks=[cb], verbose=verbose, shuffle=False)  # fmt: skip
+        _log(f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, "
+             f"lr {phase['lr']:g}, {n_train:,} of {model.count_params():,} parameters trainable, "
+             f"{strategy.num_replicas_in_sync} replica(s)")  # fmt: skip
+        run_state = RunState(run.run_dir, state, idx, phase, cfg.patience, _is_chief(), run.t_start)
+        model.fit(data.train_ds, validation_data=data.val_ds, epochs=phase["epochs"],
+                  initial_epoch=initial, callbacks=[_state_callback(run_state)], verbose=verbose,
+                  shuffle=False)  # fmt: skip
         state["phase"], state["phase_epoch"] = idx + 1, 0
         state["phases_done"] = idx + 1
+    return model, info
 
-    # the best epoch's weights, saved without optimizer state
+
+def _phase_model(run: _Run, data: _Data, state: dict[str, Any], idx: int, phase: dict[str, Any],
+                 model: Any) -> tuple[Any, int]:  # fmt: skip
+    """(model, initial epoch) for phase `idx`: the mid-phase checkpoint, or the model of the last
+    phase (built if none) with the best weights so far, its blocks unfrozen and compiled."""
+    import keras
+
+    from dermedge.train.models import WeightsError, build_model, set_trainable
+
+    cfg, ckpt = run.cfg, run.ckpt
+    if state["phase"] == idx and state["phase_epoch"] > 0 and state.get("last_checkpoint"):
+        return keras.models.load_model(ckpt / state["last_checkpoint"]), state["phase_epoch"]
+    if model is None:
+        try:
+            model = build_model(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout)
+        except WeightsError as e:
+            raise TrainError(str(e)) from e
+    if idx > 0 and (ckpt / "best.weights.h5").is_file():
+        _load_weights(model, ckpt / "best.weights.h5")
+    set_trainable(model, cfg.arch, phase["unfreeze"])
+    _compile(model, phase["lr"], data.steps * phase["epochs"], cfg.label_smoothing)
+    state["wait"] = 0
+    return model, 0
+
+
+def _best_model(run: _Run, strategy: Any, model: Any) -> Any:
+    """The best epoch's weights in a fresh, uncompiled model (no optimizer state)."""
+    from dermedge.train.models import build_model
+
+    cfg = run.cfg
     if model is None:  # resumed after the last phase finished but before the end
         with strategy.scope():
             model = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)
-    if (ckpt / "best.weights.h5").is_file():
-        _load_weights(model, ckpt / "best.weights.h5")
-    final = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)  # uncompiled: no optimizer state
+    if (run.ckpt / "best.weights.h5").is_file():
+        _load_weights(model, run.ckpt / "best.weights.h5")
+    final = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)
     final.set_weights(model.get_weights())
     for mine, trained in zip(final.layers, model.layers, strict=True):
         mine.trainable = trained.trainable
-    if chief:
-        _save_keras(final, run_dir / "model.keras")
-    state["wall_seconds"] = state["wall_before"] + time.time() - t_start
+    return final
 
-    # threshold on val, metrics on test
+
+def _finish(run: _Run, data: _Data, state: dict[str, Any], final: Any, info: dict[str, Any],
+            replicas: int) -> TrainResult:  # fmt: skip
+    """Threshold on val, metrics on test, the card; the run marked finished."""
+    cfg = run.cfg
     batch = max(cfg.batch, 32)
-    p_val = predict(final, splits["val"].x, batch)
-    val_sources = splits["val"].sources if cfg.threshold_pool == "worst-source" else None
+    thr, metrics = _choose_threshold(
+        cfg, data.splits["val"], predict(final, data.splits["val"].x, batch)
+    )
+    report = _test_metrics(run, data.splits["test"], final, thr["threshold"], metrics)
+    training = _training_record(cfg, data, state, info, replicas, final.count_params())
+    card = make_card(cfg.name or run.run_dir.name, cfg.arch, data.contract, thr["threshold"], cfg.target_sensitivity,
+                     clean_json(metrics), _data_record(run, data), clean_json(training))  # fmt: skip
+    card["threshold_policy"].update({"margin_se": cfg.sensitivity_margin,
+                                     "effective_target": thr["effective_target"],
+                                     "pool": thr["pool"], "binding_source": thr.get("binding_source"),
+                                     "per_source": thr.get("per_source")})  # fmt: skip
+    if _is_chief():
+        write_card(card, run.run_dir)
+        write_history(state["history"], run.run_dir)
+        state["finished"] = True
+        last = state.pop("last_checkpoint", None)
+        _write_state(run.ckpt, state)
+        if last:
+            with contextlib.suppress(OSError):
+                (run.ckpt / last).unlink()
+    if report:
+        print(ev.report_table(report), flush=True)
+    print(summary_table(card), flush=True)
+    return TrainResult(run.run_dir, card, report)
+
+
+def _choose_threshold(cfg: TrainConfig, val: Any, p_val: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The operating threshold chosen on val (per source when pooled by worst source)."""
+    val_sources = val.sources if cfg.threshold_pool == "worst-source" else None
     thr = ev.choose_threshold_across_sources(
-        splits["val"].y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
+        val.y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
     )
     for src, row in thr.get("per_source", {}).items():
         _log(f"val {src}: n {row['n']} ({row['n_pos']} malignant), own threshold "
              f"{row['own_threshold']}, at the chosen one sensitivity {row['sensitivity']:.3f}, "
              f"specificity {row['specificity']:.3f}")  # fmt: skip
-    val_auc = ev.roc_auc(splits["val"].y, p_val)
+    val_auc = ev.roc_auc(val.y, p_val)
     _log(f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
          f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
          f"+{cfg.sensitivity_margin} SE -> {thr['effective_target']:.4f}); val AUC {val_auc:.4f}")  # fmt: skip
-    test = splits["test"]
-    report: dict[str, Any] = {}
-    metrics: dict[str, Any] = {"val": {"roc_auc": val_auc, "n": len(splits["val"]), **thr}}
-    if len(test) and min(test.counts().values()) > 0:
-        p_test = predict(final, test.x, batch)
-        report = ev.evaluate_predictions(test.y, p_test, thr["threshold"], run_dir / "eval" if chief else None,
-                                         n_boot=cfg.n_boot, seed=cfg.seed, title=f"{cfg.name} test",
-                                         paths=test.paths,
-                                         extra={"split": "test", "model": str(run_dir / "model.keras"),
-                                                "manifest_sha256": manifest_sha256(csv_path)})  # fmt: skip
-        metrics["test"] = ev.summarize(report)
-        metrics["test"]["at_0.5"] = {k: report["at_0.5"][k] for k in ev.METRICS}
-        if len(set(test.sources)) > 1:
-            metrics["test_per_source"] = ev.per_source_metrics(
-                test.y, p_test, test.sources, thr["threshold"]
-            )
-            for src, row in metrics["test_per_source"].items():
-                _log(f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
-                     f"specificity {row['specificity']:.4f} (n {row['n']})")  # fmt: skip
-    else:
+    return thr, {"val": {"roc_auc": val_auc, "n": len(val), **thr}}
+
+
+def _test_metrics(run: _Run, test: Any, final: Any, threshold: float,
+                  metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The test report (eval/ on the chief) and its summary added to `metrics`."""
+    cfg = run.cfg
+    if not (len(test) and min(test.counts().values()) > 0):
         _log("no usable test split (needs both classes): test metrics left out of the card")
-    meta_path = csv_path.with_suffix(".json")
+        return {}
+    p_test = predict(final, test.x, max(cfg.batch, 32))
+    extra = {"split": "test", "model": str(run.run_dir / "model.keras"),
+             "manifest_sha256": manifest_sha256(run.csv_path)}  # fmt: skip
+    report = ev.evaluate_predictions(test.y, p_test, threshold,
+                                     run.run_dir / "eval" if _is_chief() else None,
+                                     n_boot=cfg.n_boot, seed=cfg.seed, title=f"{cfg.name} test",
+                                     paths=test.paths, extra=extra)  # fmt: skip
+    metrics["test"] = ev.summarize(report)
+    metrics["test"]["at_0.5"] = {k: report["at_0.5"][k] for k in ev.METRICS}
+    if len(set(test.sources)) > 1:
+        metrics["test_per_source"] = ev.per_source_metrics(test.y, p_test, test.sources, threshold)
+        for src, row in metrics["test_per_source"].items():
+            _log(f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
+                 f"specificity {row['specificity']:.4f} (n {row['n']})")  # fmt: skip
+    return report
+
+
+def _data_record(run: _Run, data: _Data) -> dict[str, Any]:
+    """The card's `data`: which manifest, where its images live, the counts."""
+    meta_path = run.csv_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    data_info = {"manifest": "manifest.csv", "manifest_sha256": manifest_sha256(csv_path),
-                 "source": cfg.data, "root": meta.get("root"), "mode": meta.get("mode"),
-                 "linked_to": meta.get("linked_to"),
-                 "counts": {s: v.counts() for s, v in splits.items()}, "skipped": len(skipped)}  # fmt: skip
-    training = {"config": asdict(cfg), "class_weights": {"benign": weights[0], "malignant": weights[1]},
-                "class_weights_per_source": per_source or None,
-                "phases": phases, "phase_info": info, "augmentation": aug.to_dict() if cfg.augment else None,
-                "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
-                "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
-                "strategy": cfg.strategy, "replicas": replicas, "resumes": state.get("resumes", 0),
-                "wall_seconds": round(state["wall_seconds"], 1),
-                "params": final.count_params()}  # fmt: skip
-    card = make_card(cfg.name, cfg.arch, contract, thr["threshold"], cfg.target_sensitivity,
-                     ev._clean(metrics), data_info, ev._clean(training))  # fmt: skip
-    card["threshold_policy"].update({"margin_se": cfg.sensitivity_margin,
-                                     "effective_target": thr["effective_target"],
-                                     "pool": thr["pool"], "binding_source": thr.get("binding_source"),
-                                     "per_source": thr.get("per_source")})  # fmt: skip
-    if chief:
-        write_card(card, run_dir)
-        write_history(state["history"], run_dir)
-        state["finished"] = True
-        last = state.pop("last_checkpoint", None)
-        _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
-        if last:
-            with contextlib.suppress(OSError):
-                (ckpt / last).unlink()
-    if report:
-        print(ev.report_table(report), flush=True)
-    print(summary_table(card), flush=True)
-    return TrainResult(run_dir, card, report)
+    return {"manifest": "manifest.csv", "manifest_sha256": manifest_sha256(run.csv_path),
+            "source": run.cfg.data, "root": meta.get("root"), "mode": meta.get("mode"),
+            "linked_to": meta.get("linked_to"),
+            "counts": {s: v.counts() for s, v in data.splits.items()},
+            "skipped": len(data.skipped)}  # fmt: skip
+
+
+def _training_record(cfg: TrainConfig, data: _Data, state: dict[str, Any], info: dict[str, Any],
+                     replicas: int, params: int) -> dict[str, Any]:  # fmt: skip
+    """The card's `training`: the config, weights, phases and how the run went."""
+    return {"config": asdict(cfg),
+            "class_weights": {"benign": data.weights[0], "malignant": data.weights[1]},
+            "class_weights_per_source": data.per_source or None,
+            "phases": cfg.phases(), "phase_info": info,
+            "augmentation": data.augment.to_dict() if cfg.augment else None,
+            "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
+            "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
+            "strategy": cfg.strategy, "replicas": replicas, "resumes": state.get("resumes", 0),
+            "wall_seconds": round(state["wall_seconds"], 1), "params": params}  # fmt: skip
 
 
 def summary_table(card: dict[str, Any]) -> str:
@@ -620,7 +746,7 @@ def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[
     if not recs:
         if any(r.split in ("train", "val", "test") for r in records):
             raise TrainError(
-                f"no images in split {split!r} (have: {sorted({r.split for r in records})})"
+                f"no images in split {split!r} (have: {sorted({str(r.split) for r in records})})"
             )
         recs, used = (
             [Record(r.path, r.label, r.source, r.group, "all", r.dx) for r in records],
