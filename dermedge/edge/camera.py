@@ -4,23 +4,21 @@ Each frame is cropped per the model's contract, passed through the quality gate,
 fed to an N-of-M vote; a decision is reported (and saved) only when it is stable. Faults end the
 session with a summary rather than a traceback: corrupt frames are skipped, a dropped live source
 is retried with backoff when asked, Ctrl-C stops cleanly.
+
+This module is the session (options, vote, loop); frame sources are in `sources`, the preview in
+`overlay`, saved decisions and the summary in `session_outputs` (their names are re-exported).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import shutil
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # per-frame decode noise; we count them
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -31,7 +29,7 @@ from PIL import Image  # noqa: E402
 
 from dermedge import DISCLAIMER  # noqa: E402
 from dermedge.data.contract import crop_box, preprocess  # noqa: E402
-from dermedge.edge.files import atomic_write, check_writable  # noqa: E402
+from dermedge.edge.overlay import Preview, draw_overlay  # noqa: E402
 from dermedge.edge.quality import (  # noqa: E402
     Gate,
     Quality,
@@ -40,162 +38,35 @@ from dermedge.edge.quality import (  # noqa: E402
     scene_change,
     signature,
 )
-from dermedge.edge.runtime import EdgeError, EdgeModel  # noqa: E402
-
-URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
-STREAM_TIMEOUT_MS = 5000
-NO_LESION = "no lesion in view (unlike the training images)"  # the guard's gate reason
-PICAMERA_MISSING = (
-    "--picamera needs the picamera2 package, which is not installed. On Raspberry Pi OS: "
-    "sudo apt install python3-picamera2, and create the virtualenv with --system-site-packages. "
-    "(OpenCV cannot read the Pi's CSI camera on the libcamera stack; a USB camera works with "
-    "--camera 0.)"
+from dermedge.edge.runtime import EdgeModel  # noqa: E402
+from dermedge.edge.session_outputs import Saver, Summary  # noqa: E402
+from dermedge.edge.sources import (  # noqa: E402
+    FrameSource,
+    OpenCVSource,
+    PiCameraSource,
+    SourceError,
 )
-NORMAL_ENDINGS = ("end of video", "--max-frames", "--duration", "interrupted", "quit")
+
+__all__ = [  # the session's own names, and those of the rooms it uses that callers import here
+    "NO_LESION",
+    "Ending",
+    "FrameSource",
+    "OpenCVSource",
+    "PiCameraSource",
+    "Preview",
+    "Saver",
+    "Session",
+    "SessionOptions",
+    "Smoother",
+    "SourceError",
+    "Summary",
+    "contract_box",
+    "draw_overlay",
+    "model_input",
+]
+
+NO_LESION = "no lesion in view (unlike the training images)"  # the guard's gate reason
 Emit = Callable[[dict[str, Any]], None]
-
-
-class SourceError(RuntimeError):
-    """A frame source that cannot be opened (now); retried when --reconnect allows."""
-
-
-class FrameSource(Protocol):
-    description: str
-    live: bool
-    expected: int | None
-
-    def open(self) -> None: ...
-    def read(self) -> np.ndarray | None: ...
-    def close(self) -> None: ...
-
-
-def _usable(frame: Any) -> bool:
-    """A decoded HxWx3 image with pixels (not an empty or odd-shaped buffer)."""
-    return (
-        isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.size > 0
-    )
-
-
-class OpenCVSource:
-    """A camera index or /dev/videoN, a video file, or an RTSP/HTTP stream URL, via OpenCV."""
-
-    def __init__(
-        self,
-        spec: str,
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-    ) -> None:
-        self.spec = spec
-        self.is_url = spec.lower().startswith(URL_SCHEMES)
-        self.is_device = spec.isdigit() or spec.startswith("/dev/")
-        self.live = self.is_url or self.is_device
-        self.description = f"camera {spec}" if self.is_device else spec
-        self.requested = {
-            cv2.CAP_PROP_FRAME_WIDTH: width,
-            cv2.CAP_PROP_FRAME_HEIGHT: height,
-            cv2.CAP_PROP_FPS: fps,
-        }
-        self.expected: int | None = None
-        self.cap: Any = None
-
-    def _capture(self) -> Any:
-        if self.is_url:
-            timeouts = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-            ]
-            return cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, timeouts)
-        if self.spec.isdigit():
-            return cv2.VideoCapture(int(self.spec))
-        return cv2.VideoCapture(self.spec)
-
-    def _open_error(self) -> str:
-        if self.is_url:
-            return f"cannot open stream {self.spec} (unreachable, wrong path or not a video stream)"
-        if self.is_device:
-            return (
-                f"cannot open camera {self.spec}: no such device, or it is busy "
-                "(list cameras with: v4l2-ctl --list-devices)"
-            )
-        if not os.path.isfile(self.spec):
-            return f"video file not found: {self.spec}"
-        return f"cannot decode video file {self.spec} (unsupported or corrupt container)"
-
-    def open(self) -> None:
-        self.close()
-        if not self.live and not os.path.isfile(self.spec):
-            raise SourceError(self._open_error())
-        cap = self._capture()
-        if not cap.isOpened():
-            cap.release()
-            raise SourceError(self._open_error())
-        if self.is_device:
-            for prop, value in self.requested.items():
-                if value:
-                    cap.set(prop, value)
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a stale queue
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.expected = count if not self.live and count > 0 else None
-        self.cap = cap
-
-    def read(self) -> np.ndarray | None:
-        ok, frame = self.cap.read()
-        return frame if ok and _usable(frame) else None
-
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-
-
-class PiCameraSource:
-    """The Raspberry Pi camera through picamera2 (libcamera)."""
-
-    live: bool = True
-    expected: int | None = None
-    description: str = "Raspberry Pi camera"
-
-    def __init__(
-        self, width: int | None = None, height: int | None = None, fps: float | None = None
-    ) -> None:
-        self.size = (width or 640, height or 480)
-        self.fps = fps
-        self.camera: Any = None
-
-    def open(self) -> None:
-        try:
-            from picamera2 import Picamera2
-        except ImportError as e:
-            raise EdgeError(PICAMERA_MISSING) from e
-        self.close()
-        try:
-            camera = Picamera2()
-            controls = {"FrameRate": float(self.fps)} if self.fps else {}
-            # "RGB888" is B,G,R in memory: OpenCV's order, like the other sources.
-            config = camera.create_video_configuration(
-                main={"size": self.size, "format": "RGB888"}, controls=controls
-            )
-            camera.configure(config)
-            camera.start()
-        except Exception as e:  # noqa: BLE001 - libcamera raises many kinds
-            raise SourceError(f"cannot start the Raspberry Pi camera: {e}") from e
-        self.camera = camera
-
-    def read(self) -> np.ndarray | None:
-        try:
-            frame = self.camera.capture_array("main")
-        except Exception:  # noqa: BLE001 - a dropped frame, retried by the session
-            return None
-        return frame[..., :3] if _usable(frame[..., :3]) else None
-
-    def close(self) -> None:
-        if self.camera is not None:
-            self.camera.stop()
-            self.camera.close()
-            self.camera = None
 
 
 def contract_box(rgb: np.ndarray, model: EdgeModel) -> tuple[int, int, int, int]:
@@ -213,6 +84,7 @@ class Smoother:
     """N-of-M vote over classified frames: a decision is stable once N of the last M agree."""
 
     def __init__(self, n: int, m: int, threshold: float) -> None:
+        """N of the last M frames must agree; ValueError unless N is a majority of M."""
         if not (0 < n <= m and 2 * n > m):
             raise ValueError(f"--smooth {n}/{m}: need 0 < N <= M and N more than half of M")
         self.n, self.threshold = n, threshold
@@ -220,6 +92,7 @@ class Smoother:
         self.stable: str | None = None
 
     def reset(self) -> None:
+        """Forget the window and the stable decision (a new scene, or a frame nothing like skin)."""
         self.window.clear()
         self.stable = None
 
@@ -237,143 +110,6 @@ class Smoother:
         return None
 
 
-LOG_FIELDS = [
-    "time",
-    "frame",
-    "t_s",
-    "prob",
-    "label",
-    "decision",
-    "votes",
-    "threshold",
-    "trigger",
-    "frame_file",
-    "crop_file",
-    "disclaimer",
-]
-
-
-STAGING = ".staging-"  # a decision folder being written
-
-
-class Saver:
-    """Saves frame, crop and JSON record per decision, plus a session log (JSONL and CSV)."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        try:
-            self.dir = check_writable(directory)
-        except OSError as e:
-            raise EdgeError(f"cannot write to --save folder {directory}: {e.strerror or e}") from e
-        self.session = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # to the ms
-        self.jsonl = self.dir / f"session-{self.session}.jsonl"
-        self.csv = self.dir / f"session-{self.session}.csv"
-        self.count = 0
-        self.cleaned = self._clean_stale()
-
-    def _image(self, folder: Path, name: str, bgr: np.ndarray) -> None:
-        ok, data = cv2.imencode(Path(name).suffix, bgr)
-        if not ok:
-            raise OSError(f"could not encode {name}")
-        atomic_write(folder / name, data.tobytes())
-
-    def _clean_stale(self) -> list[str]:
-        """Remove what a killed session left: half-made decision folders and temporary files."""
-        stale = [p for p in self.dir.iterdir()
-                 if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))]  # fmt: skip
-        for p in stale:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        return [p.name for p in stale]
-
-    def _log(self, record: dict[str, Any]) -> None:
-        row = io.StringIO()
-        writer = csv.DictWriter(row, LOG_FIELDS, extrasaction="ignore")
-        if not self.csv.exists():
-            writer.writeheader()
-        writer.writerow(record)
-        for path, text in ((self.jsonl, json.dumps(record) + "\n"), (self.csv, row.getvalue())):
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-
-    def save(self, record: dict[str, Any], frame_bgr: np.ndarray, crop_rgb: np.ndarray) -> dict:
-        """Write one decision as a unit: frame, crop and record in a staging folder renamed into
-        place (a kill leaves either the whole folder or a staging one, cleaned at the next
-        start), then the session log. Returns the record with the file names; OSError on failure."""
-        self.count += 1
-        stem = f"{self.session}-{self.count:04d}-frame{record['frame']:06d}"
-        record = {
-            **record,
-            "frame_file": f"{stem}/{stem}.jpg",
-            "crop_file": f"{stem}/{stem}-crop.png",
-        }
-        staging = self.dir / f"{STAGING}{stem}"
-        staging.mkdir()
-        try:
-            self._image(staging, f"{stem}.jpg", frame_bgr)
-            self._image(staging, f"{stem}-crop.png", cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR))
-            atomic_write(staging / f"{stem}.json", json.dumps(record, indent=1).encode())
-            os.replace(staging, self.dir / stem)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        self._log(record)
-        return record
-
-
-def draw_overlay(frame_bgr: np.ndarray, state: dict[str, Any]) -> np.ndarray:
-    """The preview image: frame, circular guide, quality, probability, decision, disclaimer."""
-    img = frame_bgr.copy()
-    h, w = img.shape[:2]
-    decision, reason = state.get("decision"), state.get("reason")
-    color = (0, 200, 255) if reason else (0, 0, 255) if decision == "refer" else (0, 200, 0)
-    cv2.circle(img, (w // 2, h // 2), int(0.45 * min(h, w)), color, 2, cv2.LINE_AA)
-    scale = max(0.4, min(h, w) / 800)
-    if reason:
-        line = reason.upper()
-    elif decision:
-        line = f"{decision.upper()}  P(malignant)={state['prob']:.2f}  ({state['votes']})"
-    else:
-        line = "hold steady..."
-    for y, text, s, c in (
-        (int(40 * scale), line, scale, color),
-        (h - 12, DISCLAIMER, scale * 0.45, (255, 255, 255)),
-    ):
-        cv2.putText(img, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, s, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, s, c, 1, cv2.LINE_AA)
-    return img
-
-
-class Preview:
-    """A highgui window; `s` saves the current frame, `q`/Esc quits."""
-
-    WINDOW = "dermedge edge-classify"
-
-    def __init__(self) -> None:
-        if os.name == "posix" and not (
-            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-        ):
-            raise EdgeError("--preview needs a display (DISPLAY is not set); run without --preview")
-        try:
-            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
-        except cv2.error as e:
-            raise EdgeError(
-                "--preview needs OpenCV with GUI support, and this install is headless "
-                "(opencv-python-headless): pip install opencv-python, or run without --preview"
-            ) from e
-
-    def show(self, frame_bgr: np.ndarray, state: dict[str, Any]) -> str | None:
-        cv2.imshow(self.WINDOW, draw_overlay(frame_bgr, state))
-        key = cv2.waitKey(1) & 0xFF
-        return "save" if key == ord("s") else "quit" if key in (ord("q"), 27) else None
-
-    def close(self) -> None:
-        cv2.destroyWindow(self.WINDOW)
-
-
 @dataclass
 class SessionOptions:
     """Bounds and behaviour of a camera session."""
@@ -389,57 +125,12 @@ class SessionOptions:
     fov_every: int = 15  # frames between field-of-view searches (the vignette is fixed optics)
 
 
-@dataclass
-class Summary:
-    """What happened in a session."""
+@dataclass(frozen=True)
+class Ending:
+    """Why a session ended, and whether that was a fault (open failure, lost source, truncation)."""
 
-    source: str
-    frames: int = 0
-    corrupt: int = 0
-    classified: int = 0
-    gated: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
-    reconnects: int = 0
-    saved: int = 0
-    save_error: str | None = None
-    ended: str = ""
-    fault: bool = False  # ended by a fault (open failure, lost source, truncation)
-    elapsed_s: float = 0.0
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(self).items()}
-        return {
-            "event": "summary",
-            **d,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "fps": round(self.fps, 2),
-        }
-
-    def text(self) -> str:
-        parts = [
-            f"{self.frames} frames in {self.elapsed_s:.1f} s ({self.fps:.1f}/s)",
-            f"{self.classified} classified",
-        ]
-        if self.gated:
-            parts.append("gated: " + ", ".join(f"{k} {v}" for k, v in self.gated.most_common()))
-        if self.corrupt:
-            parts.append(f"{self.corrupt} corrupt frames skipped")
-        n = sum(self.decisions.values())
-        parts.append(
-            f"{n} decisions ({self.decisions['refer']} refer, {self.decisions['routine']} routine)"
-        )
-        if self.reconnects:
-            parts.append(f"{self.reconnects} reconnects")
-        if self.saved or self.save_error:
-            parts.append(
-                f"{self.saved} saved"
-                + (f" (saving failed: {self.save_error})" if self.save_error else "")
-            )
-        return f"{self.source}: " + "; ".join(parts) + f". Ended: {self.ended}."
+    reason: str
+    fault: bool = False
 
 
 @dataclass
@@ -470,6 +161,7 @@ class Session:
         saver: Saver | None = None,
         preview: Preview | None = None,
     ) -> None:
+        """A session of `model` over `source`, reporting via `emit`; saver and preview optional."""
         self.model, self.source, self.options, self.emit = model, source, options, emit
         self.saver, self.preview = saver, preview
         self.smoother = Smoother(*options.smooth, threshold=model.threshold)
@@ -484,6 +176,7 @@ class Session:
         self._shape: tuple[int, ...] = ()
 
     def _t(self) -> float:
+        """Seconds since the session started (ms resolution)."""
         return round(time.monotonic() - self._start, 3)
 
     def _open(self) -> None:
@@ -509,37 +202,42 @@ class Session:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
-    def _read_failed(self) -> str | None:
-        """Handle a failed read; the reason the session ends, or None to go on."""
+    def _read_failed(self) -> Ending | None:
+        """Handle a failed read; how the session ends, or None to go on."""
         self._failures += 1
         if not self.source.live:
             if self._failures <= self.options.bad_reads_file:
                 return None
             total, seen = self.source.expected, self.summary.frames + self.summary.corrupt
             if total and seen < total:
-                return f"video ended early after {seen} of {total} frames (truncated file?)"
-            return "end of video"
+                reason = f"video ended early after {seen} of {total} frames (truncated file?)"
+                return Ending(reason, fault=True)
+            return Ending("end of video")
         if self._failures < self.options.bad_reads_live:
             return None
         if not self.options.reconnect:
-            return "the source stopped delivering frames (pass --reconnect to retry)"
+            reason = "the source stopped delivering frames (pass --reconnect to retry)"
+            return Ending(reason, fault=True)
         self.source.close()
         try:
             self._open()
         except SourceError as e:
-            return f"source lost, gave up after {self.options.reconnect} attempts: {e}"
+            reason = f"source lost, gave up after {self.options.reconnect} attempts: {e}"
+            return Ending(reason, fault=True)
         self.summary.reconnects += 1
         self._failures = 0
         return None
 
-    def _limit(self) -> str | None:
+    def _limit(self) -> Ending | None:
+        """The end of the session when --max-frames or --duration is reached, else None."""
         if self.options.max_frames is not None and self.summary.frames >= self.options.max_frames:
-            return f"--max-frames {self.options.max_frames} reached"
+            return Ending(f"--max-frames {self.options.max_frames} reached")
         if self.options.duration is not None and self._t() >= self.options.duration:
-            return f"--duration {self.options.duration:g} s reached"
+            return Ending(f"--duration {self.options.duration:g} s reached")
         return None
 
     def _record(self, result: dict[str, Any], trigger: str, index: int) -> dict[str, Any]:
+        """The decision event of frame `index`, as emitted, logged and saved."""
         return {
             "event": "decision",
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -557,6 +255,7 @@ class Session:
         }
 
     def _save(self, record: dict[str, Any], frame: np.ndarray, crop: np.ndarray) -> dict[str, Any]:
+        """Save a decision when saving is on; a failure is reported once and turns saving off."""
         if self.saver is None:
             return record
         try:
@@ -595,6 +294,7 @@ class Session:
         return _Frame(index, frame, crop, quality, signature(small), model_input(crop, self.model))
 
     def _gated(self, f: _Frame) -> None:
+        """Count a frame the gate (or guard) refused; emit the reason when it changes."""
         reason = f.quality.reason
         self.summary.gated[reason or ""] += 1
         self.state["reason"] = reason
@@ -643,6 +343,7 @@ class Session:
             self._preview(f)
 
     def _preview(self, f: _Frame) -> None:
+        """Show the frame; `s` saves the current decision, `q` ends the session."""
         assert self.preview is not None
         action = self.preview.show(f.frame, self.state)
         if action == "save" and "prob" in self.state:
@@ -651,6 +352,28 @@ class Session:
         elif action == "quit":
             raise _Quit("quit from the preview window")
 
+    def _loop(self, worker: ThreadPoolExecutor) -> Ending:
+        """Read and process frames until the source ends or a bound is reached."""
+        pending: Future[_Frame] | None = None
+        while (ended := self._limit()) is None:
+            frame = self.source.read()
+            if frame is None:
+                ended = self._read_failed()
+                if ended is not None:
+                    break
+                continue
+            self.summary.corrupt += self._failures
+            self._failures = 0
+            self.summary.frames += 1
+            # Frame k is prepared in the worker while frame k-1 is being inferred.
+            job = worker.submit(self._prepare, self.summary.frames, frame)
+            if pending is not None:
+                self._finish(pending.result())
+            pending = job
+        if pending is not None:
+            self._finish(pending.result())
+        return ended
+
     def run(self) -> Summary:
         """Run until the source ends, a bound is reached, or Ctrl-C.
 
@@ -658,43 +381,23 @@ class Session:
         session, and the summary says why.
         """
         self._start = time.monotonic()
-        ended = None
         try:
             self._open()
         except SourceError:
             self.source.close()
             raise
-        pending: Future[_Frame] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="dermedge-frames") as worker:
             try:
-                while (ended := self._limit()) is None:
-                    frame = self.source.read()
-                    if frame is None:
-                        ended = self._read_failed()
-                        if ended:
-                            break
-                        continue
-                    self.summary.corrupt += self._failures
-                    self._failures = 0
-                    self.summary.frames += 1
-                    # Frame k is prepared in the worker while frame k-1 is being inferred.
-                    job = worker.submit(self._prepare, self.summary.frames, frame)
-                    if pending is not None:
-                        self._finish(pending.result())
-                    pending = job
-                if pending is not None:
-                    self._finish(pending.result())
+                ended = self._loop(worker)
             except _Quit as e:
-                ended = str(e)
+                ended = Ending(str(e))
             except KeyboardInterrupt:
-                ended = "interrupted (Ctrl-C)"
+                ended = Ending("interrupted (Ctrl-C)")
             finally:
                 self.source.close()
                 if self.preview is not None:
                     self.preview.close()
-        self.summary.ended = ended or "done"
-        self.summary.fault = bool(self.summary.save_error) or not self.summary.ended.startswith(
-            NORMAL_ENDINGS
-        )
+        self.summary.ended = ended.reason
+        self.summary.fault = bool(self.summary.save_error) or ended.fault
         self.summary.elapsed_s = time.monotonic() - self._start
         return self.summary

@@ -22,6 +22,7 @@ import click
 
 from dermedge import DISCLAIMER, __version__
 from dermedge.data.contract import CROPS, ImageError, InputContract, load_rgb
+from dermedge.data.index import IMAGE_SUFFIXES
 from dermedge.data.io import entry_problem
 from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
@@ -29,7 +30,6 @@ from dermedge.edge.guard import MESSAGE as GUARD_MESSAGE
 from dermedge.edge.photo import photo_warning
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
 CSV_FIELDS = [
@@ -121,7 +121,7 @@ def _folder_images(folder: str) -> tuple[list[tuple[str, str | None]], int]:
             continue
         if why:
             items.append((str(p), why))
-        elif p.suffix.lower() in IMAGE_EXTS:
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
             items.append((str(p), None))
         else:
             others += 1
@@ -317,13 +317,9 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
 
 
 def serve_model(model: str, opts: dict[str, Any]) -> None:
-    """Hand over to the web server (dermedge.edge.serve), when it exists."""
-    try:
-        from dermedge.edge.serve import serve
-    except ModuleNotFoundError as e:
-        if e.name != "dermedge.edge.serve":
-            raise
-        raise Fatal("--serve is not built yet (dermedge.edge.serve is missing)") from e
+    """Hand over to the web server (dermedge.edge.serve, imported only for --serve)."""
+    from dermedge.edge.serve import serve
+
     keys = ("host", "port", "tls_cert", "tls_key", "self_signed")
     serve(str(resolve_model(model)), **{k: opts[k] for k in keys})
 
