@@ -1,15 +1,20 @@
 """Decode and resize many images through the contract into one uint8 array, cached on disk.
 
 Training, calibration and evaluation feed models from here, so they see exactly the pixels the
-edge runner computes for the same file.
+edge runner computes for the same file. Decoding runs in worker processes (all cores) when there
+are enough images to pay for starting them; results come back in input order either way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Generator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +23,84 @@ from tqdm import tqdm
 from dermedge.data.contract import ImageError, InputContract, preprocess
 from dermedge.data.io import atomic_open
 
+PARALLEL_MIN = 128  # fewer images decode faster in-process than a pool takes to start
+CHUNK = 16  # images per task sent to a worker process
+
+_worker_contract: InputContract | None = None
+
+
+def cache_key(paths: Sequence[str], contract: InputContract) -> str:
+    """A digest of the contract and every (path, size): a changed file or contract is a new key."""
+    key = json.dumps([contract.to_dict(), [(p, os.path.getsize(p)) for p in paths]])
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
 
 def _cache_path(paths: Sequence[str], contract: InputContract, cache_dir: Path) -> Path:
-    key = json.dumps([contract.to_dict(), [(p, os.path.getsize(p)) for p in paths]])
-    return cache_dir / f"images-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    return cache_dir / f"images-{cache_key(paths, contract)}.npz"
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker(contract: InputContract) -> None:
+    global _worker_contract
+    _worker_contract = contract
+
+
+def _decode_one(path: str, contract: InputContract | None = None) -> tuple[np.ndarray | None, str | None]:  # fmt: skip
+    """(pixels, None) or (None, the one-line reason the file is not a usable image)."""
+    try:
+        return preprocess(path, contract or _worker_contract or InputContract()), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def decode_stream(
+    paths: Sequence[str],
+    contract: InputContract,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "decoding images",
+    done: int = 0,
+) -> Generator[tuple[np.ndarray | None, str | None], None, None]:
+    """(pixels or None, reason or None) for each path, in order; `workers` processes (default:
+    all cores; in-process for few images). `done` starts the progress bar (a resumed decode)."""
+    workers = default_workers() if workers is None else max(1, int(workers))
+    bar = tqdm(total=done + len(paths), initial=done, desc=desc, unit="img",
+               disable=not progress, leave=False)  # fmt: skip
+    with bar:
+        if workers == 1 or len(paths) < PARALLEL_MIN:
+            for p in paths:
+                yield _decode_one(p, contract)
+                bar.update()
+            return
+        yield from _decode_parallel(paths, contract, workers, bar)
+
+
+def _decode_parallel(paths: Sequence[str], contract: InputContract, workers: int,
+                     bar: tqdm) -> Generator[tuple[np.ndarray | None, str | None], None, None]:  # fmt: skip
+    """Decode in `workers` spawned processes (never forked: the caller may hold TensorFlow); if the
+    pool breaks (a worker killed, a script that cannot be re-imported), the rest decode here."""
+    n = 0
+    spawn = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker,
+                                 initargs=(contract,)) as pool:  # fmt: skip
+            for result in pool.map(_decode_one, paths, chunksize=CHUNK):
+                yield result
+                n += 1
+                bar.update()
+    except BrokenProcessPool as e:
+        print(f"[dermedge] decode worker processes failed ({e}); decoding in this process",
+              file=sys.stderr, flush=True)  # fmt: skip
+        for p in paths[n:]:
+            yield _decode_one(p, contract)
+            bar.update()
 
 
 def load_images(
@@ -30,6 +109,7 @@ def load_images(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     desc: str = "loading images",
+    workers: int | None = None,
 ) -> tuple[np.ndarray, list[int], dict[str, str]]:
     """Preprocess `paths` into an (N, size, size, 3) uint8 array.
 
@@ -50,12 +130,13 @@ def load_images(
     images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept: list[int] = []
     bad: dict[str, str] = {}
-    for i, p in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)):
-        try:
-            images[len(kept)] = preprocess(p, contract)
+    decoded = decode_stream(paths, contract, workers, progress, desc)
+    for i, (pixels, reason) in enumerate(decoded):
+        if pixels is None:
+            bad[paths[i]] = str(reason)
+        else:
+            images[len(kept)] = pixels
             kept.append(i)
-        except ImageError as e:
-            bad[p] = str(e)
     images = images[: len(kept)]
     if cache is not None:
         try:
