@@ -261,11 +261,14 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def clean_json(v: Any) -> Any:
-    """JSON-safe: NaN -> None, numpy scalars -> Python, tuples -> lists."""
+    """JSON-safe: NaN/inf -> None, numpy scalars and arrays -> Python, tuples -> lists, keys ->
+    str (json.dumps refuses numpy keys)."""
     if isinstance(v, dict):
-        return {k: clean_json(x) for k, x in v.items()}
+        return {str(k): clean_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [clean_json(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return clean_json(v.tolist())
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):

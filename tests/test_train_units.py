@@ -77,7 +77,8 @@ def test_augmentation_is_seeded_and_keeps_range():
     assert a.shape == (32, 32, 3) and a.dtype == np.float32
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.min() >= 0 and a.max() <= 255
-    off = Augment(False, False, 0, 0, 0, 0, 0, 0, 0)
+    off = Augment(flips=False, rot90=False, rotate_deg=0, zoom=0, shift=0, brightness=0,
+                  contrast=0, saturation=0, hue=0)  # fmt: skip
     assert np.allclose(augment_image(img, seed, off, 32).numpy(), img.numpy())
 
 

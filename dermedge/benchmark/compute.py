@@ -137,62 +137,14 @@ def peak_model(dtype: str, m: int = 256, k: int = 1024, n: int = 1024, seed: int
     """
     if dtype not in ("fp32", "int8"):
         raise ValueError(f"peak dtype must be fp32 or int8, not {dtype!r}")
-    rng = np.random.default_rng(seed)
     q = dtype == "int8"
-    if q:
-        weights = rng.integers(-127, 128, size=(n, k), dtype=np.int8).tobytes()
-        bias = np.zeros(n, dtype=np.int32).tobytes()
-    else:
-        weights = rng.standard_normal((n, k)).astype(np.float32).tobytes()
-        bias = np.zeros(n, dtype=np.float32).tobytes()
+    weights, bias = _peak_weights(q, n, k, seed)
     b = Builder(len(weights) + len(bias) + 4096)
-
-    def buffer(data: bytes | None) -> int:
-        if data is None:  # an empty buffer (buffer 0 must be one; activations use them too)
-            b.StartObject(1)
-            return int(b.EndObject())
-        b.StartVector(1, len(data), 16)  # 16-byte aligned weights, as the TFLite converter does
-        b.head = b.head - len(data)
-        b.Bytes[b.head : b.head + len(data)] = data
-        return _table(b, [(0, "off", b.EndVector())])
-
-    buffers = [buffer(None), buffer(weights), buffer(bias), buffer(None), buffer(None)]
-
-    def quant(scale: float, zero: int) -> int:
-        s = _vector(b, [scale], N.Float32Flags, b.PrependFloat32)
-        z = _vector(b, [zero], N.Int64Flags, b.PrependInt64)
-        return _table(b, [(2, "off", s), (3, "off", z)])
-
-    x_scale, w_scale, y_scale = 0.05, 0.01, 0.5
-    specs = [  # (name, shape, type, buffer, quantization)
-        ("x", [m, k], TYPE_INT8 if q else TYPE_FLOAT32, 3, (x_scale, 0) if q else None),
-        ("w", [n, k], TYPE_INT8 if q else TYPE_FLOAT32, 1, (w_scale, 0) if q else None),
-        ("b", [n], TYPE_INT32 if q else TYPE_FLOAT32, 2, (x_scale * w_scale, 0) if q else None),
-        ("y", [m, n], TYPE_INT8 if q else TYPE_FLOAT32, 4, (y_scale, 0) if q else None),
-    ]
-    tensors = []
-    for name, shape, typ, buf, qp in specs:
-        name_off = b.CreateString(name)
-        shape_off = _vector(b, shape, N.Int32Flags, b.PrependInt32)
-        quant_off = quant(*qp) if qp else None
-        fields: list[tuple[int, str, Any]] = [(fb.TENSOR_SHAPE, "off", shape_off),
-                                              (fb.TENSOR_TYPE, "i8", typ), (2, "u32", buf),
-                                              (fb.TENSOR_NAME, "off", name_off)]  # fmt: skip
-        if quant_off is not None:
-            fields.append((fb.TENSOR_QUANT, "off", quant_off))
-        tensors.append(_table(b, fields))
-    options = _table(b, [(0, "i8", 0)])  # fused_activation_function NONE
-    op_in = _vector(b, [0, 1, 2], N.Int32Flags, b.PrependInt32)
-    op_out = _vector(b, [3], N.Int32Flags, b.PrependInt32)
-    operator = _table(b, [(0, "u32", 0), (OPERATOR_INPUTS, "off", op_in),
-                          (OPERATOR_OUTPUTS, "off", op_out), (3, "u8", FC_OPTIONS),
-                          (4, "off", options)])  # fmt: skip
-    sg_name = b.CreateString("main")
-    subgraph = _table(b, [(fb.SUBGRAPH_TENSORS, "off", _offsets(b, tensors)),
-                          (fb.SUBGRAPH_INPUTS, "off", _vector(b, [0], N.Int32Flags, b.PrependInt32)),
-                          (fb.SUBGRAPH_OUTPUTS, "off", _vector(b, [3], N.Int32Flags, b.PrependInt32)),
-                          (fb.SUBGRAPH_OPERATORS, "off", _offsets(b, [operator])),
-                          (4, "off", sg_name)])  # fmt: skip
+    buffers = [_buffer(b, None), _buffer(b, weights), _buffer(b, bias), _buffer(b, None),
+               _buffer(b, None)]  # fmt: skip
+    tensors = [_tensor(b, *spec) for spec in _peak_tensors(q, m, k, n)]
+    operator = _fc_operator(b)
+    subgraph = _subgraph(b, tensors, operator)
     version = 4 if q else 1  # op versions: int8 FULLY_CONNECTED is v4
     opcode = _table(b, [(fb.OPCODE_DEPRECATED, "i8", FULLY_CONNECTED), (2, "i32", version),
                         (fb.OPCODE_BUILTIN, "i32", FULLY_CONNECTED)])  # fmt: skip
@@ -204,3 +156,81 @@ def peak_model(dtype: str, m: int = 256, k: int = 1024, n: int = 1024, seed: int
                       (fb.MODEL_BUFFERS, "off", _offsets(b, buffers))])  # fmt: skip
     b.Finish(root, file_identifier=fb.FILE_ID)
     return bytes(b.Output())
+
+
+def _peak_weights(q: bool, n: int, k: int, seed: int) -> tuple[bytes, bytes]:
+    """Random (n, k) weights and a zero bias: int8 and int32 when quantized, else float32."""
+    rng = np.random.default_rng(seed)
+    if q:
+        weights = rng.integers(-127, 128, size=(n, k), dtype=np.int8).tobytes()
+        return weights, np.zeros(n, dtype=np.int32).tobytes()
+    weights = rng.standard_normal((n, k)).astype(np.float32).tobytes()
+    return weights, np.zeros(n, dtype=np.float32).tobytes()
+
+
+def _buffer(b: Builder, data: bytes | None) -> int:
+    """A Buffer table: empty (buffer 0 must be one; activations use them too), or `data` 16-byte
+    aligned, as the TFLite converter writes weights."""
+    if data is None:
+        b.StartObject(1)
+        return int(b.EndObject())
+    b.StartVector(1, len(data), 16)
+    b.head = b.head - len(data)
+    b.Bytes[b.head : b.head + len(data)] = data
+    return _table(b, [(0, "off", b.EndVector())])
+
+
+# (name, shape, tensor type, buffer index, (scale, zero point) or None) of a peak model's tensor
+TensorSpec = tuple[str, list[int], int, int, tuple[float, int] | None]
+
+
+def _peak_tensors(q: bool, m: int, k: int, n: int) -> list[TensorSpec]:
+    """The four tensors: input x (m, k), weights w (n, k), bias b (n), output y (m, n)."""
+    x_scale, w_scale, y_scale = 0.05, 0.01, 0.5
+    return [
+        ("x", [m, k], TYPE_INT8 if q else TYPE_FLOAT32, 3, (x_scale, 0) if q else None),
+        ("w", [n, k], TYPE_INT8 if q else TYPE_FLOAT32, 1, (w_scale, 0) if q else None),
+        ("b", [n], TYPE_INT32 if q else TYPE_FLOAT32, 2, (x_scale * w_scale, 0) if q else None),
+        ("y", [m, n], TYPE_INT8 if q else TYPE_FLOAT32, 4, (y_scale, 0) if q else None),
+    ]
+
+
+def _tensor(b: Builder, name: str, shape: list[int], typ: int, buf: int,
+            qp: tuple[float, int] | None) -> int:  # fmt: skip
+    """A Tensor table, with its QuantizationParameters (one scale and zero point) when given."""
+    name_off = b.CreateString(name)
+    shape_off = _vector(b, shape, N.Int32Flags, b.PrependInt32)
+    quant_off = _quantization(b, *qp) if qp else None
+    fields: list[tuple[int, str, Any]] = [(fb.TENSOR_SHAPE, "off", shape_off),
+                                          (fb.TENSOR_TYPE, "i8", typ), (2, "u32", buf),
+                                          (fb.TENSOR_NAME, "off", name_off)]  # fmt: skip
+    if quant_off is not None:
+        fields.append((fb.TENSOR_QUANT, "off", quant_off))
+    return _table(b, fields)
+
+
+def _quantization(b: Builder, scale: float, zero: int) -> int:
+    """A QuantizationParameters table: one scale and one zero point (per-tensor)."""
+    s = _vector(b, [scale], N.Float32Flags, b.PrependFloat32)
+    z = _vector(b, [zero], N.Int64Flags, b.PrependInt64)
+    return _table(b, [(2, "off", s), (3, "off", z)])
+
+
+def _fc_operator(b: Builder) -> int:
+    """The FULLY_CONNECTED operator: tensors 0, 1, 2 (x, w, b) in, 3 (y) out, no activation."""
+    options = _table(b, [(0, "i8", 0)])  # fused_activation_function NONE
+    op_in = _vector(b, [0, 1, 2], N.Int32Flags, b.PrependInt32)
+    op_out = _vector(b, [3], N.Int32Flags, b.PrependInt32)
+    return _table(b, [(0, "u32", 0), (OPERATOR_INPUTS, "off", op_in),
+                      (OPERATOR_OUTPUTS, "off", op_out), (3, "u8", FC_OPTIONS),
+                      (4, "off", options)])  # fmt: skip
+
+
+def _subgraph(b: Builder, tensors: list[int], operator: int) -> int:
+    """The "main" subgraph: the tensors, input 0, output 3 and the one operator."""
+    sg_name = b.CreateString("main")
+    return _table(b, [(fb.SUBGRAPH_TENSORS, "off", _offsets(b, tensors)),
+                      (fb.SUBGRAPH_INPUTS, "off", _vector(b, [0], N.Int32Flags, b.PrependInt32)),
+                      (fb.SUBGRAPH_OUTPUTS, "off", _vector(b, [3], N.Int32Flags, b.PrependInt32)),
+                      (fb.SUBGRAPH_OPERATORS, "off", _offsets(b, [operator])),
+                      (4, "off", sg_name)])  # fmt: skip

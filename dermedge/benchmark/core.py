@@ -438,10 +438,64 @@ def run(sources: Sequence[str | Path], out: Path, settings: Settings,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass
+class Measurements:
+    """What the run measured: MACs and scores by variant label, times and final stats by
+    id(worker), and the runtimes' peaks."""
+
+    macs: dict[str, dict[str, Any]]
+    times: dict[int, list[float]]
+    finals: dict[int, dict[str, Any]]  # each worker's "stats" reply (peak memory, CPU time)
+    scores: dict[str, dict[str, Any]]
+    peaks: dict[str, Any]
+
+
 def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], tmp: Path,
          started: float, load_before: Any, progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Load the test sets, start the workers, time them interleaved, read their memory, score each
+    variant once, measure the runtimes' peaks, and gather it all into the results dict."""
     cpus = os.cpu_count() or 1
     tests = {g.name: load_test_set(g, settings, tmp) for g in groups}
+    notes += _variant_notes(groups, tests)
+    over = [t for t in settings.threads if t > cpus]
+    if over:
+        notes.append(f"threads {', '.join(map(str, over))} exceed this machine's {cpus} CPUs: "
+                     "those rows show oversubscription, not extra speed")  # fmt: skip
+    macs = _count_all_macs(groups, notes)
+    workers = _start_workers(groups, tests, out, settings, notes, progress)
+    times = _time_interleaved(workers, settings, notes, progress)
+    # memory first (the accuracy pass loads the test images), then accuracy: it does not depend on
+    # threads, so each variant is scored once
+    finals = {id(w): w.ask(cmd="stats") for _, _, w in workers}
+    peaks = measure_peaks(workers, tmp, settings)  # after the memory was read: it adds buffers
+    acc_threads = settings.accuracy_threads or min(max(settings.threads), cpus)
+    scores = _score(groups, workers, tests, settings.batch, acc_threads, notes, progress)
+    peaks = measure_peaks(workers, tmp, settings, peaks)
+    _close_all(workers)
+
+    measured = Measurements(macs=macs, times=times, finals=finals, scores=scores, peaks=peaks)
+    rows, raw = _rows(groups, workers, tests, measured)
+    load_after = machine.loadavg()
+    if load_before and load_before[0] > 0.5 * cpus:
+        notes.append(f"the machine was busy when the benchmark started (load average "
+                     f"{load_before[0]:.2f} on {cpus} CPUs): latencies are pessimistic")  # fmt: skip
+    return {
+        "schema": "dermedge.benchmark/1",
+        "machine": machine.facts(),
+        "load_average": {"before": load_before, "after": load_after},
+        "settings": _settings_record(settings, acc_threads),
+        "peak": peaks,
+        "groups": _groups_record(groups, tests, settings.data),
+        "rows": rows,
+        "raw_times_ms": raw,
+        "notes": notes,
+        "seconds": time.time() - started,
+    }
+
+
+def _variant_notes(groups: list[Group], tests: dict[str, TestSet]) -> list[str]:
+    """What the reader must know about the variants: refused ones, cards missing, images skipped."""
+    notes = []
     for g in groups:
         if g.rejected:
             notes.append(f"{g.name}: not benchmarked, refused by the converter's accuracy gate: "
@@ -456,11 +510,11 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                              "and threshold 0.5")  # fmt: skip
         if tests[g.name].skipped:
             notes.append(f"{g.name}: {len(tests[g.name].skipped)} unreadable test images skipped")
-    over = [t for t in settings.threads if t > cpus]
-    if over:
-        notes.append(f"threads {', '.join(map(str, over))} exceed this machine's {cpus} CPUs: "
-                     "those rows show oversubscription, not extra speed")  # fmt: skip
+    return notes
 
+
+def _count_all_macs(groups: list[Group], notes: list[str]) -> dict[str, dict[str, Any]]:
+    """`count_macs` of each variant that has a .tflite graph to count, by variant label."""
     macs: dict[str, dict[str, Any]] = {}
     for g in groups:
         for v in g.variants:
@@ -469,7 +523,14 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                     macs[v.label] = count_macs(v.macs_from)
                 except ValueError as e:
                     notes.append(f"{v.label}: MACs not counted ({e})")
-    # start the timing workers one by one, so load times are taken on a quiet machine
+    return macs
+
+
+def _start_workers(groups: list[Group], tests: dict[str, TestSet], out: Path, settings: Settings,
+                   notes: list[str], progress: Callable[[str], None]
+                   ) -> list[tuple[Variant, int, Worker]]:  # fmt: skip
+    """One timing worker per variant x threads, started one by one so that load times are taken
+    on a quiet machine; those that fail to load are kept (with their error) and noted."""
     workers: list[tuple[Variant, int, Worker]] = []
     for g in groups:
         for v in g.variants:
@@ -480,6 +541,14 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                 if w.error:
                     notes.append(f"{v.label} at {t} thread(s) failed to load: {w.error}")
                 workers.append((v, t, w))
+    return workers
+
+
+def _time_interleaved(workers: list[tuple[Variant, int, Worker]], settings: Settings,
+                      notes: list[str], progress: Callable[[str], None]) -> dict[int, list[float]]:  # fmt: skip
+    """Warm up, then time single-image inferences round-robin over all live workers (A B C A B C
+    ...), `settings.block` per turn, so drift on a noisy machine hits every variant alike; the
+    timed seconds by id(worker)."""
     live = [x for x in workers if not x[2].error]
     times: dict[int, list[float]] = {id(w): [] for _, _, w in workers}
     rounds_warm = max(0, -(-settings.warmup // settings.block))
@@ -499,11 +568,14 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                 times[id(w)].extend(reply["times"])
         if rounds > 10 and (r - rounds_warm + 1) % max(1, rounds // 5) == 0 and r >= rounds_warm:
             progress(f"  timed round {r - rounds_warm + 1}/{rounds}")
-    # memory first (the accuracy pass loads the test images), then accuracy: it does not depend on
-    # threads, so each variant is scored once, by its worker with the most threads <= CPUs
-    finals = {id(w): w.ask(cmd="stats") for _, _, w in workers}
-    peaks = measure_peaks(workers, tmp, settings)  # after the memory was read: it adds buffers
-    acc_threads = settings.accuracy_threads or min(max(settings.threads), cpus)
+    return times
+
+
+def _score(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
+           tests: dict[str, TestSet], batch: int, acc_threads: int, notes: list[str],
+           progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each variant's P(malignant) on its group's test images, once, by its live worker whose
+    thread count is nearest `acc_threads` (the larger on a tie): {label: probs, seconds, threads}."""
     scores: dict[str, dict[str, Any]] = {}
     for g in groups:
         ts = tests[g.name]
@@ -513,118 +585,136 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
                 continue
             t, w = min(mine, key=lambda tw: (abs(tw[0] - acc_threads), -tw[0]))
             progress(f"scoring {v.label} on {len(ts.labels)} test images ({t} thread(s))")
-            reply = w.ask(cmd="accuracy", images=str(ts.images), batch=settings.batch)
+            reply = w.ask(cmd="accuracy", images=str(ts.images), batch=batch)
             if "probs" not in reply:
                 notes.append(f"{v.label}: not scored: {reply.get('error') or w.error}")
                 continue
             scores[v.label] = {"probs": np.asarray(reply["probs"]), "seconds": reply["seconds"],
                                "threads": t}  # fmt: skip
-    peaks = measure_peaks(workers, tmp, settings, peaks)
+    return scores
+
+
+def _close_all(workers: list[tuple[Variant, int, Worker]]) -> None:
+    """Ask every worker to quit first (their exits overlap), then wait for each."""
     for _, _, w in workers:
         w.quit()
     for _, _, w in workers:
         w.close()
 
-    rows, raw = _rows(groups, workers, times, finals, scores, tests, macs, peaks)
-    load_after = machine.loadavg()
-    if load_before and load_before[0] > 0.5 * cpus:
-        notes.append(f"the machine was busy when the benchmark started (load average "
-                     f"{load_before[0]:.2f} on {cpus} CPUs): latencies are pessimistic")  # fmt: skip
+
+def _settings_record(settings: Settings, acc_threads: int) -> dict[str, Any]:
+    """The results' `settings`: what was run, and how latency and throughput are defined."""
     return {
-        "schema": "dermedge.benchmark/1",
-        "machine": machine.facts(),
-        "load_average": {"before": load_before, "after": load_after},
-        "settings": {
-            "threads": settings.threads,
-            "runs": settings.runs,
-            "warmup": settings.warmup,
-            "block": settings.block,
-            "batch": settings.batch,
-            "accuracy_threads": acc_threads,
-            "limit": settings.limit,
-            "data": settings.data,
-            "runtimes": list(settings.runtimes),
-            "order": "round-robin over all variant x threads workers, "
-            f"{settings.block} single-image inference(s) per turn",
-            "latency": "wall time of one predict() call on one uint8 image, including "
-            "input quantization and output dequantization",
-            "throughput": "1 / mean single-image latency (images/s, one stream)",
-        },  # fmt: skip
-        "peak": peaks,
-        "groups": {
-            g.name: {
-                "test_images": len(tests[g.name].labels),
-                "malignant": int(tests[g.name].labels.sum()),
-                "manifest": str(g.manifest) if g.manifest else None,
-                "data": settings.data,
-                "card_threshold": (g.card or {}).get("threshold"),
-            }
-            for g in groups
-        },  # fmt: skip
-        "rows": rows,
-        "raw_times_ms": raw,
-        "notes": notes,
-        "seconds": time.time() - started,
-    }
+        "threads": settings.threads,
+        "runs": settings.runs,
+        "warmup": settings.warmup,
+        "block": settings.block,
+        "batch": settings.batch,
+        "accuracy_threads": acc_threads,
+        "limit": settings.limit,
+        "data": settings.data,
+        "runtimes": list(settings.runtimes),
+        "order": "round-robin over all variant x threads workers, "
+        f"{settings.block} single-image inference(s) per turn",
+        "latency": "wall time of one predict() call on one uint8 image, including "
+        "input quantization and output dequantization",
+        "throughput": "1 / mean single-image latency (images/s, one stream)",
+    }  # fmt: skip
+
+
+def _groups_record(groups: list[Group], tests: dict[str, TestSet], data: str | None
+                   ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The results' `groups`: each model's test images, malignant count, manifest and threshold."""
+    return {
+        g.name: {
+            "test_images": len(tests[g.name].labels),
+            "malignant": int(tests[g.name].labels.sum()),
+            "manifest": str(g.manifest) if g.manifest else None,
+            "data": data,
+            "card_threshold": (g.card or {}).get("threshold"),
+        }
+        for g in groups
+    }  # fmt: skip
 
 
 def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
-          times: dict[int, list[float]], finals: dict[int, dict[str, Any]],
-          scores: dict[str, dict[str, Any]], tests: dict[str, TestSet],
-          macs: dict[str, dict[str, Any]], peaks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
-    from dermedge.metrics import binary_metrics
-
+          tests: dict[str, TestSet], measured: Measurements
+          ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
+    """One results row per variant x threads, and each one's timed latencies in ms."""
+    refs = {g.name: (g.find("keras") or g.find("tflite-fp32")) for g in groups}
     rows = []
     raw: dict[str, list[float]] = {}
-    refs = {g.name: (g.find("keras") or g.find("tflite-fp32")) for g in groups}
     for v, t, w in workers:
-        card = v.card or {}
-        thr = float(card.get("threshold", 0.5))
-        row: dict[str, Any] = {"model": v.group, "variant": v.name, "quantization": v.quantization,
-                               "threads": t, "runtime": w.hello.get("runtime"),
-                               "file": v.path.name, "path": str(v.path),
-                               "file_mb": v.size_bytes / 1e6,
-                               "import_ms": 1e3 * w.hello["import_s"] if "import_s" in w.hello else None,
-                               "load_ms": 1e3 * w.hello["load_s"] if "load_s" in w.hello else None,
-                               "first_ms": 1e3 * w.hello["first_s"] if "first_s" in w.hello else None,
-                               "rejected": v.rejected,
-                               "error": w.error}  # fmt: skip
-        row.update({k: val for k, val in latency_stats(times[id(w)]).items()})
-        rss = finals[id(w)].get("maxrss_kb")
-        row["peak_rss_mb"] = rss / 1024 if rss else None
-        row["worker_cpu_s"] = finals[id(w)].get("cpu_s")
-        row["tensorflow_loaded"] = finals[id(w)].get("tensorflow_loaded")
-        s = scores.get(v.label)
-        ts = tests[v.group]
+        times = measured.times[id(w)]
+        row = _timing_row(v, t, w, times, measured.finals[id(w)])
+        s = measured.scores.get(v.label)
         if s is not None:
-            m = binary_metrics(ts.labels.tolist(), s["probs"].tolist(), thr)
-            row.update({"threshold": thr, "n_test": int(len(ts.labels)), "auc": m["roc_auc"],
-                        "accuracy": m["accuracy"], "sensitivity": m["recall"],
-                        "specificity": m["specificity"], "tp": m["tp"], "fp": m["fp"],
-                        "tn": m["tn"], "fn": m["fn"],
-                        "batch_ips": len(ts.labels) / s["seconds"] if s["seconds"] else None,
-                        "accuracy_threads": s["threads"]})  # fmt: skip
-            ref = refs.get(v.group)
-            if ref is not None and ref.label in scores and ref is not v:
-                rp = scores[ref.label]["probs"]
-                row["max_abs_diff_vs_ref"] = float(np.abs(rp - s["probs"]).max())
-                row["decision_agreement"] = float(np.mean((rp >= thr) == (s["probs"] >= thr)))
-                row["reference"] = ref.name
-        mc = macs.get(v.label)
+            row.update(_accuracy_fields(v, s, tests[v.group], refs.get(v.group), measured.scores))
+        mc = measured.macs.get(v.label)
         if mc:
-            row["macs_m"] = mc["macs"] / 1e6
-            if row.get("median_ms"):
-                row["gmacs"] = mc["macs"] / (row["median_ms"] * 1e-3) / 1e9
-                kind = "int8" if v.quantization in ("int8", "dynamic") else "fp32"
-                peak = peaks["runtimes"].get(v.backend, {}).get(kind, {}).get(str(t))
-                best = peaks["machine"][kind].get(str(t))
-                row["peak_kind"] = kind
-                if peak:
-                    row["peak_gmacs"] = peak
-                    row["frac_peak"] = row["gmacs"] / peak
-                if best:
-                    row["machine_peak_gmacs"] = best
-                    row["frac_machine_peak"] = row["gmacs"] / best
+            row.update(_compute_fields(v, t, mc["macs"], row.get("median_ms"), measured.peaks))
         rows.append(row)
-        raw[f"{v.label}@t{t}"] = [round(x * 1e3, 4) for x in times[id(w)]]
+        raw[f"{v.label}@t{t}"] = [round(x * 1e3, 4) for x in times]
     return rows, raw
+
+
+def _timing_row(v: Variant, t: int, w: Worker, times: list[float], final: dict[str, Any]
+                ) -> dict[str, Any]:  # fmt: skip
+    """A row's variant, file, start-up times, latency statistics and the worker's peak memory."""
+    hello = w.hello
+    row: dict[str, Any] = {"model": v.group, "variant": v.name, "quantization": v.quantization,
+                           "threads": t, "runtime": hello.get("runtime"),
+                           "file": v.path.name, "path": str(v.path),
+                           "file_mb": v.size_bytes / 1e6,
+                           "import_ms": 1e3 * hello["import_s"] if "import_s" in hello else None,
+                           "load_ms": 1e3 * hello["load_s"] if "load_s" in hello else None,
+                           "first_ms": 1e3 * hello["first_s"] if "first_s" in hello else None,
+                           "rejected": v.rejected,
+                           "error": w.error}  # fmt: skip
+    row.update(latency_stats(times))
+    rss = final.get("maxrss_kb")
+    row["peak_rss_mb"] = rss / 1024 if rss else None
+    row["worker_cpu_s"] = final.get("cpu_s")
+    row["tensorflow_loaded"] = final.get("tensorflow_loaded")
+    return row
+
+
+def _accuracy_fields(v: Variant, s: dict[str, Any], ts: TestSet, ref: Variant | None,
+                     scores: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """A row's metrics at the card's threshold, and how far its outputs and decisions are from
+    the group's reference variant (Keras, else the fp32 .tflite)."""
+    from dermedge.metrics import binary_metrics
+
+    thr = float((v.card or {}).get("threshold", 0.5))
+    m = binary_metrics(ts.labels.tolist(), s["probs"].tolist(), thr)
+    out: dict[str, Any] = {"threshold": thr, "n_test": int(len(ts.labels)), "auc": m["roc_auc"],
+                           "accuracy": m["accuracy"], "sensitivity": m["recall"],
+                           "specificity": m["specificity"], "tp": m["tp"], "fp": m["fp"],
+                           "tn": m["tn"], "fn": m["fn"],
+                           "batch_ips": len(ts.labels) / s["seconds"] if s["seconds"] else None,
+                           "accuracy_threads": s["threads"]}  # fmt: skip
+    if ref is not None and ref.label in scores and ref is not v:
+        rp = scores[ref.label]["probs"]
+        out["max_abs_diff_vs_ref"] = float(np.abs(rp - s["probs"]).max())
+        out["decision_agreement"] = float(np.mean((rp >= thr) == (s["probs"] >= thr)))
+        out["reference"] = ref.name
+    return out
+
+
+def _compute_fields(v: Variant, t: int, macs: int, median_ms: float | None,
+                    peaks: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """A row's MACs per image, the GMAC/s its median latency implies, and what fraction that is
+    of its runtime's and of the machine's peak at the same thread count."""
+    out: dict[str, Any] = {"macs_m": macs / 1e6}
+    if not median_ms:
+        return out
+    gmacs = macs / (median_ms * 1e-3) / 1e9
+    kind = "int8" if v.quantization in ("int8", "dynamic") else "fp32"
+    peak = peaks["runtimes"].get(v.backend, {}).get(kind, {}).get(str(t))
+    best = peaks["machine"][kind].get(str(t))
+    out.update(gmacs=gmacs, peak_kind=kind)
+    if peak:
+        out.update(peak_gmacs=peak, frac_peak=gmacs / peak)
+    if best:
+        out.update(machine_peak_gmacs=best, frac_machine_peak=gmacs / best)
+    return out

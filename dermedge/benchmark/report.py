@@ -13,6 +13,7 @@ from typing import Any
 from dermedge import DISCLAIMER
 from dermedge.benchmark.machine import flag_summary
 from dermedge.data.io import atomic_write_text
+from dermedge.metrics import clean_json
 from dermedge.plotting import new_figure, save_png
 from dermedge.runs import format_table
 
@@ -197,18 +198,6 @@ def camera_markdown(cam: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def write(results: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Path]:
     """results.json/.csv/.md and (when matplotlib is installed) pareto.png and latency.png."""
     mark_pareto(results)
@@ -226,11 +215,11 @@ def write(results: dict[str, Any], out: Path, plots: bool = True) -> dict[str, P
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in results["rows"]:
-        flat = {k: ("; ".join(v) if isinstance(v, list) else v) for k, v in _clean(r).items()}
+        flat = {k: ("; ".join(v) if isinstance(v, list) else v) for k, v in clean_json(r).items()}
         flat = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in flat.items()}
         w.writerow(flat)
     atomic_write_text(paths["csv"], buf.getvalue())
-    atomic_write_text(paths["json"], json.dumps(_clean(results), indent=1) + "\n")
+    atomic_write_text(paths["json"], json.dumps(clean_json(results), indent=1) + "\n")
     atomic_write_text(paths["md"], markdown(results))
     return paths
 

@@ -222,69 +222,108 @@ def _timed(fn: Any, n: int) -> list[float]:
     return times
 
 
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".strip()[:500]
+
+
+def _load(spec: dict[str, Any]) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """The variant loaded, its sample images, and the hello reply: runtime, the seconds taken by
+    the runtime's imports, the load and the first inference, and the resident memory then."""
+    backend_cls: Any = BACKENDS[spec["backend"]]
+    samples = np.load(spec["samples"])
+    t0 = time.perf_counter()
+    IMPORTS[spec["backend"]]()  # the runtime's own start-up (imports), timed apart
+    t1 = time.perf_counter()
+    model = backend_cls(spec)
+    t2 = time.perf_counter()
+    model.predict(samples[:1])
+    t3 = time.perf_counter()
+    hello = {"ok": True, "runtime": model.runtime, "import_s": t1 - t0, "load_s": t2 - t1,
+             "first_s": t3 - t2, "rss_loaded_kb": _maxrss_kb()}  # fmt: skip
+    return model, samples, hello
+
+
+class Session:
+    """A loaded variant answering the parent's commands; `run` cycles through the samples."""
+
+    def __init__(self, spec: dict[str, Any], model: Any, samples: np.ndarray) -> None:
+        self.backend, self.model, self.samples = spec["backend"], model, samples
+        self.turn = 1  # the next sample (0 went to the first inference)
+
+    def answer(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one command (see the module docstring)."""
+        name = cmd["cmd"]
+        if name == "run":
+            return {"times": self.run(int(cmd.get("n", 1)))}
+        if name == "peak":
+            return self.peak(cmd["dtype"], tuple(cmd["shape"]), cmd.get("path"),
+                             int(cmd.get("warmup", 2)), int(cmd.get("n", 10)))  # fmt: skip
+        if name == "accuracy":
+            return self.accuracy(cmd["images"], int(cmd.get("batch", 16)))
+        if name in ("stats", "quit"):
+            return {"maxrss_kb": _maxrss_kb(), "cpu_s": _cpu_s(),
+                    "tensorflow_loaded": "tensorflow" in sys.modules}  # fmt: skip
+        return {"error": f"unknown command {name!r}"}
+
+    def run(self, n: int) -> list[float]:
+        """Seconds of each of `n` single-image inferences."""
+        times = []
+        for _ in range(n):
+            x = self.samples[self.turn % len(self.samples)][None]
+            self.turn += 1
+            ts = time.perf_counter()
+            self.model.predict(x)
+            times.append(time.perf_counter() - ts)
+        return times
+
+    def peak(self, dtype: str, shape: tuple[int, ...], path: str | None, warmup: int,
+             n: int) -> dict[str, Any]:  # fmt: skip
+        """Seconds of `n` runs of the runtime's peak matrix multiply, after `warmup` untimed."""
+        if dtype not in self.model.dtypes:
+            return {"error": f"no {dtype} peak for {self.backend}"}
+        fn = self.model.peak(dtype, shape, path)
+        _timed(fn, warmup)
+        return {"times": _timed(fn, n)}
+
+    def accuracy(self, images: str, batch: int) -> dict[str, Any]:
+        """P(malignant) of every image of an .npy file, in batches, and the seconds it took."""
+        pixels = np.load(images, mmap_mode="r")
+        probs = []
+        ts = time.perf_counter()
+        for s in range(0, len(pixels), batch):
+            probs.append(self.model.predict(np.ascontiguousarray(pixels[s : s + batch])))
+        seconds = time.perf_counter() - ts
+        p = np.concatenate(probs) if probs else np.zeros(0)
+        return {"probs": p.tolist(), "seconds": seconds}
+
+
 def serve(spec: dict[str, Any], inp: Any, out: Any) -> int:
+    """Load the variant and say hello, then answer one JSON command a line until "quit" or the end
+    of input; a failure is replied as {"error"} (a failed load also ends the worker, code 1)."""
+
     def reply(obj: dict[str, Any]) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
     try:
-        backend_cls: Any = BACKENDS[spec["backend"]]
-        samples = np.load(spec["samples"])
-        t0 = time.perf_counter()
-        IMPORTS[spec["backend"]]()  # the runtime's own start-up (imports), timed apart
-        t1 = time.perf_counter()
-        model = backend_cls(spec)
-        t2 = time.perf_counter()
-        model.predict(samples[:1])
-        t3 = time.perf_counter()
+        model, samples, hello = _load(spec)
     except Exception as e:  # reported to the parent, which records it and goes on
         traceback.print_exc(file=sys.stderr)
-        reply({"ok": False, "error": f"{type(e).__name__}: {e}".strip()[:500]})
+        reply({"ok": False, "error": _error_text(e)})
         return 1
-    reply({"ok": True, "runtime": model.runtime, "import_s": t1 - t0, "load_s": t2 - t1,
-           "first_s": t3 - t2, "rss_loaded_kb": _maxrss_kb()})  # fmt: skip
-    i = 1
+    reply(hello)
+    session = Session(spec, model, samples)
     for line in inp:
         if not line.strip():
             continue
         cmd = json.loads(line)
         try:
-            if cmd["cmd"] == "run":
-                times = []
-                for _ in range(int(cmd.get("n", 1))):
-                    x = samples[i % len(samples)][None]
-                    i += 1
-                    ts = time.perf_counter()
-                    model.predict(x)
-                    times.append(time.perf_counter() - ts)
-                reply({"times": times})
-            elif cmd["cmd"] == "peak":
-                if cmd["dtype"] not in model.dtypes:
-                    reply({"error": f"no {cmd['dtype']} peak for {spec['backend']}"})
-                    continue
-                fn = model.peak(cmd["dtype"], tuple(cmd["shape"]), cmd.get("path"))
-                _timed(fn, int(cmd.get("warmup", 2)))
-                reply({"times": _timed(fn, int(cmd.get("n", 10)))})
-            elif cmd["cmd"] == "accuracy":
-                images = np.load(cmd["images"], mmap_mode="r")
-                batch = int(cmd.get("batch", 16))
-                probs = []
-                ts = time.perf_counter()
-                for s in range(0, len(images), batch):
-                    probs.append(model.predict(np.ascontiguousarray(images[s : s + batch])))
-                seconds = time.perf_counter() - ts
-                p = np.concatenate(probs) if probs else np.zeros(0)
-                reply({"probs": p.tolist(), "seconds": seconds})
-            elif cmd["cmd"] in ("stats", "quit"):
-                reply({"maxrss_kb": _maxrss_kb(), "cpu_s": _cpu_s(),
-                       "tensorflow_loaded": "tensorflow" in sys.modules})  # fmt: skip
-                if cmd["cmd"] == "quit":
-                    return 0
-            else:
-                reply({"error": f"unknown command {cmd['cmd']!r}"})
+            reply(session.answer(cmd))
+            if cmd["cmd"] == "quit":
+                return 0
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
-            reply({"error": f"{type(e).__name__}: {e}".strip()[:500]})
+            reply({"error": _error_text(e)})
     return 0
 
 

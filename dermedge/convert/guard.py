@@ -168,6 +168,8 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
     xv, yv, _ = load_split(val, "val", model.contract, "guard: val images")
     _, ft = model.predict_features(xt)
     pv, fv = model.predict_features(xv)
+    if ft is None or fv is None:  # add_feature_output gave the model one: it did not load
+        raise ConvertError(f"{tmp.name}: the edge runtime finds no feature output in it")
     same = np.array_equal(pv, EdgeModel(src).predict(xv))
     if not same:
         raise ConvertError("the guarded model's probabilities differ from the source model's")

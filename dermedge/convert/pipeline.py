@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -31,6 +31,7 @@ from dermedge.data.contract import InputContract
 from dermedge.data.images import load_images
 from dermedge.data.io import atomic_write_bytes, atomic_write_text
 from dermedge.data.manifest import manifest_sha256
+from dermedge.metrics import clean_json
 from dermedge.runs import runs_root
 
 LABELS = {"benign": 0, "malignant": 1}
@@ -63,21 +64,6 @@ class Result:
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: numpy scalars/arrays to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _versions() -> dict[str, str]:
@@ -144,7 +130,7 @@ def _variant_card(base: dict[str, Any], variant: str, src: source.Source, opts: 
         card["conversion"]["io"] = "float32"
     if gate_info is not None:
         card["gate"] = gate_info
-    return _clean(card)
+    return clean_json(card)
 
 
 def _embed(tflite: bytes, card: dict[str, Any]) -> bytes:
@@ -199,33 +185,93 @@ def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None, p_val: np
                        "per_source": chosen.get("per_source")}}  # fmt: skip
 
 
+ValSet = tuple[np.ndarray, np.ndarray, list[str]]  # val pixels, labels and sources
+
+
+@dataclass
+class GateContext:
+    """What every variant is converted and gated with: the source, the options, the test (and
+    val) pixels, the Keras reference and the failures every variant shares."""
+
+    src: source.Source
+    opts: Options
+    conversion: dict[str, Any]  # the card's conversion record, shared by every variant
+    records: list[Any]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    p_ref: np.ndarray  # the Keras model's P(malignant) on x_test
+    ref: dict[str, Any]  # its metrics at the card's threshold
+    contract_failures: list[str]
+    work: Path  # the temporary folder files are made in
+    calib: np.ndarray | None = None  # int8 calibration pixels
+    val: ValSet | None = None
+
+
 def run(arg: str, opts: Options) -> Result:
+    """Convert the model `arg` names into each variant of `opts.quant`, gate every one through the
+    edge runtime against the Keras model, and deliver the files with report.json/.md."""
     t0 = time.time()
     src = source.resolve(arg, opts.data, opts.card)
     records = source.records(src.manifest)
-    mhash = manifest_sha256(src.manifest)
-    test_recs = [r for r in records if r.split == "test"]
-    if not test_recs:
-        raise ConvertError(
-            f"manifest {src.manifest} has no test split: the gate needs labelled test images"
-        )
-    if len({r.label for r in test_recs}) < 2:
-        raise ConvertError(f"the test split of {src.manifest} has one class: AUC and sensitivity "
-                           "cannot be measured")  # fmt: skip
+    _check_test_split(records, src.manifest)
     calib_recs = quantize.calibration_sample(records, opts.calib_images, opts.seed) \
         if "int8" in opts.quant else []  # fmt: skip
-    out_dir = Path(opts.out) if opts.out else runs_root() / "convert" / src.name
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConvertError(f"--out {out_dir} is a file, not a folder")
-
+    out_dir = _out_dir(src, opts)
     quantize.quiet_tf()
     _log(f"loading {src.model_path}")
     model = source.load_keras(src.model_path)
-    size = source.image_size(model)
-    contract = src.contract
+    contract_failures, notes = _check_contract(model, src)
+    x_test, y_test, val = _gate_images(records, src.contract, opts.rethreshold)
+    calib, y_cal = None, np.zeros(0)
+    if calib_recs:
+        calib, y_cal, _ = _load_calib(calib_recs, src.contract)
+    mhash = manifest_sha256(src.manifest)
+    p_ref, ref, recorded_failures, recorded_note = _keras_reference(
+        model, src, mhash, x_test, y_test, opts.tolerances
+    )
+    contract_failures += recorded_failures
+    notes.append(f"Keras through the card's contract: {recorded_note}")
+    conversion = _conversion_record(src, opts, mhash, calib, y_cal)
+    with _work_dir(out_dir) as work:
+        ctx = GateContext(src=src, opts=opts, conversion=conversion, records=records,
+                          x_test=x_test, y_test=y_test, p_ref=p_ref, ref=ref,
+                          contract_failures=contract_failures, work=work, calib=calib, val=val)  # fmt: skip
+        rows, produced = _convert_all(ctx, model)
+        all_rows = [_reference_row(src, ref), *rows]
+        passed = all(r["verdict"] == "pass" for r in rows) and not contract_failures
+        report = _report(ctx, all_rows, notes, passed, round(time.time() - t0, 1))
+        md = _markdown(report, opts)
+        atomic_write_text(
+            work / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n"
+        )
+        atomic_write_text(work / "report.md", md)
+        _deliver(work, out_dir, produced, opts.quant)
+    return Result(out_dir, all_rows, report, md, passed)
 
-    # the card's contract against the model itself
-    contract_failures = gate.check_size(contract.size, size)
+
+def _check_test_split(records: list[Any], manifest: Path) -> None:
+    """Refuse a manifest whose test split is missing or has one class: the gate cannot measure."""
+    test_recs = [r for r in records if r.split == "test"]
+    if not test_recs:
+        raise ConvertError(
+            f"manifest {manifest} has no test split: the gate needs labelled test images"
+        )
+    if len({r.label for r in test_recs}) < 2:
+        raise ConvertError(f"the test split of {manifest} has one class: AUC and sensitivity "
+                           "cannot be measured")  # fmt: skip
+
+
+def _out_dir(src: source.Source, opts: Options) -> Path:
+    """--out, else runs/convert/<name>; refused when it is a file."""
+    out_dir = Path(opts.out) if opts.out else runs_root() / "convert" / src.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConvertError(f"--out {out_dir} is a file, not a folder")
+    return out_dir
+
+
+def _check_contract(model: Any, src: source.Source) -> tuple[list[str], list[str]]:
+    """The card's input contract against the model itself: (failures, notes)."""
+    contract_failures = gate.check_size(src.contract.size, source.image_size(model))
     if contract_failures:  # the pixels would not even fit: nothing to convert
         raise ConvertError(contract_failures[0])
     norm = source.layer_normalization(model)
@@ -233,28 +279,40 @@ def run(arg: str, opts: Options) -> Result:
     notes = (
         [] if norm else ["the model has no `normalize` layer: the card's mean/std were not checked"]
     )
+    return contract_failures, notes
 
+
+def _gate_images(
+    records: list[Any], contract: InputContract, rethreshold: bool
+) -> tuple[np.ndarray, np.ndarray, ValSet | None]:
+    """Test pixels and labels, and (to re-choose thresholds) val pixels, labels and sources."""
     x_test, y_test, _ = load_split(records, "test", contract, "test images")
     val = None
-    if opts.rethreshold and any(r.split == "val" for r in records):
+    if rethreshold and any(r.split == "val" for r in records):
         x_val, y_val, val_paths = load_split(records, "val", contract, "val images")
         if len(set(y_val.tolist())) == 2:
             source_of = {r.path: r.source for r in records}
             val = (x_val, y_val, [source_of.get(p, "") for p in val_paths])
     if len(set(y_test.tolist())) < 2:
         raise ConvertError("the readable test images have one class: the gate cannot measure AUC")
-    calib, y_cal = None, np.zeros(0)
-    if calib_recs:
-        calib, y_cal, _ = _load_calib(calib_recs, contract)
+    return x_test, y_test, val
 
+
+def _keras_reference(model: Any, src: source.Source, mhash: str, x_test: np.ndarray,
+                     y_test: np.ndarray, tolerances: gate.Tolerances
+                     ) -> tuple[np.ndarray, dict[str, Any], list[str], str]:  # fmt: skip
+    """The Keras model's outputs and metrics on the test images, and how they compare with the
+    card's recorded test metrics: (p_ref, ref, failures, note)."""
     _log(f"Keras reference on {len(y_test)} test images")
     p_ref = keras_predict(model, x_test)
-    thr = src.threshold
-    ref = gate.metrics(y_test, p_ref, thr)
+    ref = gate.metrics(y_test, p_ref, src.threshold)
     recorded, recorded_note = _recorded_test_metrics(src.card, mhash, len(y_test))
-    contract_failures += gate.check_recorded(ref, recorded, opts.tolerances)
-    notes.append(f"Keras through the card's contract: {recorded_note}")
+    return p_ref, ref, gate.check_recorded(ref, recorded, tolerances), recorded_note
 
+
+def _conversion_record(src: source.Source, opts: Options, mhash: str, calib: np.ndarray | None,
+                       y_cal: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """The card's `conversion` section: tool, converter, settings, versions, calibration."""
     conversion: dict[str, Any] = {
         "tool": f"dermedge convert {__version__}", "converter": quantize.CONVERTER_PATH,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -265,37 +323,18 @@ def run(arg: str, opts: Options) -> Result:
     if calib is not None:
         conversion["calibration"] = {"split": "train", "images": int(len(calib)), "seed": opts.seed,
                                      "stratified": True, "per_class": _counts(y_cal)}  # fmt: skip
+    return conversion
 
+
+@contextlib.contextmanager
+def _work_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside `out_dir`, always removed; on an error (or Ctrl-C) also the
+    parent folder when it was made for it, so nothing is left behind."""
     out_parent_existed = out_dir.parent.exists()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.convert-", dir=out_dir.parent))
     try:
-        with tempfile.TemporaryDirectory(prefix="dermedge-savedmodel-") as sm_dir:
-            _log("exporting the Keras model (SavedModel)")
-            saved = quantize.export_saved_model(model, Path(sm_dir) / "saved_model")
-            rows, produced = _variants(src, opts, saved, calib, conversion, contract, x_test, y_test,
-                                       p_ref, ref, contract_failures, records, work, val)  # fmt: skip
-        ref_row = {"variant": "keras", "file": str(src.model_path),
-                   "size_bytes": src.model_path.stat().st_size, **ref, "agreement": 1.0,
-                   "max_abs_dp": 0.0, "verdict": "reference", "failures": []}  # fmt: skip
-        all_rows = [ref_row, *rows]
-        passed = all(r["verdict"] == "pass" for r in rows) and not contract_failures
-        report = _clean({
-            "source": {"name": src.name, "run": str(src.run_dir) if src.run_dir else None,
-                       "model": str(src.model_path), "card": str(src.card_path)},
-            "manifest": str(src.manifest), "manifest_sha256": mhash, "split": "test",
-            "test_images": int(len(y_test)), "threshold": thr, "contract": contract.to_dict(),
-            "tolerances": opts.tolerances.to_dict(), "contract_failures": contract_failures,
-            "notes": notes, "rows": all_rows, "verdict": "pass" if passed else "fail",
-            "converter": quantize.CONVERTER_PATH, "versions": conversion["versions"],
-            "calibration": conversion.get("calibration"), "seconds": round(time.time() - t0, 1),
-        })  # fmt: skip
-        md = _markdown(report, opts)
-        atomic_write_text(
-            work / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n"
-        )
-        atomic_write_text(work / "report.md", md)
-        _deliver(work, out_dir, produced, opts.quant)
+        yield work
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if not out_parent_existed:
@@ -303,7 +342,43 @@ def run(arg: str, opts: Options) -> Result:
                 out_dir.parent.rmdir()
         raise
     shutil.rmtree(work, ignore_errors=True)
-    return Result(out_dir, all_rows, report, md, passed)
+
+
+def _convert_all(ctx: GateContext, model: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Export the Keras model once (a temporary SavedModel) and make every variant from it: the
+    report's rows and the files made under `ctx.work`."""
+    rows: list[dict[str, Any]] = []
+    produced: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="dermedge-savedmodel-") as sm_dir:
+        _log("exporting the Keras model (SavedModel)")
+        saved = quantize.export_saved_model(model, Path(sm_dir) / "saved_model")
+        for variant in ctx.opts.quant:
+            rows.append(_variant(ctx, saved, variant, produced))
+    return rows, produced
+
+
+def _reference_row(src: source.Source, ref: dict[str, Any]) -> dict[str, Any]:
+    """The Keras model's row of the report: the reference every variant is compared with."""
+    return {"variant": "keras", "file": str(src.model_path),
+            "size_bytes": src.model_path.stat().st_size, **ref, "agreement": 1.0,
+            "max_abs_dp": 0.0, "verdict": "reference", "failures": []}  # fmt: skip
+
+
+def _report(ctx: GateContext, rows: list[dict[str, Any]], notes: list[str], passed: bool,
+            seconds: float) -> dict[str, Any]:  # fmt: skip
+    """report.json: the source, the gate's data and tolerances, every row and the verdict."""
+    src, conversion = ctx.src, ctx.conversion
+    return clean_json({
+        "source": {"name": src.name, "run": str(src.run_dir) if src.run_dir else None,
+                   "model": str(src.model_path), "card": str(src.card_path)},
+        "manifest": str(src.manifest), "manifest_sha256": conversion["manifest_sha256"],
+        "split": "test", "test_images": int(len(ctx.y_test)), "threshold": src.threshold,
+        "contract": src.contract.to_dict(), "tolerances": ctx.opts.tolerances.to_dict(),
+        "contract_failures": ctx.contract_failures, "notes": notes, "rows": rows,
+        "verdict": "pass" if passed else "fail", "converter": quantize.CONVERTER_PATH,
+        "versions": conversion["versions"], "calibration": conversion.get("calibration"),
+        "seconds": seconds,
+    })  # fmt: skip
 
 
 def _counts(y: np.ndarray) -> dict[str, int]:
@@ -328,82 +403,118 @@ def _load_calib(
     return x, y, [paths[i] for i in kept]
 
 
-def _variants(src: source.Source, opts: Options, saved: Path, calib: np.ndarray | None,
-              conversion: dict[str, Any], contract: InputContract, x_test: np.ndarray,
-              y_test: np.ndarray, p_ref: np.ndarray, ref: dict[str, Any],
-              contract_failures: list[str], records: list[Any], work: Path,
-              val: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-              ) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
-    """Convert, embed, evaluate and file each variant; rows of the report and files made."""
-    rows: list[dict[str, Any]] = []
-    produced: list[str] = []
-    for variant in opts.quant:
-        t = time.time()
-        _log(f"{variant}: converting")
-        name = FILE_NAMES[variant]
-        row: dict[str, Any] = {"variant": variant, "file": None, "size_bytes": None}
-        try:
-            tfl = quantize.convert(saved, variant, opts.io, calib if variant == "int8" else None,
-                                   opts.allow_float_fallback)  # fmt: skip
-            conv = dict(conversion)
-            if variant == "int8":
-                conv["io_quantization"] = quantize.io_details(tfl)
-                fl = quantize.float_ops(tfl)
-                conv["float_ops"] = fl
-                if fl and not opts.allow_float_fallback:
-                    raise ConvertError(f"int8 is not fully integer: float ops {fl}; pass "
-                                       "--allow-float-fallback to accept them")  # fmt: skip
-            # first with the card minus the gate, so the edge runtime reads the contract from the file
-            trial = work / ".trial" / name
-            atomic_write_bytes(
-                trial, _embed(tfl, _variant_card(src.card, variant, src, opts, conv, None))
-            )
-            _log(f"{variant}: gating {len(y_test)} test images through the edge runtime")
-            use_val = val if variant != "fp32" else None  # fp32 keeps Keras' threshold
-            pixels = {"test": x_test, **({"val": use_val[0]} if use_val else {})}
-            probs, runtime = _evaluate_variant(trial, pixels, contract, records, opts.threads)
-            p_var = probs["test"]
-            thr = _variant_threshold(src.card, use_val[1] if use_val else None, probs.get("val"),
-                                     use_val[2] if use_val else None)  # fmt: skip
-            cmp = gate.compare(y_test, p_ref, p_var, src.threshold, thr["threshold"])
-            own = gate.judge(ref, cmp, opts.tolerances)
-            failures = list(contract_failures) + own
-            verdict = "pass" if not failures else "fail"
-            gate_info = {"verdict": verdict, "failures": failures, "split": "test",
-                         "test_images": int(len(y_test)), "manifest_sha256": conversion["manifest_sha256"],
-                         "threshold": thr["threshold"], "keras_threshold": src.threshold, "runtime": runtime,
-                         "tolerances": opts.tolerances.to_dict(), "keras": ref, "metrics": cmp}  # fmt: skip
-            card = _variant_card(src.card, variant, src, opts, conv, gate_info)
-            card["threshold"] = thr["threshold"]
-            card["threshold_policy"] = {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
-            final = _embed(tfl, card)
-            rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
-            atomic_write_bytes(work / rel, final)
-            if verdict == "pass" and opts.guard:
-                final, card, row["guard"] = _add_guard(work / rel, src.manifest)
-            atomic_write_text(
-                work / (rel + ".json"), json.dumps(card, indent=2, allow_nan=False) + "\n"
-            )
-            produced.append(rel)
-            row.update({"file": rel, "size_bytes": len(final), **cmp, "verdict": verdict,
-                        "failures": failures, "runtime": runtime})  # fmt: skip
-            step = gate.output_step(p_var, src.threshold) if variant == "int8" else None
-            if variant == "int8":
-                row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"],
-                           output_step_at_threshold=step)  # fmt: skip
-            if own:
-                n_cal = len(calib) if calib is not None else None
-                row["advice"] = gate.advice(variant, own, n_cal, step)
-        except ConvertError as e:
-            row.update(
-                {"verdict": "error", "failures": [str(e)], "advice": gate.advice(variant, [str(e)])}
-            )
-        finally:
-            shutil.rmtree(work / ".trial", ignore_errors=True)
-        row["seconds"] = round(time.time() - t, 1)
-        _log(f"{variant}: {row['verdict']} ({row['seconds']} s)")
-        rows.append(row)
-    return rows, produced
+def _variant(ctx: GateContext, saved: Path, variant: str, produced: list[str]) -> dict[str, Any]:
+    """Convert, gate and file one variant: its report row (verdict "error" when it could not be
+    made); the file it made is added to `produced`."""
+    t = time.time()
+    _log(f"{variant}: converting")
+    row: dict[str, Any] = {"variant": variant, "file": None, "size_bytes": None}
+    try:
+        _make_variant(ctx, saved, variant, row, produced)
+    except ConvertError as e:
+        row.update(
+            {"verdict": "error", "failures": [str(e)], "advice": gate.advice(variant, [str(e)])}
+        )
+    finally:
+        shutil.rmtree(ctx.work / ".trial", ignore_errors=True)
+    row["seconds"] = round(time.time() - t, 1)
+    _log(f"{variant}: {row['verdict']} ({row['seconds']} s)")
+    return row
+
+
+def _make_variant(ctx: GateContext, saved: Path, variant: str, row: dict[str, Any],
+                  produced: list[str]) -> None:  # fmt: skip
+    """The steps of `_variant`: convert, run through the edge runtime, judge, file; fills `row`."""
+    src, name = ctx.src, FILE_NAMES[variant]
+    tfl, conv = _convert(ctx, saved, variant)
+    # first with the card minus the gate, so the edge runtime reads the contract from the file
+    trial = ctx.work / ".trial" / name
+    atomic_write_bytes(
+        trial, _embed(tfl, _variant_card(src.card, variant, src, ctx.opts, conv, None))
+    )
+    p_var, thr, runtime = _run_on_edge(ctx, variant, trial)
+    cmp = gate.compare(ctx.y_test, ctx.p_ref, p_var, src.threshold, thr["threshold"])
+    own = gate.judge(ctx.ref, cmp, ctx.opts.tolerances)
+    failures = list(ctx.contract_failures) + own
+    verdict = "pass" if not failures else "fail"
+    card = _variant_card(src.card, variant, src, ctx.opts, conv,
+                         _gate_info(ctx, verdict, failures, thr, runtime, cmp))  # fmt: skip
+    card["threshold"] = thr["threshold"]
+    card["threshold_policy"] = {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
+    rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
+    final = _file_variant(ctx, tfl, card, rel, verdict == "pass", row)
+    produced.append(rel)
+    row.update({"file": rel, "size_bytes": len(final), **cmp, "verdict": verdict,
+                "failures": failures, "runtime": runtime})  # fmt: skip
+    step = gate.output_step(p_var, src.threshold) if variant == "int8" else None
+    if variant == "int8":
+        row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"],
+                   output_step_at_threshold=step)  # fmt: skip
+    if own:
+        n_cal = len(ctx.calib) if ctx.calib is not None else None
+        row["advice"] = gate.advice(variant, own, n_cal, step)
+
+
+def _convert(ctx: GateContext, saved: Path, variant: str) -> tuple[bytes, dict[str, Any]]:
+    """The variant's .tflite bytes and its conversion record (int8: I/O quantization, float ops;
+    refused when not fully integer unless float fallback is allowed)."""
+    opts = ctx.opts
+    tfl = quantize.convert(saved, variant, opts.io, ctx.calib if variant == "int8" else None,
+                           opts.allow_float_fallback)  # fmt: skip
+    conv = dict(ctx.conversion)
+    if variant == "int8":
+        conv["io_quantization"] = quantize.io_details(tfl)
+        fl = quantize.float_ops(tfl)
+        conv["float_ops"] = fl
+        if fl and not opts.allow_float_fallback:
+            raise ConvertError(f"int8 is not fully integer: float ops {fl}; pass "
+                               "--allow-float-fallback to accept them")  # fmt: skip
+    return tfl, conv
+
+
+def _run_on_edge(ctx: GateContext, variant: str, trial: Path
+                 ) -> tuple[np.ndarray, dict[str, Any], str]:  # fmt: skip
+    """The trial file through the edge runtime: test P(malignant), the variant's own threshold
+    (re-chosen on val; fp32 keeps Keras') and the runtime's name."""
+    _log(f"{variant}: gating {len(ctx.y_test)} test images through the edge runtime")
+    use_val = ctx.val if variant != "fp32" else None  # fp32 keeps Keras' threshold
+    pixels = {"test": ctx.x_test, **({"val": use_val[0]} if use_val else {})}
+    probs, runtime = _evaluate_variant(trial, pixels, ctx.src.contract, ctx.records,
+                                       ctx.opts.threads)  # fmt: skip
+    thr = _variant_threshold(ctx.src.card, use_val[1] if use_val else None, probs.get("val"),
+                             use_val[2] if use_val else None)  # fmt: skip
+    return probs["test"], thr, runtime
+
+
+def _gate_info(
+    ctx: GateContext,
+    verdict: str,
+    failures: list[str],
+    thr: dict[str, Any],
+    runtime: str,
+    cmp: dict[str, Any],
+) -> dict[str, Any]:
+    """The card's `gate` section: verdict, failures, the test data and the metrics compared."""
+    return {"verdict": verdict, "failures": failures, "split": "test",
+            "test_images": int(len(ctx.y_test)),
+            "manifest_sha256": ctx.conversion["manifest_sha256"], "threshold": thr["threshold"],
+            "keras_threshold": ctx.src.threshold, "runtime": runtime,
+            "tolerances": ctx.opts.tolerances.to_dict(), "keras": ctx.ref,
+            "metrics": cmp}  # fmt: skip
+
+
+def _file_variant(ctx: GateContext, tfl: bytes, card: dict[str, Any], rel: str, passed: bool,
+                  row: dict[str, Any]) -> bytes:  # fmt: skip
+    """Write the variant with its card (a passing one then gets its guard, summary in `row`) and
+    the card's .json sidecar under `ctx.work`; the final bytes."""
+    final = _embed(tfl, card)
+    atomic_write_bytes(ctx.work / rel, final)
+    if passed and ctx.opts.guard:
+        final, card, row["guard"] = _add_guard(ctx.work / rel, ctx.src.manifest)
+    atomic_write_text(
+        ctx.work / (rel + ".json"), json.dumps(card, indent=2, allow_nan=False) + "\n"
+    )
+    return final
 
 
 def _file_mode() -> int:

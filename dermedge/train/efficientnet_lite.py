@@ -171,7 +171,7 @@ def load_torch_weights(model: keras.Model, path: str | os.PathLike, include_top:
     """Copy a Lite0 torch ``state_dict`` into ``model``; every tensor and layer must be used."""
     state = load_torch_state_dict(path)
     names = _torch_to_keras_names(include_top)
-    used = set()
+    used: set[str] = set()
     for prefix, layer_name in names.items():
         layer = model.get_layer(layer_name)
         weights = _keras_weights(layer, state, prefix)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dermedge.data.io import atomic_write_text
 from dermedge.metrics import (  # noqa: F401  (re-exported: this module's public API)
@@ -31,13 +32,10 @@ from dermedge.metrics import (  # noqa: F401  (re-exported: this module's public
     roc_auc,
     wilson_ci,
 )
-from dermedge.metrics import clean_json as _clean  # noqa: F401
 from dermedge.plotting import new_figure, save_png
 
 
-def roc_points(
-    y_true: Sequence[Any], prob: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_points(y_true: ArrayLike, prob: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of the ROC curve."""
     import warnings
 
@@ -73,7 +71,7 @@ def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "") ->
     return save_png(fig, Path(path))
 
 
-def plot_roc(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
+def plot_roc(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
              operating: dict[str, float] | None = None, title: str = "") -> Path:  # fmt: skip
     """ROC curve with its AUC, the operating threshold's point and the 0.5 point marked."""
     y, p = label_arrays(y_true, prob)
@@ -100,7 +98,7 @@ def plot_roc(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
     return save_png(fig, Path(path))
 
 
-def plot_pr(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
+def plot_pr(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
             operating: dict[str, float] | None = None, title: str = "") -> Path:  # fmt: skip
     """Precision-recall curve with average precision and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
@@ -173,8 +171,8 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def evaluate_predictions(
-    y_true: Sequence[Any],
-    prob: Sequence[float],
+    y_true: ArrayLike,
+    prob: ArrayLike,
     threshold: float,
     out_dir: str | Path | None = None,
     n_boot: int = 2000,
@@ -204,7 +202,7 @@ def evaluate_predictions(
     }
     if extra:
         report.update(extra)
-    report = _clean(report)
+    report = clean_json(report)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +274,7 @@ def summarize(report: dict[str, Any], keys: Sequence[str] = METRICS) -> dict[str
 # --- operating points and group rates (external evaluation) ------------------------------------
 
 
-def youden_threshold(y_true: Sequence[Any], prob: Sequence[float]) -> float:
+def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     """The threshold maximising sensitivity + specificity - 1 on these cases (NaN: one class)."""
     y, p = label_arrays(y_true, prob)
     if y.sum() == 0 or y.sum() == y.size:
@@ -287,7 +285,7 @@ def youden_threshold(y_true: Sequence[Any], prob: Sequence[float]) -> float:
     return float(thr[int(np.argmax(j))])
 
 
-def plot_roc_marked(y_true: Sequence[Any], prob: Sequence[float], path: str | Path,
+def plot_roc_marked(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
                     marks: Sequence[tuple[str, float]], title: str = "") -> Path:  # fmt: skip
     """ROC curve with its AUC and each named threshold's (1 - spec, sens) point marked."""
     y, p = label_arrays(y_true, prob)
@@ -311,7 +309,7 @@ def plot_roc_marked(y_true: Sequence[Any], prob: Sequence[float], path: str | Pa
     return save_png(fig, Path(path))
 
 
-def group_referral_rates(groups: Sequence[str], labels: Sequence[Any], prob: Sequence[float],
+def group_referral_rates(groups: Sequence[str], labels: ArrayLike, prob: ArrayLike,
                          threshold: float) -> list[dict[str, Any]]:  # fmt: skip
     """Per group (e.g. diagnosis): n, label, referred count/fraction at `threshold`, Wilson CI."""
     y, p = label_arrays(labels, prob)

@@ -28,6 +28,7 @@ import click
 
 from dermedge import DISCLAIMER, __version__
 from dermedge.data.index import Record
+from dermedge.metrics import clean_json
 
 KIND = "dermedge.external/1"
 SENS_TARGET = 0.95
@@ -274,7 +275,7 @@ def build_report(pred: Predictions, threshold: float, threshold_from: str, n_boo
                    "per_dx": ev.group_referral_rates(pred.dx, y, p, threshold),
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "tool": {"dermedge": __version__}, "skipped": pred.skipped})  # fmt: skip
-    return ev._clean(report)
+    return clean_json(report)
 
 
 def _model_info(model_path: Path, card: dict[str, Any] | None) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import keras
 from keras import layers
 
 from dermedge.data.contract import InputContract
+from dermedge.train.choices import ARCHS
 
-ARCHS = ("simple_cnn", "efficientnet_lite0", "mobilenet_v2")
 PRETRAINED = ("efficientnet_lite0", "mobilenet_v2")
 MOBILENET_BLOCKS = 17  # expanded_conv (0) + block_1 .. block_16
 
