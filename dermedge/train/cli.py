@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
 
-from dermedge.data.contract import COLOR_CONSTANCY
+from dermedge.data.contract import COLOR_CONSTANCY, CROPS
+from dermedge.train.choices import ARCHS, AUGMENTS
+from dermedge.train.trainer import BALANCES, CACHES, STRATEGIES, THRESHOLD_POOLS, TrainConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}  # what --help shows
 
 
 def _fail(e: BaseException) -> click.ClickException:
@@ -26,66 +32,68 @@ def _fail(e: BaseException) -> click.ClickException:
 )
 @click.option(
     "--arch",
-    type=click.Choice(["simple_cnn", "efficientnet_lite0", "mobilenet_v2"]),
-    default="efficientnet_lite0",
+    type=click.Choice(ARCHS),
+    default=DEFAULTS["arch"],
     show_default=True,
 )
 @click.option(
     "--weights",
-    default="imagenet",
+    default=DEFAULTS["weights"],
     show_default=True,
     help="imagenet, none, or a weights file (.weights.h5/.keras; a torch .pth for Lite0).",
 )
 @click.option(
     "--img-size",
-    default=224,
+    default=DEFAULTS["img_size"],
     show_default=True,
     type=click.IntRange(32, 1024),
     help="Input side in pixels.",
 )
 @click.option(
     "--crop",
-    type=click.Choice(["squash", "center", "fov"]),
-    default="squash",
+    type=click.Choice(CROPS),
+    default=DEFAULTS["crop"],
     show_default=True,
     help="How photos become squares (preprocessing contract).",
 )
 @click.option(
     "--color-constancy",
     type=click.Choice(COLOR_CONSTANCY),
-    default="none",
+    default=DEFAULTS["color_constancy"],
     show_default=True,
     help="Colour constancy after crop+resize, recorded in the contract (Shades of Gray, p = 6).",
 )
 @click.option(
     "--epochs",
-    default=10,
+    default=DEFAULTS["epochs"],
     show_default=True,
     type=click.IntRange(0),
     help="Epochs (the frozen-backbone phase for pretrained backbones; 0 skips it).",
 )
 @click.option(
     "--fine-tune-epochs",
-    default=10,
+    default=DEFAULTS["fine_tune_epochs"],
     show_default=True,
     type=click.IntRange(0),
     help="Epochs fine-tuning the top blocks (pretrained backbones).",
 )
 @click.option(
     "--unfreeze-blocks",
-    default=6,
+    default=DEFAULTS["unfreeze_blocks"],
     show_default=True,
     type=click.IntRange(0),
     help="Top backbone blocks trained in the fine-tune phase (BatchNorm stays frozen).",
 )
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--batch", default=DEFAULTS["batch"], show_default=True, type=click.IntRange(1))
+@click.option(
+    "--lr", default=DEFAULTS["lr"], show_default=True, type=click.FloatRange(0, min_open=True)
+)
 @click.option(
     "--fine-tune-lr",
     type=click.FloatRange(0, min_open=True),
     help="Fine-tune learning rate [default: lr/10].",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True)
 @click.option("--name", help="Run name under runs/train/ (default exp, exp2, ...).")
 @click.option("--exist-ok", is_flag=True, help="Reuse a non-empty run folder.")
 @click.option(
@@ -93,28 +101,28 @@ def _fail(e: BaseException) -> click.ClickException:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["default", "mirrored", "multiworker"]),
-    default="default",
+    type=click.Choice(STRATEGIES),
+    default=DEFAULTS["strategy"],
     show_default=True,
     help="tf.distribute: mirrored = one host, many devices; multiworker = TF_CONFIG cluster.",
 )
 @click.option(
     "--target-sensitivity",
-    default=0.95,
+    default=DEFAULTS["target_sensitivity"],
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
     help="Operating threshold: sensitivity target on the validation split.",
 )
 @click.option(
     "--sensitivity-margin",
-    default=1.0,
+    default=DEFAULTS["sensitivity_margin"],
     show_default=True,
     type=click.FloatRange(0),
     help="Binomial standard errors added to the target when choosing the threshold on val.",
 )
 @click.option(
     "--patience",
-    default=5,
+    default=DEFAULTS["patience"],
     show_default=True,
     type=click.IntRange(1),
     help="Early stopping: epochs without a better val AUC.",
@@ -122,8 +130,8 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option(
     "--augment",
     "augmentation",
-    type=click.Choice(["basic", "field", "none"]),
-    default="basic",
+    type=click.Choice(AUGMENTS),
+    default=DEFAULTS["augmentation"],
     show_default=True,
     help="basic: flips, rotations, zoom, colour jitter; field: also colour casts, gamma, dark "
     "vignettes, defocus, noise, JPEG and resolution loss (another clinic's device); none.",
@@ -131,8 +139,8 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (= --augment none).")
 @click.option(
     "--threshold-pool",
-    type=click.Choice(["worst-source", "pooled"]),
-    default="worst-source",
+    type=click.Choice(THRESHOLD_POOLS),
+    default=DEFAULTS["threshold_pool"],
     show_default=True,
     help="Choose the threshold so the sensitivity target holds in every validation source "
     "(with >= 20 malignant), or on the pooled validation split.",
@@ -140,12 +148,19 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option(
     "--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism."
 )
-@click.option("--dropout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
-@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5))
+@click.option(
+    "--dropout", default=DEFAULTS["dropout"], show_default=True, type=click.FloatRange(0, 0.9)
+)
+@click.option(
+    "--label-smoothing",
+    default=DEFAULTS["label_smoothing"],
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+)
 @click.option(
     "--balance",
-    type=click.Choice(["class", "source"]),
-    default="class",
+    type=click.Choice(BALANCES),
+    default=DEFAULTS["balance"],
     show_default=True,
     help="Loss weights: balance the classes overall, or within each source dataset (so that a "
     "source's look, e.g. low-resolution thumbnails, is no evidence for the label).",
@@ -153,10 +168,28 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option(
     "--bootstrap",
     "n_boot",
-    default=2000,
+    default=DEFAULTS["n_boot"],
     show_default=True,
     type=click.IntRange(100),
     help="Bootstrap resamples for the CIs.",
+)
+@click.option(
+    "--cache",
+    type=click.Choice(CACHES),
+    default=DEFAULTS["cache"],
+    show_default=True,
+    help="Decoded pixels: in memory, streamed from .npy shards on disk, or auto (stream when the "
+    "training pixels exceed 2 GiB).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Where decoded pixels are cached (default runs/cache; share one on a cluster's file system).",
+)
+@click.option(
+    "--mixed-precision",
+    is_flag=True,
+    help="float16 compute on GPUs (bfloat16 on CPUs), float32 weights; the saved model is float32.",
 )
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
 def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_constancy: str,
@@ -165,13 +198,14 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_co
           name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
           sensitivity_margin: float, patience: int, augmentation: str, no_augment: bool,
           threshold_pool: str, no_deterministic: bool,
-          dropout: float, label_smoothing: float, balance: str, n_boot: int, quiet: bool) -> None:  # fmt: skip
+          dropout: float, label_smoothing: float, balance: str, n_boot: int, cache: str,
+          cache_dir: str | None, mixed_precision: bool, quiet: bool) -> None:  # fmt: skip
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.
 
     Writes runs/train/NAME/: model.keras, manifest.csv/json, history.csv, curves.png,
     model_card.json and eval/. With --resume, the other options are taken from the run's config.json.
     """
-    from dermedge.train.trainer import TrainConfig, TrainError
+    from dermedge.train.trainer import TrainError
     from dermedge.train.trainer import train as run_train
 
     cfg = TrainConfig(data=data, arch=arch, weights=None if weights.lower() == "none" else weights,
@@ -182,7 +216,8 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_co
                       sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,
                       augmentation=augmentation, threshold_pool=threshold_pool,
                       deterministic=not no_deterministic, dropout=dropout,
-                      label_smoothing=label_smoothing, balance=balance, n_boot=n_boot)  # fmt: skip
+                      label_smoothing=label_smoothing, balance=balance, n_boot=n_boot,
+                      cache=cache, cache_dir=cache_dir, mixed_precision=mixed_precision)  # fmt: skip
     try:
         res = run_train(cfg, resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1)
     except (TrainError, FileNotFoundError, ValueError, OSError) as e:
@@ -263,19 +298,11 @@ def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
     if external and not data:
         raise click.UsageError("--external needs --data ROOT (the dataset the model never saw)")
     from dermedge.data.manifest import manifest_sha256
-    from dermedge.train.card import read_card
-    from dermedge.train.evaluate import report_table
     from dermedge.train.trainer import TrainError, evaluate_model, resolve_records
 
     model_path, run_dir = _resolve_model(target)
-    card = read_card(run_dir) if run_dir else None
-    if model_path.suffix == ".tflite":
-        from dermedge.edge.card import read_card as read_tflite_card
-
-        card = read_tflite_card(model_path)
-    source = data or (str(run_dir) if run_dir and (run_dir / "manifest.csv").is_file() else None)
-    if source is None:
-        raise click.ClickException("no data: pass --data (a manifest or a labelled dataset folder)")
+    card = _model_card(model_path, run_dir)
+    source = _data_source(data, run_dir)
     try:
         records, csv_path = resolve_records(source, None, split_dataset=False)
     except TrainError as e:
@@ -289,15 +316,7 @@ def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
         evaluate_external(model_path, run_dir, card, records, source, split if split_given else None,
                           threshold, out, train_manifest, allow_overlap, n_boot, batch)  # fmt: skip
         return
-    tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
-    if out:
-        out_dir = Path(out)
-    elif run_dir:
-        out_dir = run_dir / f"eval{tag}"
-    else:  # a bare model file (maybe inside the installed package): results go under runs/
-        from dermedge.runs import new_run_dir
-
-        out_dir = new_run_dir("eval", f"{model_path.stem}{tag or '-test'}", exist_ok=True)
+    out_dir = _eval_dir(out, run_dir, model_path, data, split, source)
     extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
     try:
         report = evaluate_model(
@@ -305,13 +324,55 @@ def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
         )
     except (TrainError, ValueError, OSError) as e:
         raise _fail(e) from e
+    _echo_report(report, model_path, source, out_dir, card is None)
+
+
+def _model_card(model_path: Path, run_dir: Path | None) -> dict[str, Any] | None:
+    """The model's card: embedded in a .tflite, else the run folder's model_card.json, or None."""
+    from dermedge.train.card import read_card
+
+    card = read_card(run_dir) if run_dir else None
+    if model_path.suffix == ".tflite":
+        from dermedge.edge.card import read_card as read_tflite_card
+
+        card = read_tflite_card(model_path)
+    return card
+
+
+def _data_source(data: str | None, run_dir: Path | None) -> str:
+    """--data, else the run folder (its manifest.csv); refused when there is neither."""
+    source = data or (str(run_dir) if run_dir and (run_dir / "manifest.csv").is_file() else None)
+    if source is None:
+        raise click.ClickException("no data: pass --data (a manifest or a labelled dataset folder)")
+    return source
+
+
+def _eval_dir(out: str | None, run_dir: Path | None, model_path: Path, data: str | None,
+              split: str, source: str) -> Path:  # fmt: skip
+    """--out, else RUN/eval (the run's own test split) or RUN/eval-<data>-<split>; for a bare
+    model file (maybe inside the installed package) a new folder under runs/eval/."""
+    tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
+    if out:
+        return Path(out)
+    if run_dir:
+        return run_dir / f"eval{tag}"
+    from dermedge.runs import new_run_dir
+
+    return new_run_dir("eval", f"{model_path.stem}{tag or '-test'}", exist_ok=True)
+
+
+def _echo_report(report: dict[str, Any], model_path: Path, source: str, out_dir: Path,
+                 no_card: bool) -> None:  # fmt: skip
+    """Print what was evaluated, the metrics table and the files written."""
+    from dermedge.train.evaluate import report_table
+
     click.echo(f"{model_path} on {source} [{report['split']}]: {report['n']} images "
                f"({report['positives']} malignant)")  # fmt: skip
     click.echo(report_table(report))
     click.echo(
         f"written: {out_dir}/metrics.json and " + ", ".join(report.get("plots", {}).values())
     )
-    if card is None:
+    if no_card:
         click.echo(
             "note: no model card beside the model; threshold "
             + json.dumps(report["operating_threshold"])

@@ -24,16 +24,19 @@ import tensorflow as tf
 from dermedge.data.contract import InputContract
 from dermedge.data.images import load_images
 from dermedge.data.index import Record
+from dermedge.data.shards import ShardArray, build_shards
+from dermedge.train.choices import AUGMENTS
 
 LABELS = {"benign": 0, "malignant": 1}
 
 
 @dataclass
 class SplitArrays:
-    """One split's images (N, S, S, 3) uint8, labels (N,) 0/1 and the paths they came from."""
+    """One split's images (N, S, S, 3) uint8 (in memory, or shards read lazily), labels (N,) 0/1
+    and the paths they came from."""
 
     name: str
-    x: np.ndarray
+    x: np.ndarray | ShardArray
     y: np.ndarray
     paths: list[str]
     skipped: dict[str, str]
@@ -48,12 +51,22 @@ class SplitArrays:
 
 
 def load_split(records: Sequence[Record], split: str, contract: InputContract,
-               cache_dir: str | Path | None = None, progress: bool = True) -> SplitArrays:  # fmt: skip
-    """Decode + resize the records of `split` through the contract (unreadable files skipped)."""
+               cache_dir: str | Path | None = None, progress: bool = True,
+               stream: bool = False) -> SplitArrays:  # fmt: skip
+    """Decode + resize the records of `split` through the contract (unreadable files skipped):
+    into memory, or with `stream` into shard files under `cache_dir` read lazily (`ShardArray`)."""
     recs = [r for r in records if r.split == split]
     paths = [r.path for r in recs]
-    x, kept, bad = load_images(paths, contract, cache_dir=cache_dir, progress=progress,
-                               desc=f"{split} images")  # fmt: skip
+    desc = f"{split} images"
+    x: np.ndarray | ShardArray
+    if stream:
+        if cache_dir is None:
+            raise ValueError("streaming a split needs a cache folder for its shards")
+        x, kept, bad = build_shards(paths, contract, cache_dir, progress=progress, desc=desc)
+    else:
+        x, kept, bad = load_images(
+            paths, contract, cache_dir=cache_dir, progress=progress, desc=desc
+        )
     y = np.asarray([LABELS[recs[i].label] for i in kept], dtype=np.float32)
     return SplitArrays(split, x, y, [paths[i] for i in kept], bad, [recs[i].source for i in kept])
 
@@ -133,9 +146,6 @@ class Augment:
         JPEG and scale changes: so that a device's look is no evidence for the label."""
         return cls(zoom=0.35, white_balance=0.15, gamma=0.3, vignette=0.3, blur=0.25,
                    noise=0.03, jpeg=0.3, rescale=0.25)  # fmt: skip
-
-
-AUGMENTS = ("basic", "field", "none")
 
 
 def augment_preset(name: str) -> Augment:
@@ -295,6 +305,10 @@ def augment_image(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> t
     return img
 
 
+SHUFFLE_BYTES = 256 * 2**20  # the streamed shuffle buffer holds at most this much pixel data
+CYCLE = 8  # shard files read at once (interleaved) when streaming a training split
+
+
 def make_dataset(
     data: SplitArrays,
     batch: int,
@@ -303,41 +317,99 @@ def make_dataset(
     weights: dict[int, float] | np.ndarray | None = None,
     augment: Augment | None = None,
     color_constancy_p: float | None = None,
+    pipelines: tuple[int, int] = (1, 0),
 ) -> tf.data.Dataset:
     """(x float32 0..255, y, [sample weight]) batches; shuffled and augmented when training.
     `weights`: per class ({0: w0, 1: w1}) or per image (an array as long as the split).
     `color_constancy_p`: the contract applies Shades of Gray with this p, so it is applied again
-    after augmentation (the pixels are already corrected; the augmented cast must be too)."""
-    size = int(data.x.shape[1])
-    y = data.y.reshape(-1, 1).astype(np.float32)
-    parts: tuple = (data.x, y)
-    if weights is not None:
-        if isinstance(weights, dict):
-            w = np.asarray([weights[int(v)] for v in data.y], dtype=np.float32)
-        else:
-            w = np.asarray(weights, dtype=np.float32).reshape(-1)
-            if w.size != len(data):
-                raise ValueError(f"{w.size} sample weights for {len(data)} images")
-        parts = (data.x, y, w)
-    ds = tf.data.Dataset.from_tensor_slices(parts)
+    after augmentation (the pixels are already corrected; the augmented cast must be too).
+    `pipelines`: (count, this one's id) when several workers each read a part (see `_shard`)."""
+    parts = _label_parts(data, weights)
+    if isinstance(data.x, ShardArray):
+        ds = _streamed(data.x, parts, training, seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((data.x, *parts))
+        if training:
+            ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    ds = _shard(ds, len(data), *pipelines)
     if training:
-        ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-        aug = augment or Augment()
-        rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, rand))
-
-        def _map(item, s):
-            img = augment_image(tf.cast(item[0], tf.float32), s, aug, size)
-            if color_constancy_p:
-                img = shades_of_gray_tf(img, color_constancy_p)
-            return (img, *item[1:])
-
-        ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _augmented(ds, seed, augment or Augment(), int(data.x.shape[1]), color_constancy_p)
     else:
         ds = ds.map(lambda *item: (tf.cast(item[0], tf.float32), *item[1:]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # fmt: skip
     ds = ds.batch(batch, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = True
+    # DATA: where a strategy distributes this dataset itself (validation under multi-worker),
+    # each worker keeps every k-th batch; the training input is sharded by `_shard` instead.
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(opts)
+
+
+def _label_parts(data: SplitArrays, weights: dict[int, float] | np.ndarray | None) -> tuple:
+    """(y (N, 1),) or (y, per-image weight (N,)) as float32 arrays."""
+    y = data.y.reshape(-1, 1).astype(np.float32)
+    if weights is None:
+        return (y,)
+    if isinstance(weights, dict):
+        return y, np.asarray([weights[int(v)] for v in data.y], dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float32).reshape(-1)
+    if w.size != len(data):
+        raise ValueError(f"{w.size} sample weights for {len(data)} images")
+    return y, w
+
+
+def _streamed(x: ShardArray, parts: tuple, training: bool, seed: int) -> tf.data.Dataset:
+    """(uint8 image, *parts[i]) read from the shard files by tf.data's C++ reader; for training,
+    in a shuffled shard order, CYCLE shards interleaved, then a shuffle buffer of SHUFFLE_BYTES."""
+    files = tf.constant([str(s.path) for s in x.shards])
+    headers = tf.constant([s.header_bytes for s in x.shards], tf.int64)
+    starts = tf.constant(x.starts, tf.int64)
+    tables = tuple(tf.constant(p) for p in parts)
+    size, n_shards = x.size, len(x.shards)
+
+    def one_shard(k: tf.Tensor) -> tf.data.Dataset:
+        pixels = tf.data.FixedLengthRecordDataset(files[k], x.record_bytes, header_bytes=headers[k])
+        return tf.data.Dataset.zip((pixels, tf.data.Dataset.range(starts[k], starts[k + 1])))
+
+    def decode(raw: tf.Tensor, i: tf.Tensor) -> tuple:
+        img = tf.reshape(tf.io.decode_raw(raw, tf.uint8), (size, size, 3))
+        return (img, *(tf.gather(t, i) for t in tables))
+
+    order = tf.data.Dataset.range(n_shards)
+    if training:
+        order = order.shuffle(n_shards, seed=seed, reshuffle_each_iteration=True)
+    cycle = min(CYCLE, n_shards) if training else 1
+    ds = order.interleave(one_shard, cycle_length=max(cycle, 1), block_length=1,
+                          num_parallel_calls=max(cycle, 1), deterministic=True)  # fmt: skip
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training:
+        buffer = int(min(len(x), max(1, SHUFFLE_BYTES // x.record_bytes)))
+        ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    return ds
+
+
+def _shard(ds: tf.data.Dataset, n: int, count: int, index: int) -> tf.data.Dataset:
+    """This pipeline's 1/count of the examples, before any augmentation is spent on them.
+
+    Every worker runs the same seeded shuffle, so `shard` hands each example to exactly one worker
+    each epoch; cut to count * floor(n / count) examples so that all workers run the same number
+    of steps (a worker with one step more would wait forever on the others' gradients)."""
+    if count <= 1:
+        return ds
+    return ds.take(count * (n // count)).shard(count, index)
+
+
+def _augmented(ds: tf.data.Dataset, seed: int, aug: Augment, size: int,
+               color_constancy_p: float | None) -> tf.data.Dataset:  # fmt: skip
+    """Each (uint8 image, ...) augmented with stateless random ops seeded per example."""
+    rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def _map(item: tuple, s: tf.Tensor) -> tuple:
+        img = augment_image(tf.cast(item[0], tf.float32), s, aug, size)
+        if color_constancy_p:
+            img = shades_of_gray_tf(img, color_constancy_p)
+        return (img, *item[1:])
+
+    return tf.data.Dataset.zip((ds, rand)).map(_map, num_parallel_calls=tf.data.AUTOTUNE,
+                                               deterministic=True)  # fmt: skip

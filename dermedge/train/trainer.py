@@ -11,8 +11,10 @@ Every file is written atomically, so killing the process at any point leaves a r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +36,8 @@ from dermedge.train.card import make_card, write_card
 STRATEGIES = ("default", "mirrored", "multiworker")
 THRESHOLD_POOLS = ("worst-source", "pooled")
 BALANCES = ("class", "source")
+CACHES = ("auto", "memory", "stream")
+STREAM_ABOVE_BYTES = 2 * 2**30  # cache "auto" streams a train split whose pixels exceed this
 STATE = "state.json"
 
 
@@ -46,7 +50,7 @@ class TrainConfig:
     """Everything a run depends on; saved as config.json and reused by --resume."""
 
     data: str
-    arch: str = "simple_cnn"
+    arch: str = "efficientnet_lite0"  # train/choices.py ARCHS
     weights: str | None = "imagenet"
     img_size: int = 224
     crop: str = "squash"
@@ -74,6 +78,8 @@ class TrainConfig:
     )
     n_boot: int = 2000
     cache_dir: str | None = None
+    cache: str = "auto"  # CACHES: decoded pixels in memory, streamed from shards, or auto by size
+    mixed_precision: bool = False  # float16 compute on GPUs (bfloat16 on CPU); weights float32
     extra: dict[str, Any] = field(default_factory=dict)
 
     def phases(self) -> list[dict[str, Any]]:
@@ -221,6 +227,35 @@ def _is_chief() -> bool:
                                                     and "chief" not in cfg.get("cluster", {}))  # fmt: skip
 
 
+def precision_policy(mixed: bool) -> str:
+    """The Keras dtype policy of a run: mixed float16 on GPUs, mixed bfloat16 on CPUs (which
+    have no fast float16), else float32. Weights stay float32 in every case."""
+    if not mixed:
+        return "float32"
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def _precision(mixed: bool) -> Any:
+    """Train under the run's dtype policy; the saved model is rebuilt in float32 afterwards (so it
+    converts to TFLite as any other), since only the compute dtype differed."""
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(precision_policy(mixed))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _worker_dir() -> Path:
+    """A non-chief worker's scratch run folder (the chief alone writes the run; TF's rule)."""
+    return Path(tempfile.mkdtemp(prefix="dermedge-worker-"))
+
+
 def _set_determinism(seed: int, deterministic: bool) -> None:
     import keras
     import tensorflow as tf
@@ -328,6 +363,14 @@ def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
     )
 
 
+def weights_digest(model: Any) -> str:
+    """A short digest of the trainable weights: workers kept in sync by all-reduce agree on it."""
+    digest = hashlib.sha256()
+    for w in model.trainable_weights:
+        digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def predict(model: Any, x: Any, batch: int = 64) -> np.ndarray:
     """P(malignant) for uint8 (N, S, S, 3) images (an array, or a lazy one read in slices)."""
     out = np.empty(len(x), dtype=np.float64)
@@ -389,12 +432,18 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
     _set_determinism(cfg.seed, cfg.deterministic)
     data = _load_data(run, strategy)
     state = _start_state(run)
-    model, info = _fit_phases(run, data, strategy, state, verbose)
+    with _precision(cfg.mixed_precision):
+        model, info = _fit_phases(run, data, strategy, state, verbose)
+    if cfg.strategy == "multiworker" and model is not None:
+        _log(f"trainable weights digest {weights_digest(model)} (the same on every worker)")
     final = _best_model(run, strategy, model)
     if _is_chief():
         _save_keras(final, run.run_dir / "model.keras")
     state["wall_seconds"] = state["wall_before"] + time.time() - run.t_start
-    return _finish(run, data, state, final, info, strategy.num_replicas_in_sync)
+    result = _finish(run, data, state, final, info, strategy.num_replicas_in_sync)
+    if not _is_chief():
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+    return result
 
 
 def _resume_run(cfg: TrainConfig) -> _Run:
@@ -426,6 +475,8 @@ def check_config(cfg: TrainConfig) -> None:
                          f"{', '.join(THRESHOLD_POOLS)}")  # fmt: skip
     if cfg.strategy not in STRATEGIES:
         raise TrainError(f"unknown strategy {cfg.strategy!r}")
+    if cfg.cache not in CACHES:
+        raise TrainError(f"unknown cache {cfg.cache!r}; expected one of {', '.join(CACHES)}")
     try:
         input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
     except ValueError as e:
@@ -442,7 +493,9 @@ def _new_run(cfg: TrainConfig, exist_ok: bool) -> _Run:
     """A checked config, a new run folder with the manifest and config.json in it."""
     check_config(cfg)
     try:
-        run_dir = new_run_dir("train", cfg.name, exist_ok=exist_ok)
+        run_dir = (
+            new_run_dir("train", cfg.name, exist_ok=exist_ok) if _is_chief() else _worker_dir()
+        )
     except FileExistsError as e:
         raise TrainError(f"{e} (or --resume to continue it)") from e
     cfg.name = run_dir.name
@@ -465,7 +518,8 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     cfg = run.cfg
     contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
     cache = cfg.cache_dir or str(runs_root() / "cache")
-    splits = {s: load_split(run.records, s, contract, cache) for s in ("train", "val", "test")}
+    stream = _streams(cfg, run.records, contract.size)
+    splits = {s: load_split(run.records, s, contract, cache, stream=stream) for s in ("train", "val", "test")}  # fmt: skip
     for s in ("train", "val"):
         c = splits[s].counts()
         if min(c.values()) == 0:
@@ -474,14 +528,46 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     for p, r in list(skipped.items())[:10]:
         _log(f"skipped unreadable {p}: {r}")
     _log(f"run {run.run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
-         f"val {splits['val'].counts()}, test {splits['test'].counts()}")  # fmt: skip
+         f"val {splits['val'].counts()}, test {splits['test'].counts()}, "
+         f"pixels {'streamed from shards' if stream else 'in memory'}")  # fmt: skip
     weights, sample_w, per_source = _loss_weights(cfg, splits["train"])
     aug = augment_preset(cfg.augmentation if cfg.augment else "none")
     cc_p = contract.color_constancy_p if contract.color_constancy != "none" else None
-    train_ds = make_dataset(splits["train"], cfg.batch, True, cfg.seed, sample_w, aug, cc_p)
+
+    def train_input(batch: int, pipelines: tuple[int, int] = (1, 0)) -> Any:
+        return make_dataset(splits["train"], batch, True, cfg.seed, sample_w, aug, cc_p, pipelines)
+
+    train_ds = _distributed(strategy, cfg, train_input)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
     return _Data(contract, splits, skipped, weights, per_source, aug, train_ds, val_ds, steps)
+
+
+def _streams(cfg: TrainConfig, records: list[Record], size: int) -> bool:
+    """Whether the splits stream from shard files (`cache`: stream, or auto and the training
+    pixels would not fit comfortably in memory)."""
+    if cfg.cache != "auto":
+        return cfg.cache == "stream"
+    n_train = sum(1 for r in records if r.split == "train")
+    return n_train * size * size * 3 > STREAM_ABOVE_BYTES
+
+
+def _distributed(strategy: Any, cfg: TrainConfig, train_input: Callable[..., Any]) -> Any:
+    """The training input: one dataset; or, under a distribution strategy, one per input pipeline
+    (worker), each reading its own part of every epoch at the per-replica batch size.
+
+    Sharded by us (`make_dataset(pipelines=...)`, before augmentation), not by tf.data's
+    auto-sharding: with the FILE policy a handful of shard files split unevenly across workers,
+    and the DATA policy makes every worker augment every image and then discard most of them.
+    """
+    if cfg.strategy == "default":
+        return train_input(cfg.batch)
+
+    def per_pipeline(ctx: Any) -> Any:
+        batch = ctx.get_per_replica_batch_size(cfg.batch)
+        return train_input(batch, (ctx.num_input_pipelines, ctx.input_pipeline_id))
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
 
 
 def _loss_weights(cfg: TrainConfig, train_split: Any) -> tuple[dict[int, float], Any, dict[str, dict[str, float]]]:  # fmt: skip
@@ -519,6 +605,8 @@ def _start_state(run: _Run) -> dict[str, Any]:
 def _fit_phases(run: _Run, data: _Data, strategy: Any, state: dict[str, Any],
                 verbose: int | str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Fit each phase not yet done (continuing a phase from its last checkpoint)."""
+    from dermedge.train.multiworker import fit_multiworker
+
     cfg, phases = run.cfg, run.cfg.phases()
     info: dict[str, Any] = {}
     model = None
@@ -534,9 +622,13 @@ def _fit_phases(run: _Run, data: _Data, strategy: Any, state: dict[str, Any],
              f"lr {phase['lr']:g}, {n_train:,} of {model.count_params():,} parameters trainable, "
              f"{strategy.num_replicas_in_sync} replica(s)")  # fmt: skip
         run_state = RunState(run.run_dir, state, idx, phase, cfg.patience, _is_chief(), run.t_start)
-        model.fit(data.train_ds, validation_data=data.val_ds, epochs=phase["epochs"],
-                  initial_epoch=initial, callbacks=[_state_callback(run_state)], verbose=verbose,
-                  shuffle=False)  # fmt: skip
+        if cfg.strategy == "multiworker":
+            fit_multiworker(model, strategy, data.train_ds, data.splits["val"], phase["epochs"],
+                            initial, run_state, verbose)  # fmt: skip
+        else:
+            model.fit(data.train_ds, validation_data=data.val_ds, epochs=phase["epochs"],
+                      initial_epoch=initial, callbacks=[_state_callback(run_state)],
+                      verbose=verbose, shuffle=False)  # fmt: skip
         state["phase"], state["phase_epoch"] = idx + 1, 0
         state["phases_done"] = idx + 1
     return model, info
@@ -676,7 +768,8 @@ def _training_record(cfg: TrainConfig, data: _Data, state: dict[str, Any], info:
             "augmentation": data.augment.to_dict() if cfg.augment else None,
             "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
             "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
-            "strategy": cfg.strategy, "replicas": replicas, "resumes": state.get("resumes", 0),
+            "strategy": cfg.strategy, "replicas": replicas,
+            "precision": precision_policy(cfg.mixed_precision), "resumes": state.get("resumes", 0),
             "wall_seconds": round(state["wall_seconds"], 1), "params": params}  # fmt: skip
 
 
