@@ -29,4 +29,4 @@ case "$version" in
     *) echo "expected the tflite-runtime interpreter, got: $version" >&2; exit 1 ;;
 esac
 
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_edge*.py "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/edge/test_edge*.py "$@"

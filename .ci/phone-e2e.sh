@@ -24,4 +24,4 @@ if [ "${1:-}" = "--setup-only" ]; then
     exit 0
 fi
 # installed tools are required here: a missing one fails instead of skipping
-DERMEDGE_REQUIRE_E2E=1 python -m pytest -q tests/test_serve.py tests/e2e "$@"
+DERMEDGE_REQUIRE_E2E=1 python -m pytest -q tests/edge/test_serve.py tests/e2e "$@"

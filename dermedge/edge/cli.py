@@ -356,6 +356,34 @@ def check_mode_options(ctx: click.Context, mode: str) -> None:
         raise click.UsageError(f"not used with {where}: {', '.join(wrong)}")
 
 
+# --help lists the options by the modes that take them (from MODE_OPTIONS, so it cannot drift)
+HELP_SECTIONS = {
+    frozenset({"images", "camera", "serve"}): "All modes",
+    frozenset({"images", "camera"}): "Photos and camera",
+    frozenset({"images"}): "Photos (edge-classify IMG...)",
+    frozenset({"camera"}): "Camera (--camera SRC, --picamera)",
+    frozenset({"serve"}): "Phone server (--serve)",
+}
+
+
+class ModeCommand(click.Command):
+    """A click command whose --help groups the options by mode."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {t: [] for t in HELP_SECTIONS.values()}
+        sections["Other"] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            modes = frozenset(m for m, names in MODE_OPTIONS.items() if param.name in names)
+            sections[HELP_SECTIONS.get(modes, "Other")].append(record)
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         n, m = (int(v) for v in value.split("/"))
@@ -377,7 +405,7 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     ctx.exit()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ModeCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1)
 @click.option(
     "-m",

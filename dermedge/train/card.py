@@ -81,7 +81,7 @@ def write_card(card: dict[str, Any], run_dir: str | Path) -> Path:
     return path
 
 
-def read_card(path: str | Path) -> dict[str, Any] | None:
+def read_run_card(path: str | Path) -> dict[str, Any] | None:
     """A run folder's (or a model file's sibling) card, or None when there is none."""
     p = Path(path)
     cand = p / CARD_FILE if p.is_dir() else p.parent / CARD_FILE

@@ -329,14 +329,13 @@ def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
 
 def _model_card(model_path: Path, run_dir: Path | None) -> dict[str, Any] | None:
     """The model's card: embedded in a .tflite, else the run folder's model_card.json, or None."""
-    from dermedge.train.card import read_card
-
-    card = read_card(run_dir) if run_dir else None
     if model_path.suffix == ".tflite":
-        from dermedge.edge.card import read_card as read_tflite_card
+        from dermedge.edge.card import read_card
 
-        card = read_tflite_card(model_path)
-    return card
+        return read_card(model_path)
+    from dermedge.train.card import read_run_card
+
+    return read_run_card(run_dir) if run_dir else None
 
 
 def _data_source(data: str | None, run_dir: Path | None) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from dermedge.edge import serve as S
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets"
 MODEL = ASSETS / "tiny_int8.tflite"
 

@@ -18,7 +18,7 @@ from conftest import DATA, _need
 from dermedge import DISCLAIMER
 from dermedge.edge.card import read_card
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 NOCARD = REPO / "tests" / "assets" / "tiny_fp32_nocard.tflite"
 

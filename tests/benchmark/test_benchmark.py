@@ -22,7 +22,7 @@ from dermedge.benchmark.compute import count_macs, peak_model
 from dermedge.benchmark.machine import facts, flag_summary
 from dermedge.benchmark.variants import discover
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets"
 SIZE = 64
 

@@ -38,9 +38,9 @@ from dermedge.edge.cli import main
 from dermedge.edge.quality import measure, scene_change, signature
 from dermedge.edge.runtime import EdgeError, EdgeModel
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 INT8 = ASSETS / "tiny_int8.tflite"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 W, H = 320, 240
 PER_LESION = 20
 

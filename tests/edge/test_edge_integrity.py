@@ -21,7 +21,7 @@ from dermedge.edge import serve as S
 from dermedge.edge.card import check_digest, check_model_file, embed_card, read_card
 from dermedge.edge.runtime import EdgeError, EdgeModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 DEFAULT = REPO / "dermedge" / "models" / "default.tflite"
 

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from dermedge import DISCLAIMER
 from dermedge.edge.cli import main
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 INT8 = str(ASSETS / "tiny_int8.tflite")
 NOCARD = str(ASSETS / "tiny_fp32_nocard.tflite")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -210,3 +210,25 @@ def test_low_resolution_and_blurred_photos_are_flagged(
     assert by_name["sharp.jpg"] == "" and by_name["thumb.jpg"].startswith("low resolution")
     code, out, _ = run("-m", "default", str(tmp_path / "thumb.jpg"))
     assert "[low resolution (100x75)" in out and "1 with a quality warning" in out
+
+
+def test_help_groups_options_by_mode():
+    from dermedge.edge.cli import HELP_SECTIONS, MODE_OPTIONS
+
+    text = CliRunner().invoke(main, ["--help"]).output
+    titles = [f"{t}:" for t in HELP_SECTIONS.values()] + ["Other:"]
+    starts = [text.index(t) for t in titles]
+    assert starts == sorted(starts)  # every section, in order
+    ends = starts[1:] + [len(text)]
+
+    def section_of(flag: str) -> str:
+        at = text.index(f"  {flag} ")
+        return next(t for t, a, b in zip(titles, starts, ends, strict=True) if a < at < b)
+
+    assert section_of("--csv") == "Photos (edge-classify IMG...):"
+    assert (
+        section_of("--camera") == section_of("--duration") == "Camera (--camera SRC, --picamera):"
+    )
+    assert section_of("--tls-cert") == "Phone server (--serve):"
+    assert section_of("--threshold") == "Photos and camera:"
+    assert "csv_path" in MODE_OPTIONS["images"] and "csv_path" not in MODE_OPTIONS["camera"]

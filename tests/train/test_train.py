@@ -26,7 +26,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from dermedge.cli import main  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("DERMEDGE_DATA") or REPO.parent / "shared" / "data") / "isic-mvb"
 COMMON = ["--img-size", "64", "--batch", "16", "--bootstrap", "200", "--quiet"]
 

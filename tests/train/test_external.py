@@ -18,7 +18,7 @@ from PIL import Image
 from dermedge.cli import main
 from dermedge.edge.card import embed_card, read_card
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 DATA = Path(os.environ.get("DERMEDGE_DATA", REPO.parent / "shared" / "data"))
 

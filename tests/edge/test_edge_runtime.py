@@ -16,12 +16,12 @@ from PIL import Image
 from dermedge.data.contract import ImageError, InputContract, load_rgb, preprocess
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FP32, INT8, INT8IO, NOCARD = (
     ASSETS / f"{n}.tflite"
     for n in ("tiny_fp32", "tiny_int8", "tiny_int8_int8io", "tiny_fp32_nocard")
 )
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

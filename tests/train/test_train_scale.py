@@ -23,7 +23,7 @@ from dermedge.data.contract import InputContract  # noqa: E402
 from dermedge.data.index import Record  # noqa: E402
 from dermedge.train.data import Augment, load_split, make_dataset  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("DERMEDGE_DATA") or REPO.parent / "shared" / "data") / "isic-mvb"
 C64 = InputContract(size=64)
 

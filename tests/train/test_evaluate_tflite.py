@@ -13,7 +13,7 @@ from dermedge.cli import main
 
 pytestmark = pytest.mark.slow  # trains, converts or runs a whole benchmark
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 
 
 @pytest.mark.slow

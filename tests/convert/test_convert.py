@@ -27,7 +27,7 @@ from dermedge.edge.card import without_digest
 
 pytestmark = pytest.mark.slow  # trains and converts real models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- no TensorFlow needed --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dermedge.edge.card import (
 )
 from dermedge.edge.runtime import EdgeModel
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 FP32, INT8, INT8IO, NOCARD = (
     ASSETS / f"{n}.tflite"
     for n in ("tiny_fp32", "tiny_int8", "tiny_int8_int8io", "tiny_fp32_nocard")

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # trains, converts or runs a whole benchmark
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "field_video.py"
 PER_CLASS, FPS, CLIP_S, GAP = 4, 15, 0.6, 5
 

@@ -18,7 +18,7 @@ import pytest
 
 from dermedge.edge import serve as S
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "tests" / "assets" / "tiny_int8.tflite"
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="tests/assets/tiny_int8.tflite missing")
 
