@@ -57,8 +57,14 @@ def metrics_at(y: np.ndarray, prob: np.ndarray, thr: float, n_boot: int) -> dict
     """AUC with CI, sensitivity and specificity at `thr`."""
     at = binary_metrics(y, prob, thr)
     ci = bootstrap_ci(y, prob, thr, n_boot=n_boot, metrics=("roc_auc",)).get("roc_auc")
-    return {"n": int(y.size), "positives": int(y.sum()), "roc_auc": roc_auc(y, prob), "roc_auc_ci95": ci,
-            "sensitivity": at["recall"], "specificity": at["specificity"]}  # fmt: skip
+    return {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "roc_auc": roc_auc(y, prob),
+        "roc_auc_ci95": ci,
+        "sensitivity": at["recall"],
+        "specificity": at["specificity"],
+    }
 
 
 def measure(target: str, records: list, derm7pt: list, n_boot: int) -> dict[str, Any]:
@@ -73,21 +79,32 @@ def measure(target: str, records: list, derm7pt: list, n_boot: int) -> dict[str,
     thr = choose_threshold_across_sources(splits["val"].y, p_val, splits["val"].sources, 0.95, 1.0)
     p_test = predict(splits["test"].x)
     src = np.asarray(splits["test"].sources)
-    test = {s: metrics_at(splits["test"].y[src == s], p_test[src == s], thr["threshold"], n_boot)
-            for s in sorted(set(src))}  # fmt: skip
+    test = {
+        s: metrics_at(splits["test"].y[src == s], p_test[src == s], thr["threshold"], n_boot)
+        for s in sorted(set(src))
+    }
     p_ext = predict(ext.x)
     training = card.get("training") or {}
-    return {"model": target, "threshold": thr["threshold"], "binding_source": thr.get("binding_source"),
-            "card_threshold": card.get("threshold"), "input": contract.to_dict(),
-            "config": training.get("config"), "minutes": round((training.get("wall_seconds") or 0) / 60, 1),
-            "test": test, "derm7pt": metrics_at(ext.y, p_ext, thr["threshold"], n_boot),
-            "derm7pt_at_card_threshold": metrics_at(ext.y, p_ext, float(card["threshold"]), 100)}  # fmt: skip
+    return {
+        "model": target,
+        "threshold": thr["threshold"],
+        "binding_source": thr.get("binding_source"),
+        "card_threshold": card.get("threshold"),
+        "input": contract.to_dict(),
+        "config": training.get("config"),
+        "minutes": round((training.get("wall_seconds") or 0) / 60, 1),
+        "test": test,
+        "derm7pt": metrics_at(ext.y, p_ext, thr["threshold"], n_boot),
+        "derm7pt_at_card_threshold": metrics_at(ext.y, p_ext, float(card["threshold"]), 100),
+    }
 
 
 def markdown(rows: dict[str, dict]) -> str:
     """The ablation table."""
-    head = ("| option | input | Derm7pt AUC [95% CI] | Derm7pt sens | Derm7pt spec | isic-mvb test AUC | "
-            "isic2017 test AUC | threshold (val) | train min |")  # fmt: skip
+    head = (
+        "| option | input | Derm7pt AUC [95% CI] | Derm7pt sens | Derm7pt spec | isic-mvb test AUC | "
+        "isic2017 test AUC | threshold (val) | train min |"
+    )
     lines = [head, "|" + "---|" * 9]
     for name, r in rows.items():
         d, t = r["derm7pt"], r["test"]
@@ -98,9 +115,11 @@ def markdown(rows: dict[str, dict]) -> str:
         def auc(s: str, t: dict = t) -> str:
             return f"{t[s]['roc_auc']:.3f}" if s in t else "–"
 
-        lines.append(f"| {name} | {inp} | {d['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {d['sensitivity']:.3f} | "
-                     f"{d['specificity']:.3f} | {auc('isic-mvb')} | {auc('isic2017')} | {r['threshold']:.3f} | "
-                     f"{r['minutes'] or '–'} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {inp} | {d['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {d['sensitivity']:.3f} | "
+            f"{d['specificity']:.3f} | {auc('isic-mvb')} | {auc('isic2017')} | {r['threshold']:.3f} | "
+            f"{r['minutes'] or '–'} |"
+        )
     return "\n".join(lines)
 
 
@@ -117,8 +136,13 @@ def plot(rows: dict[str, dict], path: Path) -> None:
         [c[1] - e for e, c in zip(ext, cis, strict=True)],
     ]
     ax.bar(xs - 0.2, ext, 0.4, yerr=err, label="Derm7pt (external)", color="#c0504d")
-    ax.bar(xs + 0.2, [rows[n]["test"].get("isic-mvb", {}).get("roc_auc", np.nan) for n in names], 0.4,
-           label="isic-mvb test (internal)", color="#4f81bd")  # fmt: skip
+    ax.bar(
+        xs + 0.2,
+        [rows[n]["test"].get("isic-mvb", {}).get("roc_auc", np.nan) for n in names],
+        0.4,
+        label="isic-mvb test (internal)",
+        color="#4f81bd",
+    )
     ax.axhline(0.88, ls="--", color="gray", lw=1, label="Derm7pt target 0.88")
     ax.set_xticks(xs, names, rotation=20, ha="right")
     ax.set_ylim(0.5, 1.0)

@@ -508,8 +508,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--clip-s", type=float, default=1.2, help="seconds of video per lesion")
     ap.add_argument("--gap", type=int, default=6, help="dark frames before and between lesions")
-    ap.add_argument("--radius", type=float, nargs=2, default=(0.42, 0.58), metavar=("LO", "HI"),
-                    help="vignette radius range, fraction of the frame height")  # fmt: skip
+    ap.add_argument(
+        "--radius",
+        type=float,
+        nargs=2,
+        default=(0.42, 0.58),
+        metavar=("LO", "HI"),
+        help="vignette radius range, fraction of the frame height",
+    )
     ap.add_argument("--noise", type=float, default=3.0, help="sensor noise sigma (0..255)")
     ap.add_argument("--smooth", default="3/5", help="N/M vote, as edge-classify --smooth")
     ap.add_argument("--threads", type=int, help="interpreter threads [CLI default]")
@@ -564,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "threshold": model.threshold,
             "runtime": model.runtime,
             "threads": model.threads,
-        },  # fmt: skip
+        },
         "data": str(root),
         "seed": args.seed,
         "smooth": args.smooth,

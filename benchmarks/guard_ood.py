@@ -31,10 +31,31 @@ from dermedge.plotting import new_figure, save_png
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DERMEDGE_DATA", REPO.parent / "shared" / "data"))
-SKIMAGE = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock",
-           "coffee", "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
-           "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
-           "text")  # fmt: skip
+SKIMAGE = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
 SKIN_TONES = ((255, 224, 196), (234, 192, 134), (198, 134, 66), (141, 85, 36), (92, 56, 32))
 
 
@@ -67,8 +88,17 @@ def skimage_photos() -> list[tuple[str, np.ndarray]]:
 def flat_frames(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """Blank and flat frames a camera sees: uniform colours, skin tones, noise, gradients."""
     rng = np.random.default_rng(seed)
-    colours = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (64, 64, 64), (200, 200, 200),
-               (255, 0, 0), (0, 255, 0), (0, 0, 255), *SKIN_TONES]  # fmt: skip
+    colours = [
+        (0, 0, 0),
+        (255, 255, 255),
+        (128, 128, 128),
+        (64, 64, 64),
+        (200, 200, 200),
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        *SKIN_TONES,
+    ]
     out = [(f"uniform {c}", np.full((480, 640, 3), c, np.uint8)) for c in colours]
     for i in range(4):
         out.append((f"noise {i}", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
@@ -91,8 +121,12 @@ def skin_crops(n_photos: int = 60) -> list[tuple[str, np.ndarray]]:
         a = np.asarray(Image.open(f).convert("RGB"))
         h, w = a.shape[:2]
         ch, cw = h // 4, w // 4
-        for tag, crop in (("tl", a[:ch, :cw]), ("tr", a[:ch, -cw:]), ("bl", a[-ch:, :cw]),
-                          ("br", a[-ch:, -cw:])):  # fmt: skip
+        for tag, crop in (
+            ("tl", a[:ch, :cw]),
+            ("tr", a[:ch, -cw:]),
+            ("bl", a[-ch:, :cw]),
+            ("br", a[-ch:, -cw:]),
+        ):
             if crop.mean() > 40:  # a black vignette corner is a flat frame, counted there
                 out.append((f"{f.name} {tag}", crop))
     return out
@@ -134,11 +168,21 @@ def run(model_path: Path, name: str, out_dir: Path, plain: Path | None = None) -
     for label, (items, want) in sets.items():
         s = scores(model, items)
         flagged = float(np.mean(s > cut)) if s.size else float("nan")
-        result[label] = {"n": int(s.size), "expect": want, "flagged": flagged, "passed": 1 - flagged,
-                         "median_score": float(np.median(s)) if s.size else None}  # fmt: skip
+        result[label] = {
+            "n": int(s.size),
+            "expect": want,
+            "flagged": flagged,
+            "passed": 1 - flagged,
+            "median_score": float(np.median(s)) if s.size else None,
+        }
         dist[label] = s
-    report = {"model": str(model_path), "name": name, "cutoff": cut,
-              "fit": (model.card or {}).get("guard", {}).get("fit"), "sets": result}  # fmt: skip
+    report = {
+        "model": str(model_path),
+        "name": name,
+        "cutoff": cut,
+        "fit": (model.card or {}).get("guard", {}).get("fit"),
+        "sets": result,
+    }
     if plain is not None:
         report["latency"] = latency(model_path, plain)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,18 +211,27 @@ def latency(guarded: Path, plain: Path, runs: int = 300) -> dict:
 
 
 def _markdown(r: dict) -> str:
-    lines = [f"# Unfamiliar-input guard: `{r['name']}`", "",
-             f"Cut-off {r['cutoff']:.3f} (95% of the validation split passes). Model `{r['model']}`.", "",
-             "| pictures | n | should | flagged (TNR for non-lesion sets) | passed | median score |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Unfamiliar-input guard: `{r['name']}`",
+        "",
+        f"Cut-off {r['cutoff']:.3f} (95% of the validation split passes). Model `{r['model']}`.",
+        "",
+        "| pictures | n | should | flagged (TNR for non-lesion sets) | passed | median score |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, v in r["sets"].items():
-        lines.append(f"| {k} | {v['n']} | {v['expect']} | {100 * v['flagged']:.1f}% | "
-                     f"{100 * v['passed']:.1f}% | {v['median_score']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {k} | {v['n']} | {v['expect']} | {100 * v['flagged']:.1f}% | "
+            f"{100 * v['passed']:.1f}% | {v['median_score']:.2f} |"
+        )
     if "latency" in r:
         lat = r["latency"]
-        lines += ["", f"Latency, one image through predict + decide, 1 thread, median of {lat['runs']} "
-                  f"interleaved runs: plain {lat['median_ms']['plain']:.2f} ms, guarded "
-                  f"{lat['median_ms']['guarded']:.2f} ms (ratio {lat['ratio']:.3f}; the issue allows 1.10)."]  # fmt: skip
+        lines += [
+            "",
+            f"Latency, one image through predict + decide, 1 thread, median of {lat['runs']} "
+            f"interleaved runs: plain {lat['median_ms']['plain']:.2f} ms, guarded "
+            f"{lat['median_ms']['guarded']:.2f} ms (ratio {lat['ratio']:.3f}; the issue allows 1.10).",
+        ]
     return "\n".join(lines) + "\n"
 
 

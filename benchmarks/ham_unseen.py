@@ -54,8 +54,12 @@ def per_dx(records: list, prob: np.ndarray, threshold: float) -> dict[str, dict]
         if not idx:
             continue
         referred = float(np.mean(prob[idx] >= threshold))
-        out[dx] = {"n": len(idx), "malignant": dx in HAM_MALIGNANT_DX, "referred": referred,
-                   "median_prob": float(np.median(prob[idx]))}  # fmt: skip
+        out[dx] = {
+            "n": len(idx),
+            "malignant": dx in HAM_MALIGNANT_DX,
+            "referred": referred,
+            "median_prob": float(np.median(prob[idx])),
+        }
     return out
 
 
@@ -91,9 +95,12 @@ def main() -> None:
     ap.add_argument("--ham", default=str(data / "ham10000-thumbs"))
     ap.add_argument("--out", required=True, help="output path prefix (.json, .md, .png)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seen-splits", default="train,val,test",
-                    help="manifest splits whose lesions count as seen (train: also keep the HAM10000 "
-                         "photos of val/test lesions, which the model was never trained on)")  # fmt: skip
+    ap.add_argument(
+        "--seen-splits",
+        default="train,val,test",
+        help="manifest splits whose lesions count as seen (train: also keep the HAM10000 "
+        "photos of val/test lesions, which the model was never trained on)",
+    )
     args = ap.parse_args()
 
     model = EdgeModel(args.model, threads=args.threads)
@@ -106,23 +113,36 @@ def main() -> None:
     y = np.array([r.label == "malignant" for r in records], dtype=int)
     metrics = binary_metrics(y, prob, model.threshold)
     ci = bootstrap_ci(y, prob, model.threshold, n_boot=500)
-    result = {"model": Path(args.model).name, "runtime": model.runtime, "threshold": model.threshold,
-              "images": len(records), "seen_splits": args.seen_splits, "excluded_seen_lesion_images": excluded, "unreadable": bad,
-              "metrics": metrics, "ci95": ci, "per_dx": per_dx(records, prob, model.threshold)}  # fmt: skip
+    result = {
+        "model": Path(args.model).name,
+        "runtime": model.runtime,
+        "threshold": model.threshold,
+        "images": len(records),
+        "seen_splits": args.seen_splits,
+        "excluded_seen_lesion_images": excluded,
+        "unreadable": bad,
+        "metrics": metrics,
+        "ci95": ci,
+        "per_dx": per_dx(records, prob, model.threshold),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2, default=float))
-    rows = [f"| {dx} | {'malignant' if v['malignant'] else 'benign'} | {v['n']} | {v['referred']:.1%} | {v['median_prob']:.3f} |"
-            for dx, v in result["per_dx"].items()]  # fmt: skip
-    md = "\n".join([
-        f"Unseen HAM10000 lesions ({len(records)} images; {excluded} images of lesions in the manifest's {args.seen_splits} splits excluded), "
-        f"{result['model']} at threshold {model.threshold:.3f}: ROC AUC {metrics['roc_auc']:.3f}, "
-        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}.",
-        "",
-        "| dx | class | images | referred | median P(malignant) |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+    rows = [
+        f"| {dx} | {'malignant' if v['malignant'] else 'benign'} | {v['n']} | {v['referred']:.1%} | {v['median_prob']:.3f} |"
+        for dx, v in result["per_dx"].items()
+    ]
+    md = "\n".join(
+        [
+            f"Unseen HAM10000 lesions ({len(records)} images; {excluded} images of lesions in the manifest's {args.seen_splits} splits excluded), "
+            f"{result['model']} at threshold {model.threshold:.3f}: ROC AUC {metrics['roc_auc']:.3f}, "
+            f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}.",
+            "",
+            "| dx | class | images | referred | median P(malignant) |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     atomic_write_text(out.with_suffix(".md"), md + "\n")
     plot(result, out.with_suffix(".png"))
     print(md)

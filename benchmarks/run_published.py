@@ -41,8 +41,9 @@ OUT = REPO / "benchmarks" / "results"
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -66,14 +67,42 @@ def published_table(results: dict) -> str:
         if r.get("error"):
             continue
         f = report.fmt_number
-        rows.append([r["model"], r["variant"], report.short_runtime(r.get("runtime")), r["threads"],
-                     f(r.get("file_mb"), 2), f(r.get("median_ms"), 1), f(r.get("p90_ms"), 1),
-                     f(r.get("throughput_ips"), 1), f(r.get("peak_rss_mb"), 0), f(r.get("auc"), 3),
-                     f(r.get("sensitivity"), 3), f(r.get("specificity"), 3), f(r.get("gmacs"), 1),
-                     f(100 * r["frac_peak"], 0) if report.is_finite_number(r.get("frac_peak")) else "-",
-                     "yes" if r.get("pareto") else ""])  # fmt: skip
-    headers = ["model", "variant", "runtime", "threads", "MB", "median ms", "p90 ms", "img/s",
-               "RSS MB", "AUC", "sens", "spec", "GMAC/s", "% peak", "Pareto"]  # fmt: skip
+        rows.append(
+            [
+                r["model"],
+                r["variant"],
+                report.short_runtime(r.get("runtime")),
+                r["threads"],
+                f(r.get("file_mb"), 2),
+                f(r.get("median_ms"), 1),
+                f(r.get("p90_ms"), 1),
+                f(r.get("throughput_ips"), 1),
+                f(r.get("peak_rss_mb"), 0),
+                f(r.get("auc"), 3),
+                f(r.get("sensitivity"), 3),
+                f(r.get("specificity"), 3),
+                f(r.get("gmacs"), 1),
+                f(100 * r["frac_peak"], 0) if report.is_finite_number(r.get("frac_peak")) else "-",
+                "yes" if r.get("pareto") else "",
+            ]
+        )
+    headers = [
+        "model",
+        "variant",
+        "runtime",
+        "threads",
+        "MB",
+        "median ms",
+        "p90 ms",
+        "img/s",
+        "RSS MB",
+        "AUC",
+        "sens",
+        "spec",
+        "GMAC/s",
+        "% peak",
+        "Pareto",
+    ]
     return format_table(rows, headers)
 
 
@@ -99,25 +128,38 @@ def main() -> int:
         print(f"missing runs: {', '.join(missing)} (train and convert them first)", file=sys.stderr)
         return 1
     load = wait_quiet(args.wait_quiet)
-    settings = core.Settings(threads=[int(t) for t in args.threads.split(",")], runs=args.runs,
-                             warmup=args.warmup, include_rejected=True,
-                             runtimes=tuple(args.runtime.split(",")))  # fmt: skip
+    settings = core.Settings(
+        threads=[int(t) for t in args.threads.split(",")],
+        runs=args.runs,
+        warmup=args.warmup,
+        include_rejected=True,
+        runtimes=tuple(args.runtime.split(",")),
+    )
     out = new_run_dir("benchmark", "published", exist_ok=True)
     results = core.run([str(s) for s in sources], out, settings)
     if args.camera_source:
         from dermedge.benchmark.camera import camera_benchmark
 
         results["camera"] = camera_benchmark(results, Path(args.camera_source), 300, settings)
-    results["published"] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                            "git_commit": _git_commit(), "load_when_started": load,
-                            "sources": [str(s.relative_to(REPO)) if s.is_relative_to(REPO) else str(s)
-                                        for s in sources]}  # fmt: skip
+    results["published"] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_commit": _git_commit(),
+        "load_when_started": load,
+        "sources": [
+            str(s.relative_to(REPO)) if s.is_relative_to(REPO) else str(s) for s in sources
+        ],
+    }
     paths = report.write(results, out)
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
-    for key, name in (("md", "benchmark.md"), ("csv", "benchmark.csv"), ("json", "benchmark.json"),
-                      ("pareto", "pareto.png"), ("latency", "latency.png"),
-                      ("camera", "camera.png")):  # fmt: skip
+    for key, name in (
+        ("md", "benchmark.md"),
+        ("csv", "benchmark.csv"),
+        ("json", "benchmark.json"),
+        ("pareto", "pareto.png"),
+        ("latency", "latency.png"),
+        ("camera", "camera.png"),
+    ):
         if key in paths:
             shutil.copyfile(paths[key], dest / name)
     data = json.loads((dest / "benchmark.json").read_text())
@@ -127,13 +169,19 @@ def main() -> int:
         g["manifest"] = os.path.relpath(g["manifest"], REPO) if g.get("manifest") else None
     atomic_write_text(dest / "benchmark.json", json.dumps(data, indent=1) + "\n")
     m = results["machine"]
-    text = "\n".join([
-        f"Measured on {m['cpu_model']} ({m['usable_cpus']} CPUs, {flag_summary(m['flags'])}), "
-        f"{m['date'][:10]}; {settings.runs} timed single-image runs per row, variants interleaved; "
-        f"AUC / sensitivity / specificity on the test split at each model card's threshold. "
-        f"Regenerate: `python benchmarks/run_published.py`.", "",
-        published_table(results), "",
-        "![latency vs AUC](benchmarks/results/pareto.png)", ""])  # fmt: skip
+    text = "\n".join(
+        [
+            f"Measured on {m['cpu_model']} ({m['usable_cpus']} CPUs, {flag_summary(m['flags'])}), "
+            f"{m['date'][:10]}; {settings.runs} timed single-image runs per row, variants interleaved; "
+            f"AUC / sensitivity / specificity on the test split at each model card's threshold. "
+            f"Regenerate: `python benchmarks/run_published.py`.",
+            "",
+            published_table(results),
+            "",
+            "![latency vs AUC](benchmarks/results/pareto.png)",
+            "",
+        ]
+    )
     atomic_write_text(dest / "published.md", text)
     print(report.table(results["rows"]))
     for n in results["notes"]:

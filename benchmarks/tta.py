@@ -58,9 +58,15 @@ def evaluate(model: EdgeModel, root: str, n_boot: int) -> dict[str, dict]:
         p, sec = predict_tta(model, x, mode)
         at = binary_metrics(y, p, model.threshold)
         ci = bootstrap_ci(y, p, model.threshold, n_boot=n_boot).get("roc_auc")
-        out[mode] = {"n": int(len(y)), "skipped": len(bad), "roc_auc": roc_auc(y, p), "roc_auc_ci95": ci,
-                     "sensitivity": at["recall"], "specificity": at["specificity"],
-                     "median_ms_per_photo": round(sec * 1000, 2)}  # fmt: skip
+        out[mode] = {
+            "n": int(len(y)),
+            "skipped": len(bad),
+            "roc_auc": roc_auc(y, p),
+            "roc_auc_ci95": ci,
+            "sensitivity": at["recall"],
+            "specificity": at["specificity"],
+            "median_ms_per_photo": round(sec * 1000, 2),
+        }
     return out
 
 
@@ -69,13 +75,19 @@ def markdown(model_path: str, threshold: float, results: dict[str, dict]) -> str
     lines = [f"# Test-time flips: {model_path} (card threshold {threshold:.4f})", ""]
     for name, modes in results.items():
         base = modes["none"]["median_ms_per_photo"]
-        lines += [f"## {name}", "", "| mode | passes | ROC AUC [95% CI] | sensitivity | specificity | ms/photo | x none |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {name}",
+            "",
+            "| mode | passes | ROC AUC [95% CI] | sensitivity | specificity | ms/photo | x none |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for mode, m in modes.items():
             ci = m["roc_auc_ci95"] or [float("nan")] * 2
-            lines.append(f"| {mode} | {len(FLIPS[mode])} | {m['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
-                         f"{m['sensitivity']:.3f} | {m['specificity']:.3f} | {m['median_ms_per_photo']:.1f} | "
-                         f"{m['median_ms_per_photo'] / base:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {mode} | {len(FLIPS[mode])} | {m['roc_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                f"{m['sensitivity']:.3f} | {m['specificity']:.3f} | {m['median_ms_per_photo']:.1f} | "
+                f"{m['median_ms_per_photo'] / base:.2f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -91,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = EdgeModel(a.model, threads=a.threads)
     results = {Path(d).name: evaluate(model, d, a.bootstrap) for d in a.data}
     out = Path(a.out)
-    atomic_write_text(out / "tta.json", json.dumps({"model": a.model, "threshold": model.threshold,
-                                                    "results": results}, indent=2))  # fmt: skip
+    atomic_write_text(
+        out / "tta.json",
+        json.dumps({"model": a.model, "threshold": model.threshold, "results": results}, indent=2),
+    )
     text = markdown(a.model, model.threshold, results)
     atomic_write_text(out / "tta.md", text + "\n")
     print(text)

@@ -34,8 +34,9 @@ class LazyGroup(click.Group):
             except (ImportError, AttributeError) as e:
                 return _unavailable(name, e)
             if name == "classify":
-                cmd = click.Command("classify", params=cmd.params, callback=cmd.callback,
-                                    help=cmd.help)  # fmt: skip
+                cmd = click.Command(
+                    "classify", params=cmd.params, callback=cmd.callback, help=cmd.help
+                )
             return cmd
         return super().get_command(ctx, name)
 

@@ -62,17 +62,26 @@ def confusion(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str,
     """tp, fp, tn, fn for the rule prob >= threshold -> malignant."""
     y, p = label_arrays(y_true, prob)
     pred = p >= threshold
-    return {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
-            "tn": int((~pred & (y == 0)).sum()), "fn": int((~pred & (y == 1)).sum())}  # fmt: skip
+    return {
+        "tp": int((pred & (y == 1)).sum()),
+        "fp": int((pred & (y == 0)).sum()),
+        "tn": int((~pred & (y == 0)).sum()),
+        "fn": int((~pred & (y == 1)).sum()),
+    }
 
 
 def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
     precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, tp + fn)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
-    return {"accuracy": _safe_div(tp + tn, tp + tn + fp + fn), "precision": precision,
-            "recall": recall, "sensitivity": recall, "specificity": _safe_div(tn, tn + fp),
-            "f1": f1}  # fmt: skip
+    return {
+        "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "sensitivity": recall,
+        "specificity": _safe_div(tn, tn + fp),
+        "f1": f1,
+    }
 
 
 def binary_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float = 0.5) -> dict[str, Any]:
@@ -83,8 +92,12 @@ def binary_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float = 0.5) -
     """
     y, p = label_arrays(y_true, prob)
     c = confusion(y, p, threshold)
-    out: dict[str, Any] = {"threshold": float(threshold), "n": int(y.size),
-                           "positives": int(y.sum()), "negatives": int(y.size - y.sum())}  # fmt: skip
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "negatives": int(y.size - y.sum()),
+    }
     out.update(_from_counts(c["tp"], c["fp"], c["tn"], c["fn"]))
     out["roc_auc"] = _auc(y, p)
     out.update(c)
@@ -140,8 +153,9 @@ def bootstrap_ci(
     return out
 
 
-def choose_threshold(y_true: ArrayLike, prob: ArrayLike, target_sensitivity: float = 0.95,
-                     margin_se: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def choose_threshold(
+    y_true: ArrayLike, prob: ArrayLike, target_sensitivity: float = 0.95, margin_se: float = 0.0
+) -> dict[str, Any]:
     """The highest threshold whose sensitivity on these cases is >= the target.
 
     `margin_se` raises the target by that many binomial standard errors of a sensitivity
@@ -163,17 +177,28 @@ def choose_threshold(y_true: ArrayLike, prob: ArrayLike, target_sensitivity: flo
     pos_scores = np.sort(p[y == 1])[::-1]
     thr = float(pos_scores[max(need, 1) - 1])
     achieved = binary_metrics(y, p, thr)
-    return {"threshold": thr, "target_sensitivity": t, "margin_se": float(margin_se),
-            "effective_target": goal, "sensitivity": achieved["recall"],
-            "specificity": achieved["specificity"], "n_pos": n_pos, "n": int(y.size)}  # fmt: skip
+    return {
+        "threshold": thr,
+        "target_sensitivity": t,
+        "margin_se": float(margin_se),
+        "effective_target": goal,
+        "sensitivity": achieved["recall"],
+        "specificity": achieved["specificity"],
+        "n_pos": n_pos,
+        "n": int(y.size),
+    }
 
 
 MIN_SOURCE_POSITIVES = 20  # fewer malignant val images than this: a source is reported, not binding
 
 
-def choose_threshold_across_sources(y_true: ArrayLike, prob: ArrayLike,
-                                    sources: Sequence[str] | None, target_sensitivity: float = 0.95,
-                                    margin_se: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def choose_threshold_across_sources(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    sources: Sequence[str] | None,
+    target_sensitivity: float = 0.95,
+    margin_se: float = 0.0,
+) -> dict[str, Any]:
     """A threshold that meets the sensitivity target in every validation source, not only pooled.
 
     The pooled threshold keeps its margin of `margin_se` standard errors; each source with at
@@ -193,8 +218,11 @@ def choose_threshold_across_sources(y_true: ArrayLike, prob: ArrayLike,
     for name in names:
         m = src == name
         n_pos = int(y[m].sum())
-        own[name] = (choose_threshold(y[m], p[m], target_sensitivity, 0.0)["threshold"]
-                     if n_pos >= MIN_SOURCE_POSITIVES else None)  # fmt: skip
+        own[name] = (
+            choose_threshold(y[m], p[m], target_sensitivity, 0.0)["threshold"]
+            if n_pos >= MIN_SOURCE_POSITIVES
+            else None
+        )
     binding = [n for n in names if own[n] is not None]
     if not binding:
         return {**pooled, "pool": "pooled"}
@@ -205,16 +233,27 @@ def choose_threshold_across_sources(y_true: ArrayLike, prob: ArrayLike,
     for name in names:
         m = src == name
         at = binary_metrics(y[m], p[m], thr)
-        per_source[name] = {"n": int(m.sum()), "n_pos": int(y[m].sum()), "own_threshold": own[name],
-                            "sensitivity": at["recall"], "specificity": at["specificity"]}  # fmt: skip
-    return {**pooled, "threshold": thr, "sensitivity": achieved["recall"],
-            "specificity": achieved["specificity"], "pool": "worst-source",
-            "binding_source": worst if thr < pooled["threshold"] else "pooled",
-            "per_source": per_source}  # fmt: skip
+        per_source[name] = {
+            "n": int(m.sum()),
+            "n_pos": int(y[m].sum()),
+            "own_threshold": own[name],
+            "sensitivity": at["recall"],
+            "specificity": at["specificity"],
+        }
+    return {
+        **pooled,
+        "threshold": thr,
+        "sensitivity": achieved["recall"],
+        "specificity": achieved["specificity"],
+        "pool": "worst-source",
+        "binding_source": worst if thr < pooled["threshold"] else "pooled",
+        "per_source": per_source,
+    }
 
 
-def per_source_metrics(y_true: ArrayLike, prob: ArrayLike, sources: Sequence[str],
-                       threshold: float) -> dict[str, dict[str, Any]]:  # fmt: skip
+def per_source_metrics(
+    y_true: ArrayLike, prob: ArrayLike, sources: Sequence[str], threshold: float
+) -> dict[str, dict[str, Any]]:
     """AUC, sensitivity and specificity of each source at one threshold (no CIs: a quick view)."""
     y, p = label_arrays(y_true, prob)
     src = np.asarray(sources)
@@ -223,8 +262,13 @@ def per_source_metrics(y_true: ArrayLike, prob: ArrayLike, sources: Sequence[str
         m = src == name
         at = binary_metrics(y[m], p[m], threshold)
         auc = roc_auc(y[m], p[m]) if 0 < y[m].sum() < m.sum() else float("nan")
-        out[name] = {"n": int(m.sum()), "positives": int(y[m].sum()), "roc_auc": auc,
-                     "recall": at["recall"], "specificity": at["specificity"]}  # fmt: skip
+        out[name] = {
+            "n": int(m.sum()),
+            "positives": int(y[m].sum()),
+            "roc_auc": auc,
+            "recall": at["recall"],
+            "specificity": at["specificity"],
+        }
     return out
 
 
@@ -242,8 +286,15 @@ def calibration(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> dict[st
         freq = float(y[mask].mean()) if n else float("nan")
         if n:
             ece += n / max(1, y.size) * abs(freq - conf)
-        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
-                     "mean_prob": conf, "frac_malignant": freq})  # fmt: skip
+        bins.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "n": n,
+                "mean_prob": conf,
+                "frac_malignant": freq,
+            }
+        )
     brier = float(np.mean((p - y) ** 2)) if y.size else float("nan")
     return {"ece": float(ece), "brier": brier, "n_bins": n_bins, "bins": bins}
 

@@ -34,10 +34,13 @@ def _package(path: Path) -> str:
 
 
 def test_data_and_edge_never_import_the_heavy_stages() -> None:
-    offenders = [f"{p.relative_to(REPO)}:{line} {mod}"
-                 for pkg in ("data", "edge") for p in sorted((REPO / "dermedge" / pkg).rglob("*.py"))
-                 for line, mod, _ in _imports(p)
-                 if any(mod == f or mod.startswith(f + ".") for f in FORBIDDEN_ON_DEVICE)]  # fmt: skip
+    offenders = [
+        f"{p.relative_to(REPO)}:{line} {mod}"
+        for pkg in ("data", "edge")
+        for p in sorted((REPO / "dermedge" / pkg).rglob("*.py"))
+        for line, mod, _ in _imports(p)
+        if any(mod == f or mod.startswith(f + ".") for f in FORBIDDEN_ON_DEVICE)
+    ]
     assert not offenders, offenders
 
 
@@ -77,9 +80,14 @@ def test_no_private_attribute_of_another_packages_module_is_used() -> None:
                             [*node.module.split("."), a.name][:2]
                         )
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in modules and modules[node.value.id] != here
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):  # fmt: skip
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and modules[node.value.id] != here
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 offenders.append(f"{p.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not offenders, offenders
 

@@ -15,13 +15,31 @@ def _run(
 ) -> subprocess.CompletedProcess:
     for name, doc in (("ref", ref), ("arm", arm)):
         (tmp_path / f"{name}.json").write_text("\n".join(json.dumps(d) for d in doc))
-    return subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "ref.json"), str(tmp_path / "arm.json"),
-                           "--tol", str(tol)], capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            str(COMPARE),
+            str(tmp_path / "ref.json"),
+            str(tmp_path / "arm.json"),
+            "--tol",
+            str(tol),
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def _camera(probs: list[float], t: float = 0.19140625) -> list[dict]:
-    recs = [{"event": "decision", "prob": p, "threshold": t, "decision": "refer" if p >= t else "routine",
-             "label": "malignant" if p >= t else "benign"} for p in probs]  # fmt: skip
+    recs = [
+        {
+            "event": "decision",
+            "prob": p,
+            "threshold": t,
+            "decision": "refer" if p >= t else "routine",
+            "label": "malignant" if p >= t else "benign",
+        }
+        for p in probs
+    ]
     refer = sum(r["decision"] == "refer" for r in recs)
     return [
         *recs,

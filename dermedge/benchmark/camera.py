@@ -23,8 +23,13 @@ import numpy as np
 
 from dermedge.benchmark.core import Settings, latency_stats, log
 
-STAGES = {"decode": ("read",), "crop": ("_crop",), "quality gate": ("analysis_image", "measure"),
-          "preprocess": ("model_input",), "inference": ("predict_features",)}  # fmt: skip
+STAGES = {
+    "decode": ("read",),
+    "crop": ("_crop",),
+    "quality gate": ("analysis_image", "measure"),
+    "preprocess": ("model_input",),
+    "inference": ("predict_features",),
+}
 
 
 class _Timers:
@@ -85,13 +90,20 @@ def _pick(results: dict[str, Any], variant: str | None) -> dict[str, Any]:
     if variant:
         rows = [r for r in rows if r["variant"] == variant]
     if not rows:
-        raise ValueError("--camera-source needs a .tflite variant that loaded (the camera loop runs "
-                         "on the edge runtime)")  # fmt: skip
+        raise ValueError(
+            "--camera-source needs a .tflite variant that loaded (the camera loop runs "
+            "on the edge runtime)"
+        )
     return next((r for r in rows if r["variant"] == "tflite-int8"), rows[0])
 
 
-def camera_benchmark(results: dict[str, Any], video: Path, frames: int, settings: Settings,
-                     variant: str | None = None) -> dict[str, Any]:  # fmt: skip
+def camera_benchmark(
+    results: dict[str, Any],
+    video: Path,
+    frames: int,
+    settings: Settings,
+    variant: str | None = None,
+) -> dict[str, Any]:
     """Run the camera session over `video` (at most `frames` frames) with the int8 .tflite (or
     `variant`) of the first model; per-stage statistics and frames/s."""
     from dermedge.edge import camera
@@ -103,16 +115,22 @@ def camera_benchmark(results: dict[str, Any], video: Path, frames: int, settings
     timers = _Timers()
     source = camera.OpenCVSource(str(video))
     source.read = timers.wrap("read", source.read)  # type: ignore[method-assign]
-    session = camera.Session(_TimedModel(model, timers), source,  # type: ignore[arg-type]
-                             camera.SessionOptions(max_frames=frames), emit=lambda event: None)  # fmt: skip
+    session = camera.Session(
+        _TimedModel(model, timers),  # type: ignore[arg-type]
+        source,
+        camera.SessionOptions(max_frames=frames),
+        emit=lambda event: None,
+    )
     missing = []
     if hasattr(session, "_crop"):
         session._crop = timers.wrap("_crop", session._crop)  # type: ignore[method-assign]
     else:
         missing.append("_crop")
     log(f"camera loop: {video} through {row['model']}/{row['variant']} at {threads} thread(s)")
-    wrapped = {n: timers.wrap(n, getattr(camera, n, lambda *a, **k: None))
-               for n in ("analysis_image", "measure", "model_input")}  # fmt: skip
+    wrapped = {
+        n: timers.wrap(n, getattr(camera, n, lambda *a, **k: None))
+        for n in ("analysis_image", "measure", "model_input")
+    }
     with _patched(camera, wrapped) as absent:
         summary = session.run()
     missing += absent
@@ -123,13 +141,22 @@ def camera_benchmark(results: dict[str, Any], video: Path, frames: int, settings
         st.pop("warnings", None)
         st["mean_per_frame_ms"] = 1e3 * sum(per_frame) / max(1, summary.frames)
         stages[stage] = st
-    out = {"source": str(video), "model": f"{row['model']}/{row['variant']}",
-           "runtime": model.runtime, "threads": threads, "frames": summary.frames,
-           "classified": summary.classified, "rejected": sum(summary.gated.values()),
-           "gated": dict(summary.gated), "corrupt": summary.corrupt, "ended": summary.ended,
-           "seconds": summary.elapsed_s, "fps": summary.fps,
-           "frame_period_ms": 1e3 * summary.elapsed_s / max(1, summary.frames),
-           "stages": stages}  # fmt: skip
+    out = {
+        "source": str(video),
+        "model": f"{row['model']}/{row['variant']}",
+        "runtime": model.runtime,
+        "threads": threads,
+        "frames": summary.frames,
+        "classified": summary.classified,
+        "rejected": sum(summary.gated.values()),
+        "gated": dict(summary.gated),
+        "corrupt": summary.corrupt,
+        "ended": summary.ended,
+        "seconds": summary.elapsed_s,
+        "fps": summary.fps,
+        "frame_period_ms": 1e3 * summary.elapsed_s / max(1, summary.frames),
+        "stages": stages,
+    }
     if missing:
         out["untimed"] = missing  # the camera module changed: these stages could not be timed
     return out

@@ -76,10 +76,25 @@ def _ints(value: str) -> list[int]:
     help="Also benchmark variants the converter's accuracy gate refused (rejected/).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def benchmark(sources: tuple[Path, ...], threads: str, runs: int, warmup: int, block: int,
-              runtimes: str, variants: str | None, data: str | None, limit: int | None, batch: int,
-              camera_source: Path | None, frames: int, camera_variant: str | None, name: str | None, exist_ok: bool,
-              include_rejected: bool, no_plots: bool) -> None:  # fmt: skip
+def benchmark(
+    sources: tuple[Path, ...],
+    threads: str,
+    runs: int,
+    warmup: int,
+    block: int,
+    runtimes: str,
+    variants: str | None,
+    data: str | None,
+    limit: int | None,
+    batch: int,
+    camera_source: Path | None,
+    frames: int,
+    camera_variant: str | None,
+    name: str | None,
+    exist_ok: bool,
+    include_rejected: bool,
+    no_plots: bool,
+) -> None:
     """Latency vs accuracy of every variant of SOURCES (train runs, convert runs, folders of
     .tflite files, or model files) under each runtime and thread count.
 
@@ -97,8 +112,11 @@ def benchmark(sources: tuple[Path, ...], threads: str, runs: int, warmup: int, b
     wanted = tuple(r.strip() for r in runtimes.split(",") if r.strip())
     unknown = set(wanted) - set(core.RUNTIMES)
     if unknown:
-        raise click.BadParameter(f"unknown runtime(s) {', '.join(sorted(unknown))}; "
-                                 f"choose from {', '.join(core.RUNTIMES)}", param_hint="--runtime")  # fmt: skip
+        raise click.BadParameter(
+            f"unknown runtime(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(core.RUNTIMES)}",
+            param_hint="--runtime",
+        )
     if runs < 1 or warmup < 0 or block < 1:
         raise click.BadParameter("--runs and --block must be >= 1, --warmup >= 0")
     settings = core.Settings(

@@ -24,9 +24,13 @@ from dermedge.edge import card as fb
 
 # BuiltinOperator codes (tensorflow/compiler/mlir/lite/schema/schema.fbs)
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV, BATCH_MATMUL = 3, 4, 9, 67, 126
-OP_NAMES = {CONV_2D: "CONV_2D", DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
-            FULLY_CONNECTED: "FULLY_CONNECTED", TRANSPOSE_CONV: "TRANSPOSE_CONV",
-            BATCH_MATMUL: "BATCH_MATMUL"}  # fmt: skip
+OP_NAMES = {
+    CONV_2D: "CONV_2D",
+    DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
+    FULLY_CONNECTED: "FULLY_CONNECTED",
+    TRANSPOSE_CONV: "TRANSPOSE_CONV",
+    BATCH_MATMUL: "BATCH_MATMUL",
+}
 OPERATOR_INPUTS, OPERATOR_OUTPUTS = 1, 2
 
 
@@ -64,8 +68,12 @@ def _count(buf: Any) -> dict[str, Any]:
     model = fb.model_root(buf)
     codes = []
     for code in model.tables(fb.MODEL_OPCODES):
-        codes.append(max(code.scalar(fb.OPCODE_DEPRECATED, N.Int8Flags),
-                         code.scalar(fb.OPCODE_BUILTIN, N.Int32Flags)))  # fmt: skip
+        codes.append(
+            max(
+                code.scalar(fb.OPCODE_DEPRECATED, N.Int8Flags),
+                code.scalar(fb.OPCODE_BUILTIN, N.Int32Flags),
+            )
+        )
     by_op: Counter[str] = Counter()
     ops_counted: Counter[str] = Counter()
     main = model.tables(fb.MODEL_SUBGRAPHS)[0]  # the inference graph; others are control flow
@@ -80,8 +88,11 @@ def _count(buf: Any) -> dict[str, Any]:
         macs = _op_macs(code, ins, outs)
         by_op[OP_NAMES[code]] += macs
         ops_counted[OP_NAMES[code]] += 1
-    return {"macs": int(sum(by_op.values())), "macs_by_op": dict(by_op),
-            "ops_counted": dict(ops_counted)}  # fmt: skip
+    return {
+        "macs": int(sum(by_op.values())),
+        "macs_by_op": dict(by_op),
+        "ops_counted": dict(ops_counted),
+    }
 
 
 def count_macs(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
@@ -140,20 +151,36 @@ def peak_model(dtype: str, m: int = 256, k: int = 1024, n: int = 1024, seed: int
     q = dtype == "int8"
     weights, bias = _peak_weights(q, n, k, seed)
     b = Builder(len(weights) + len(bias) + 4096)
-    buffers = [_buffer(b, None), _buffer(b, weights), _buffer(b, bias), _buffer(b, None),
-               _buffer(b, None)]  # fmt: skip
+    buffers = [
+        _buffer(b, None),
+        _buffer(b, weights),
+        _buffer(b, bias),
+        _buffer(b, None),
+        _buffer(b, None),
+    ]
     tensors = [_tensor(b, *spec) for spec in _peak_tensors(q, m, k, n)]
     operator = _fc_operator(b)
     subgraph = _subgraph(b, tensors, operator)
     version = 4 if q else 1  # op versions: int8 FULLY_CONNECTED is v4
-    opcode = _table(b, [(fb.OPCODE_DEPRECATED, "i8", FULLY_CONNECTED), (2, "i32", version),
-                        (fb.OPCODE_BUILTIN, "i32", FULLY_CONNECTED)])  # fmt: skip
+    opcode = _table(
+        b,
+        [
+            (fb.OPCODE_DEPRECATED, "i8", FULLY_CONNECTED),
+            (2, "i32", version),
+            (fb.OPCODE_BUILTIN, "i32", FULLY_CONNECTED),
+        ],
+    )
     desc = b.CreateString(f"dermedge peak {dtype} {m}x{k}x{n}")
-    root = _table(b, [(fb.MODEL_VERSION, "u32", 3),
-                      (fb.MODEL_OPCODES, "off", _offsets(b, [opcode])),
-                      (fb.MODEL_SUBGRAPHS, "off", _offsets(b, [subgraph])),
-                      (fb.MODEL_DESCRIPTION, "off", desc),
-                      (fb.MODEL_BUFFERS, "off", _offsets(b, buffers))])  # fmt: skip
+    root = _table(
+        b,
+        [
+            (fb.MODEL_VERSION, "u32", 3),
+            (fb.MODEL_OPCODES, "off", _offsets(b, [opcode])),
+            (fb.MODEL_SUBGRAPHS, "off", _offsets(b, [subgraph])),
+            (fb.MODEL_DESCRIPTION, "off", desc),
+            (fb.MODEL_BUFFERS, "off", _offsets(b, buffers)),
+        ],
+    )
     b.Finish(root, file_identifier=fb.FILE_ID)
     return bytes(b.Output())
 
@@ -195,15 +222,19 @@ def _peak_tensors(q: bool, m: int, k: int, n: int) -> list[TensorSpec]:
     ]
 
 
-def _tensor(b: Builder, name: str, shape: list[int], typ: int, buf: int,
-            qp: tuple[float, int] | None) -> int:  # fmt: skip
+def _tensor(
+    b: Builder, name: str, shape: list[int], typ: int, buf: int, qp: tuple[float, int] | None
+) -> int:
     """A Tensor table, with its QuantizationParameters (one scale and zero point) when given."""
     name_off = b.CreateString(name)
     shape_off = _vector(b, shape, N.Int32Flags, b.PrependInt32)
     quant_off = _quantization(b, *qp) if qp else None
-    fields: list[tuple[int, str, Any]] = [(fb.TENSOR_SHAPE, "off", shape_off),
-                                          (fb.TENSOR_TYPE, "i8", typ), (2, "u32", buf),
-                                          (fb.TENSOR_NAME, "off", name_off)]  # fmt: skip
+    fields: list[tuple[int, str, Any]] = [
+        (fb.TENSOR_SHAPE, "off", shape_off),
+        (fb.TENSOR_TYPE, "i8", typ),
+        (2, "u32", buf),
+        (fb.TENSOR_NAME, "off", name_off),
+    ]
     if quant_off is not None:
         fields.append((fb.TENSOR_QUANT, "off", quant_off))
     return _table(b, fields)
@@ -221,16 +252,28 @@ def _fc_operator(b: Builder) -> int:
     options = _table(b, [(0, "i8", 0)])  # fused_activation_function NONE
     op_in = _vector(b, [0, 1, 2], N.Int32Flags, b.PrependInt32)
     op_out = _vector(b, [3], N.Int32Flags, b.PrependInt32)
-    return _table(b, [(0, "u32", 0), (OPERATOR_INPUTS, "off", op_in),
-                      (OPERATOR_OUTPUTS, "off", op_out), (3, "u8", FC_OPTIONS),
-                      (4, "off", options)])  # fmt: skip
+    return _table(
+        b,
+        [
+            (0, "u32", 0),
+            (OPERATOR_INPUTS, "off", op_in),
+            (OPERATOR_OUTPUTS, "off", op_out),
+            (3, "u8", FC_OPTIONS),
+            (4, "off", options),
+        ],
+    )
 
 
 def _subgraph(b: Builder, tensors: list[int], operator: int) -> int:
     """The "main" subgraph: the tensors, input 0, output 3 and the one operator."""
     sg_name = b.CreateString("main")
-    return _table(b, [(fb.SUBGRAPH_TENSORS, "off", _offsets(b, tensors)),
-                      (fb.SUBGRAPH_INPUTS, "off", _vector(b, [0], N.Int32Flags, b.PrependInt32)),
-                      (fb.SUBGRAPH_OUTPUTS, "off", _vector(b, [3], N.Int32Flags, b.PrependInt32)),
-                      (fb.SUBGRAPH_OPERATORS, "off", _offsets(b, [operator])),
-                      (4, "off", sg_name)])  # fmt: skip
+    return _table(
+        b,
+        [
+            (fb.SUBGRAPH_TENSORS, "off", _offsets(b, tensors)),
+            (fb.SUBGRAPH_INPUTS, "off", _vector(b, [0], N.Int32Flags, b.PrependInt32)),
+            (fb.SUBGRAPH_OUTPUTS, "off", _vector(b, [3], N.Int32Flags, b.PrependInt32)),
+            (fb.SUBGRAPH_OPERATORS, "off", _offsets(b, [operator])),
+            (4, "off", sg_name),
+        ],
+    )

@@ -89,9 +89,15 @@ class Worker:
         self.spec = spec
         self.timeout = timeout
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([*_python(), "--worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, env=_worker_env(), text=True, bufsize=1)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [*_python(), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=_worker_env(),
+            text=True,
+            bufsize=1,
+        )
         self.hello = self._read()
         self.error: str | None = None if self.hello.get("ok") else self.hello.get("error", "failed")
 
@@ -107,8 +113,10 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            return {"ok": False, "error": f"worker exited with code {self.proc.returncode} "
-                                          f"(see {self.log.name})"}  # fmt: skip
+            return {
+                "ok": False,
+                "error": f"worker exited with code {self.proc.returncode} (see {self.log.name})",
+            }
         reply: dict[str, Any] = json.loads(line)
         return reply
 
@@ -220,15 +228,20 @@ def load_test_set(group: Group, settings: Settings, tmp: Path) -> TestSet:
     if not recs:
         raise ValueError(f"{group.name}: no test images")
     contract = _contract(group)
-    images, kept, bad = load_images([r.path for r in recs], contract,
-                                    cache_dir=runs_root() / "cache", desc=f"{group.name} test images")  # fmt: skip
+    images, kept, bad = load_images(
+        [r.path for r in recs],
+        contract,
+        cache_dir=runs_root() / "cache",
+        desc=f"{group.name} test images",
+    )
     labels = np.array([1 if recs[i].label == "malignant" else 0 for i in kept], dtype=np.int64)
     key = f"{group.name}-{contract.size}-{contract.crop}"
     img_path, sample_path = tmp / f"{key}-test.npy", tmp / f"{key}-samples.npy"
     np.save(img_path, images)
     np.save(sample_path, images[:16])
-    return TestSet(contract.to_dict(), img_path, labels, [recs[i].path for i in kept], sample_path,
-                   bad)  # fmt: skip
+    return TestSet(
+        contract.to_dict(), img_path, labels, [recs[i].path for i in kept], sample_path, bad
+    )
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
@@ -255,24 +268,43 @@ def export_onnx(groups: list[Group], out: Path, opset: int, notes: list[str]) ->
     if not jobs:
         return
     (out / "onnx").mkdir(parents=True, exist_ok=True)
-    specs = [{"src": str(src.path), "kind": "keras" if src.backend == "keras" else "tflite",
-              "dst": str(out / "onnx" / f"{g.name}-{quant}{'-rejected' if src.rejected else ''}.onnx"),
-              "opset": opset}
-             for g, quant, src in jobs]  # fmt: skip
+    specs = [
+        {
+            "src": str(src.path),
+            "kind": "keras" if src.backend == "keras" else "tflite",
+            "dst": str(
+                out / "onnx" / f"{g.name}-{quant}{'-rejected' if src.rejected else ''}.onnx"
+            ),
+            "opset": opset,
+        }
+        for g, quant, src in jobs
+    ]
     log(f"exporting {len(specs)} variant(s) to ONNX with tf2onnx")
     results = _run_export(specs, out / "logs" / "onnx-export.log")
     for (g, quant, src), spec, res in zip(jobs, specs, results, strict=True):
         if not res.get("ok"):
-            notes.append(f"{g.name}: onnx-{quant} not benchmarked: tf2onnx could not convert "
-                         f"{src.name} ({res.get('error')})")  # fmt: skip
+            notes.append(
+                f"{g.name}: onnx-{quant} not benchmarked: tf2onnx could not convert "
+                f"{src.name} ({res.get('error')})"
+            )
             continue
         tfl = g.find("tflite-fp32") if quant == "fp32" else src
-        extra = {"exported_from": src.name, "method": res.get("method"),
-                 "tf2onnx": res.get("tf2onnx"), "opset": opset}  # fmt: skip
+        extra = {
+            "exported_from": src.name,
+            "method": res.get("method"),
+            "tf2onnx": res.get("tf2onnx"),
+            "opset": opset,
+        }
         if quant == "int8":
             extra.update(io_quant(src.path))
-        v = onnx_variant(g.name, Path(str(spec["dst"])), quant, src.card or g.card,
-                         tfl.path if tfl else None, extra)  # fmt: skip
+        v = onnx_variant(
+            g.name,
+            Path(str(spec["dst"])),
+            quant,
+            src.card or g.card,
+            tfl.path if tfl else None,
+            extra,
+        )
         g.variants.append(v.mark_rejected() if src.rejected else v)
     for g in groups:
         g.variants.sort(key=Variant.order)
@@ -282,9 +314,14 @@ def _run_export(specs: list[dict[str, Any]], log_path: Path) -> list[dict[str, A
     """Run the exporter process; one result per spec (a crash fails the ones not reported)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as fh:
-        proc = subprocess.run([*_python(), "--export-onnx", json.dumps(specs)],
-                              stdout=subprocess.PIPE, stderr=fh, env=_worker_env(), text=True,
-                              timeout=3600)  # fmt: skip
+        proc = subprocess.run(
+            [*_python(), "--export-onnx", json.dumps(specs)],
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            env=_worker_env(),
+            text=True,
+            timeout=3600,
+        )
     results = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
     crash = {"ok": False, "error": f"exporter exited with code {proc.returncode} (see {log_path})"}
     return results + [crash] * (len(specs) - len(results))
@@ -300,12 +337,21 @@ def latency_stats(times_s: Sequence[float]) -> dict[str, Any]:
         return {"n_runs": 0}
     q25, med, q75, p90, p99 = np.percentile(t, [25, 50, 75, 90, 99])
     iqr = float(q75 - q25)
-    out: dict[str, Any] = {"n_runs": int(t.size), "median_ms": float(med), "p90_ms": float(p90),
-           "p99_ms": float(p99), "mean_ms": float(t.mean()), "min_ms": float(t.min()),
-           "max_ms": float(t.max()), "std_ms": float(t.std(ddof=1)) if t.size > 1 else 0.0,
-           "q25_ms": float(q25), "q75_ms": float(q75), "iqr_ms": iqr,
-           "iqr_rel": iqr / float(med) if med > 0 else float("nan"),
-           "throughput_ips": 1e3 / float(t.mean())}  # fmt: skip
+    out: dict[str, Any] = {
+        "n_runs": int(t.size),
+        "median_ms": float(med),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+        "max_ms": float(t.max()),
+        "std_ms": float(t.std(ddof=1)) if t.size > 1 else 0.0,
+        "q25_ms": float(q25),
+        "q75_ms": float(q75),
+        "iqr_ms": iqr,
+        "iqr_rel": iqr / float(med) if med > 0 else float("nan"),
+        "throughput_ips": 1e3 / float(t.mean()),
+    }
     warnings = []
     if out["iqr_rel"] > WIDE_SPREAD:
         warnings.append(f"wide spread: IQR is {100 * out['iqr_rel']:.0f}% of the median")
@@ -320,8 +366,12 @@ def latency_stats(times_s: Sequence[float]) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def measure_peaks(workers: Sequence[tuple[Variant, int, Worker]], tmp: Path, settings: Settings,
-                  peaks: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def measure_peaks(
+    workers: Sequence[tuple[Variant, int, Worker]],
+    tmp: Path,
+    settings: Settings,
+    peaks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Peak GMAC/s of each runtime at each thread count: an fp32 and an int8 matrix multiply
     (PEAK_SHAPE) run in one of that runtime's timing workers. A peak is the best rate seen (the
     fastest of the runs; other load only slows a run down), and calling this again with the
@@ -334,20 +384,32 @@ def measure_peaks(workers: Sequence[tuple[Variant, int, Worker]], tmp: Path, set
         if not path.exists():
             path.write_bytes(peak_model(dt, m, k, n))
     if peaks is None:
-        peaks = {"shape": [m, k, n], "macs": m * k * n, "runs": settings.peak_runs,
-                 "statistic": "fastest run, best of the sessions before and after the accuracy pass",
-                 "sessions": 0, "runtimes": {}}  # fmt: skip
+        peaks = {
+            "shape": [m, k, n],
+            "macs": m * k * n,
+            "runs": settings.peak_runs,
+            "statistic": "fastest run, best of the sessions before and after the accuracy pass",
+            "sessions": 0,
+            "runtimes": {},
+        }
     peaks["sessions"] += 1
     done: set[tuple[str, int]] = set()
     for v, t, w in workers:
         if w.error or (v.backend, t) in done:
             continue
         done.add((v.backend, t))
-        rt = peaks["runtimes"].setdefault(v.backend, {"name": w.hello.get("runtime"), "fp32": {},
-                                                      "int8": {}, "median_gmacs": {}})  # fmt: skip
+        rt = peaks["runtimes"].setdefault(
+            v.backend, {"name": w.hello.get("runtime"), "fp32": {}, "int8": {}, "median_gmacs": {}}
+        )
         for dt in ("fp32", "int8"):
-            r = w.ask(cmd="peak", dtype=dt, shape=[m, k, n], path=str(paths[dt]),
-                      n=settings.peak_runs, warmup=3)  # fmt: skip
+            r = w.ask(
+                cmd="peak",
+                dtype=dt,
+                shape=[m, k, n],
+                path=str(paths[dt]),
+                n=settings.peak_runs,
+                warmup=3,
+            )
             if "times" in r:
                 best = m * k * n / float(min(r["times"])) / 1e9
                 rt[dt][str(t)] = max(rt[dt].get(str(t), 0.0), best)
@@ -355,9 +417,12 @@ def measure_peaks(workers: Sequence[tuple[Variant, int, Worker]], tmp: Path, set
                 rt["median_gmacs"].setdefault(f"{dt}@{t}", []).append(med)
             elif dt == "fp32" or v.backend != "keras":
                 rt.setdefault("errors", []).append(f"{dt} at {t} thread(s): {r.get('error')}")
-        log(f"peak of {v.backend} at {t} thread(s): "
-            + ", ".join(f"{dt} {rt[dt][str(t)]:.1f} GMAC/s" for dt in ("fp32", "int8")
-                        if str(t) in rt[dt]))  # fmt: skip
+        log(
+            f"peak of {v.backend} at {t} thread(s): "
+            + ", ".join(
+                f"{dt} {rt[dt][str(t)]:.1f} GMAC/s" for dt in ("fp32", "int8") if str(t) in rt[dt]
+            )
+        )
     machine_peak: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
     for rt in peaks["runtimes"].values():
         for dt in ("fp32", "int8"):
@@ -369,10 +434,14 @@ def measure_peaks(workers: Sequence[tuple[Variant, int, Worker]], tmp: Path, set
 
 def _spec(v: Variant, threads: int, test: TestSet) -> dict[str, Any]:
     card = v.card or {}
-    spec: dict[str, Any] = {"backend": v.backend, "path": str(v.path), "threads": threads,
-                            "samples": str(test.samples),
-                            "contract": card.get("input") or test.contract,
-                            "threshold": card.get("threshold", 0.5)}  # fmt: skip
+    spec: dict[str, Any] = {
+        "backend": v.backend,
+        "path": str(v.path),
+        "threads": threads,
+        "samples": str(test.samples),
+        "contract": card.get("input") or test.contract,
+        "threshold": card.get("threshold", 0.5),
+    }
     for key in ("input_quant", "output_quant"):
         if key in v.extra:
             spec[key] = v.extra[key]
@@ -391,8 +460,10 @@ def _select(groups: list[Group], settings: Settings, notes: list[str]) -> None:
             if settings.variants and not {v.name, v.base} & set(settings.variants):
                 continue
             if v.backend == "keras" and tf_missing:
-                notes.append(f"{g.name}: keras not benchmarked: TensorFlow is not installed "
-                             "(edge install: .tflite variants only)")  # fmt: skip
+                notes.append(
+                    f"{g.name}: keras not benchmarked: TensorFlow is not installed "
+                    "(edge install: .tflite variants only)"
+                )
                 continue
             if v.backend == "onnx" and _missing("onnxruntime"):
                 notes.append(f"{g.name}: {v.name} not benchmarked: onnxruntime is not installed")
@@ -411,8 +482,12 @@ def _missing(module: str) -> bool:
         return True
 
 
-def run(sources: Sequence[str | Path], out: Path, settings: Settings,
-        progress: Callable[[str], None] = log) -> dict[str, Any]:  # fmt: skip
+def run(
+    sources: Sequence[str | Path],
+    out: Path,
+    settings: Settings,
+    progress: Callable[[str], None] = log,
+) -> dict[str, Any]:
     """Benchmark every variant of `sources` x `settings.threads`; returns the results dict."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -420,8 +495,9 @@ def run(sources: Sequence[str | Path], out: Path, settings: Settings,
     started = time.time()
     load_before = machine.loadavg()
     groups = discover(list(sources), include_rejected=settings.include_rejected)
-    if "onnx" in settings.runtimes and (not settings.variants or
-                                        any(v.startswith("onnx") for v in settings.variants)):  # fmt: skip
+    if "onnx" in settings.runtimes and (
+        not settings.variants or any(v.startswith("onnx") for v in settings.variants)
+    ):
         why = onnx_status()
         if why:
             notes.append(f"ONNX Runtime variants not benchmarked: {why}")
@@ -450,8 +526,16 @@ class Measurements:
     peaks: dict[str, Any]
 
 
-def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], tmp: Path,
-         started: float, load_before: Any, progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def _run(
+    groups: list[Group],
+    out: Path,
+    settings: Settings,
+    notes: list[str],
+    tmp: Path,
+    started: float,
+    load_before: Any,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     """Load the test sets, start the workers, time them interleaved, read their memory, score each
     variant once, measure the runtimes' peaks, and gather it all into the results dict."""
     cpus = os.cpu_count() or 1
@@ -459,8 +543,10 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
     notes += _variant_notes(groups, tests)
     over = [t for t in settings.threads if t > cpus]
     if over:
-        notes.append(f"threads {', '.join(map(str, over))} exceed this machine's {cpus} CPUs: "
-                     "those rows show oversubscription, not extra speed")  # fmt: skip
+        notes.append(
+            f"threads {', '.join(map(str, over))} exceed this machine's {cpus} CPUs: "
+            "those rows show oversubscription, not extra speed"
+        )
     macs = _count_all_macs(groups, notes)
     workers = _start_workers(groups, tests, out, settings, notes, progress)
     times = _time_interleaved(workers, settings, notes, progress)
@@ -477,8 +563,10 @@ def _run(groups: list[Group], out: Path, settings: Settings, notes: list[str], t
     rows, raw = _rows(groups, workers, tests, measured)
     load_after = machine.loadavg()
     if load_before and load_before[0] > 0.5 * cpus:
-        notes.append(f"the machine was busy when the benchmark started (load average "
-                     f"{load_before[0]:.2f} on {cpus} CPUs): latencies are pessimistic")  # fmt: skip
+        notes.append(
+            f"the machine was busy when the benchmark started (load average "
+            f"{load_before[0]:.2f} on {cpus} CPUs): latencies are pessimistic"
+        )
     return {
         "schema": "dermedge.benchmark/1",
         "machine": machine.facts(),
@@ -498,16 +586,22 @@ def _variant_notes(groups: list[Group], tests: dict[str, TestSet]) -> list[str]:
     notes = []
     for g in groups:
         if g.rejected:
-            notes.append(f"{g.name}: not benchmarked, refused by the converter's accuracy gate: "
-                         + ", ".join(p.name for p in g.rejected))  # fmt: skip
+            notes.append(
+                f"{g.name}: not benchmarked, refused by the converter's accuracy gate: "
+                + ", ".join(p.name for p in g.rejected)
+            )
         for v in g.variants:
             if v.rejected:
-                notes.append(f"{v.label}: benchmarked although the converter's accuracy gate "
-                             f"refused it (see its convert report)")  # fmt: skip
+                notes.append(
+                    f"{v.label}: benchmarked although the converter's accuracy gate "
+                    f"refused it (see its convert report)"
+                )
             if not v.card:
-                notes.append(f"{v.label}: no model card; assumed the contract "
-                             f"{tests[g.name].contract['size']}px {tests[g.name].contract['crop']} "
-                             "and threshold 0.5")  # fmt: skip
+                notes.append(
+                    f"{v.label}: no model card; assumed the contract "
+                    f"{tests[g.name].contract['size']}px {tests[g.name].contract['crop']} "
+                    "and threshold 0.5"
+                )
         if tests[g.name].skipped:
             notes.append(f"{g.name}: {len(tests[g.name].skipped)} unreadable test images skipped")
     return notes
@@ -526,9 +620,14 @@ def _count_all_macs(groups: list[Group], notes: list[str]) -> dict[str, dict[str
     return macs
 
 
-def _start_workers(groups: list[Group], tests: dict[str, TestSet], out: Path, settings: Settings,
-                   notes: list[str], progress: Callable[[str], None]
-                   ) -> list[tuple[Variant, int, Worker]]:  # fmt: skip
+def _start_workers(
+    groups: list[Group],
+    tests: dict[str, TestSet],
+    out: Path,
+    settings: Settings,
+    notes: list[str],
+    progress: Callable[[str], None],
+) -> list[tuple[Variant, int, Worker]]:
     """One timing worker per variant x threads, started one by one so that load times are taken
     on a quiet machine; those that fail to load are kept (with their error) and noted."""
     workers: list[tuple[Variant, int, Worker]] = []
@@ -544,8 +643,12 @@ def _start_workers(groups: list[Group], tests: dict[str, TestSet], out: Path, se
     return workers
 
 
-def _time_interleaved(workers: list[tuple[Variant, int, Worker]], settings: Settings,
-                      notes: list[str], progress: Callable[[str], None]) -> dict[int, list[float]]:  # fmt: skip
+def _time_interleaved(
+    workers: list[tuple[Variant, int, Worker]],
+    settings: Settings,
+    notes: list[str],
+    progress: Callable[[str], None],
+) -> dict[int, list[float]]:
     """Warm up, then time single-image inferences round-robin over all live workers (A B C A B C
     ...), `settings.block` per turn, so drift on a noisy machine hits every variant alike; the
     timed seconds by id(worker)."""
@@ -553,8 +656,10 @@ def _time_interleaved(workers: list[tuple[Variant, int, Worker]], settings: Sett
     times: dict[int, list[float]] = {id(w): [] for _, _, w in workers}
     rounds_warm = max(0, -(-settings.warmup // settings.block))
     rounds = max(1, -(-settings.runs // settings.block))
-    progress(f"timing {len(live)} workers: {rounds_warm} warm-up and {rounds} timed rounds, "
-             f"{settings.block} inference(s) per turn, interleaved")  # fmt: skip
+    progress(
+        f"timing {len(live)} workers: {rounds_warm} warm-up and {rounds} timed rounds, "
+        f"{settings.block} inference(s) per turn, interleaved"
+    )
     for r in range(rounds_warm + rounds):
         for v, t, w in live:
             if w.error:
@@ -571,9 +676,15 @@ def _time_interleaved(workers: list[tuple[Variant, int, Worker]], settings: Sett
     return times
 
 
-def _score(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
-           tests: dict[str, TestSet], batch: int, acc_threads: int, notes: list[str],
-           progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _score(
+    groups: list[Group],
+    workers: list[tuple[Variant, int, Worker]],
+    tests: dict[str, TestSet],
+    batch: int,
+    acc_threads: int,
+    notes: list[str],
+    progress: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
     """Each variant's P(malignant) on its group's test images, once, by its live worker whose
     thread count is nearest `acc_threads` (the larger on a tie): {label: probs, seconds, threads}."""
     scores: dict[str, dict[str, Any]] = {}
@@ -589,8 +700,11 @@ def _score(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
             if "probs" not in reply:
                 notes.append(f"{v.label}: not scored: {reply.get('error') or w.error}")
                 continue
-            scores[v.label] = {"probs": np.asarray(reply["probs"]), "seconds": reply["seconds"],
-                               "threads": t}  # fmt: skip
+            scores[v.label] = {
+                "probs": np.asarray(reply["probs"]),
+                "seconds": reply["seconds"],
+                "threads": t,
+            }
     return scores
 
 
@@ -619,11 +733,12 @@ def _settings_record(settings: Settings, acc_threads: int) -> dict[str, Any]:
         "latency": "wall time of one predict() call on one uint8 image, including "
         "input quantization and output dequantization",
         "throughput": "1 / mean single-image latency (images/s, one stream)",
-    }  # fmt: skip
+    }
 
 
-def _groups_record(groups: list[Group], tests: dict[str, TestSet], data: str | None
-                   ) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _groups_record(
+    groups: list[Group], tests: dict[str, TestSet], data: str | None
+) -> dict[str, dict[str, Any]]:
     """The results' `groups`: each model's test images, malignant count, manifest and threshold."""
     return {
         g.name: {
@@ -634,12 +749,15 @@ def _groups_record(groups: list[Group], tests: dict[str, TestSet], data: str | N
             "card_threshold": (g.card or {}).get("threshold"),
         }
         for g in groups
-    }  # fmt: skip
+    }
 
 
-def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
-          tests: dict[str, TestSet], measured: Measurements
-          ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
+def _rows(
+    groups: list[Group],
+    workers: list[tuple[Variant, int, Worker]],
+    tests: dict[str, TestSet],
+    measured: Measurements,
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     """One results row per variant x threads, and each one's timed latencies in ms."""
     refs = {g.name: (g.find("keras") or g.find("tflite-fp32")) for g in groups}
     rows = []
@@ -658,19 +776,26 @@ def _rows(groups: list[Group], workers: list[tuple[Variant, int, Worker]],
     return rows, raw
 
 
-def _timing_row(v: Variant, t: int, w: Worker, times: list[float], final: dict[str, Any]
-                ) -> dict[str, Any]:  # fmt: skip
+def _timing_row(
+    v: Variant, t: int, w: Worker, times: list[float], final: dict[str, Any]
+) -> dict[str, Any]:
     """A row's variant, file, start-up times, latency statistics and the worker's peak memory."""
     hello = w.hello
-    row: dict[str, Any] = {"model": v.group, "variant": v.name, "quantization": v.quantization,
-                           "threads": t, "runtime": hello.get("runtime"),
-                           "file": v.path.name, "path": str(v.path),
-                           "file_mb": v.size_bytes / 1e6,
-                           "import_ms": 1e3 * hello["import_s"] if "import_s" in hello else None,
-                           "load_ms": 1e3 * hello["load_s"] if "load_s" in hello else None,
-                           "first_ms": 1e3 * hello["first_s"] if "first_s" in hello else None,
-                           "rejected": v.rejected,
-                           "error": w.error}  # fmt: skip
+    row: dict[str, Any] = {
+        "model": v.group,
+        "variant": v.name,
+        "quantization": v.quantization,
+        "threads": t,
+        "runtime": hello.get("runtime"),
+        "file": v.path.name,
+        "path": str(v.path),
+        "file_mb": v.size_bytes / 1e6,
+        "import_ms": 1e3 * hello["import_s"] if "import_s" in hello else None,
+        "load_ms": 1e3 * hello["load_s"] if "load_s" in hello else None,
+        "first_ms": 1e3 * hello["first_s"] if "first_s" in hello else None,
+        "rejected": v.rejected,
+        "error": w.error,
+    }
     row.update(latency_stats(times))
     rss = final.get("maxrss_kb")
     row["peak_rss_mb"] = rss / 1024 if rss else None
@@ -679,20 +804,33 @@ def _timing_row(v: Variant, t: int, w: Worker, times: list[float], final: dict[s
     return row
 
 
-def _accuracy_fields(v: Variant, s: dict[str, Any], ts: TestSet, ref: Variant | None,
-                     scores: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def _accuracy_fields(
+    v: Variant,
+    s: dict[str, Any],
+    ts: TestSet,
+    ref: Variant | None,
+    scores: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     """A row's metrics at the card's threshold, and how far its outputs and decisions are from
     the group's reference variant (Keras, else the fp32 .tflite)."""
     from dermedge.metrics import binary_metrics
 
     thr = float((v.card or {}).get("threshold", 0.5))
     m = binary_metrics(ts.labels.tolist(), s["probs"].tolist(), thr)
-    out: dict[str, Any] = {"threshold": thr, "n_test": int(len(ts.labels)), "auc": m["roc_auc"],
-                           "accuracy": m["accuracy"], "sensitivity": m["recall"],
-                           "specificity": m["specificity"], "tp": m["tp"], "fp": m["fp"],
-                           "tn": m["tn"], "fn": m["fn"],
-                           "batch_ips": len(ts.labels) / s["seconds"] if s["seconds"] else None,
-                           "accuracy_threads": s["threads"]}  # fmt: skip
+    out: dict[str, Any] = {
+        "threshold": thr,
+        "n_test": int(len(ts.labels)),
+        "auc": m["roc_auc"],
+        "accuracy": m["accuracy"],
+        "sensitivity": m["recall"],
+        "specificity": m["specificity"],
+        "tp": m["tp"],
+        "fp": m["fp"],
+        "tn": m["tn"],
+        "fn": m["fn"],
+        "batch_ips": len(ts.labels) / s["seconds"] if s["seconds"] else None,
+        "accuracy_threads": s["threads"],
+    }
     if ref is not None and ref.label in scores and ref is not v:
         rp = scores[ref.label]["probs"]
         out["max_abs_diff_vs_ref"] = float(np.abs(rp - s["probs"]).max())
@@ -701,8 +839,9 @@ def _accuracy_fields(v: Variant, s: dict[str, Any], ts: TestSet, ref: Variant | 
     return out
 
 
-def _compute_fields(v: Variant, t: int, macs: int, median_ms: float | None,
-                    peaks: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _compute_fields(
+    v: Variant, t: int, macs: int, median_ms: float | None, peaks: dict[str, Any]
+) -> dict[str, Any]:
     """A row's MACs per image, the GMAC/s its median latency implies, and what fraction that is
     of its runtime's and of the machine's peak at the same thread count."""
     out: dict[str, Any] = {"macs_m": macs / 1e6}

@@ -11,12 +11,38 @@ from pathlib import Path
 from typing import Any
 
 # /proc/cpuinfo flags that decide which kernels XNNPACK / ONNX Runtime / TensorFlow can use.
-X86_FLAGS = ("sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512bw", "avx512vl",
-             "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8")  # fmt: skip
+X86_FLAGS = (
+    "sse4_2",
+    "avx",
+    "fma",
+    "f16c",
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+)
 ARM_FLAGS = ("asimd", "asimddp", "fphp", "asimdhp", "i8mm", "sve", "sme")
-PACKAGES = ("dermedge", "numpy", "ai-edge-litert", "tflite-runtime", "tensorflow", "keras",
-            "onnxruntime", "onnx", "tf2onnx", "flatbuffers", "opencv-python-headless", "pillow",
-            "matplotlib")  # fmt: skip
+PACKAGES = (
+    "dermedge",
+    "numpy",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "tensorflow",
+    "keras",
+    "onnxruntime",
+    "onnx",
+    "tf2onnx",
+    "flatbuffers",
+    "opencv-python-headless",
+    "pillow",
+    "matplotlib",
+)
 
 
 def _cpuinfo() -> dict[str, Any]:

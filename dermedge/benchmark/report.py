@@ -17,14 +17,57 @@ from dermedge.metrics import clean_json
 from dermedge.plotting import new_figure, save_png
 from dermedge.runs import format_table
 
-CSV_FIELDS = ("model", "variant", "quantization", "runtime", "threads", "pareto", "rejected", "file", "file_mb",
-              "import_ms", "load_ms", "first_ms", "n_runs", "median_ms", "p90_ms", "p99_ms", "mean_ms",
-              "min_ms", "max_ms", "q25_ms", "q75_ms", "iqr_ms", "iqr_rel", "throughput_ips",
-              "batch_ips", "peak_rss_mb", "n_test", "threshold", "auc", "accuracy", "sensitivity",
-              "specificity", "tp", "fp", "tn", "fn", "reference", "max_abs_diff_vs_ref",
-              "decision_agreement", "tensorflow_loaded", "macs_m", "gmacs", "peak_kind", "peak_gmacs", "frac_peak",
-              "machine_peak_gmacs", "frac_machine_peak",
-              "warnings", "error")  # fmt: skip
+CSV_FIELDS = (
+    "model",
+    "variant",
+    "quantization",
+    "runtime",
+    "threads",
+    "pareto",
+    "rejected",
+    "file",
+    "file_mb",
+    "import_ms",
+    "load_ms",
+    "first_ms",
+    "n_runs",
+    "median_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "min_ms",
+    "max_ms",
+    "q25_ms",
+    "q75_ms",
+    "iqr_ms",
+    "iqr_rel",
+    "throughput_ips",
+    "batch_ips",
+    "peak_rss_mb",
+    "n_test",
+    "threshold",
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "reference",
+    "max_abs_diff_vs_ref",
+    "decision_agreement",
+    "tensorflow_loaded",
+    "macs_m",
+    "gmacs",
+    "peak_kind",
+    "peak_gmacs",
+    "frac_peak",
+    "machine_peak_gmacs",
+    "frac_machine_peak",
+    "warnings",
+    "error",
+)
 
 
 def is_finite_number(v: Any) -> bool:
@@ -35,8 +78,11 @@ def is_finite_number(v: Any) -> bool:
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
     """Indices of rows no other row beats: lower-or-equal median latency and higher-or-equal AUC,
     one of them strictly. Rows without both numbers are left out."""
-    pts = [(i, r["median_ms"], r["auc"]) for i, r in enumerate(rows)
-           if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))]  # fmt: skip
+    pts = [
+        (i, r["median_ms"], r["auc"])
+        for i, r in enumerate(rows)
+        if is_finite_number(r.get("median_ms")) and is_finite_number(r.get("auc"))
+    ]
     front = []
     for i, lat, auc in pts:
         if not any((la <= lat and au >= auc) and (la < lat or au > auc) for _, la, au in pts):
@@ -54,8 +100,12 @@ def mark_pareto(results: dict[str, Any]) -> None:
 def short_runtime(name: str | None) -> str:
     if not name:
         return "-"
-    for long, short in (("ai-edge-litert", "litert"), ("tflite-runtime", "tflite_rt"),
-                        ("onnxruntime", "ort"), ("tensorflow", "tf")):  # fmt: skip
+    for long, short in (
+        ("ai-edge-litert", "litert"),
+        ("tflite-runtime", "tflite_rt"),
+        ("onnxruntime", "ort"),
+        ("tensorflow", "tf"),
+    ):
         if name.startswith(long):
             name = short + name[len(long) :]
     return name.split(" / ")[0].split(" (")[0]
@@ -70,9 +120,31 @@ def fmt_number(v: Any, nd: int = 1) -> str:
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The markdown table printed at the end and written to results.md."""
-    headers = ["model", "variant", "runtime", "thr", "MB", "load ms", "1st ms", "median ms",
-               "p90 ms", "p99 ms", "IQR %", "img/s", "RSS MB", "AUC", "acc", "sens", "spec",
-               "MMAC", "GMAC/s", "% peak", "% machine", "front", "flags"]  # fmt: skip
+    headers = [
+        "model",
+        "variant",
+        "runtime",
+        "thr",
+        "MB",
+        "load ms",
+        "1st ms",
+        "median ms",
+        "p90 ms",
+        "p99 ms",
+        "IQR %",
+        "img/s",
+        "RSS MB",
+        "AUC",
+        "acc",
+        "sens",
+        "spec",
+        "MMAC",
+        "GMAC/s",
+        "% peak",
+        "% machine",
+        "front",
+        "flags",
+    ]
     body = []
     for r in rows:
         flags = []
@@ -82,16 +154,37 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             flags.append("refused by convert gate")
         for w in r.get("warnings") or []:
             flags.append(w.split(":")[0])
-        body.append([r["model"], r["variant"], short_runtime(r.get("runtime")), str(r["threads"]),
-                     fmt_number(r.get("file_mb"), 2), fmt_number(r.get("load_ms"), 0), fmt_number(r.get("first_ms"), 1),
-                     fmt_number(r.get("median_ms"), 2), fmt_number(r.get("p90_ms"), 2), fmt_number(r.get("p99_ms"), 2),
-                     fmt_number(100 * r["iqr_rel"], 0) if is_finite_number(r.get("iqr_rel")) else "-",
-                     fmt_number(r.get("throughput_ips"), 1), fmt_number(r.get("peak_rss_mb"), 0),
-                     fmt_number(r.get("auc"), 3), fmt_number(r.get("accuracy"), 3), fmt_number(r.get("sensitivity"), 3),
-                     fmt_number(r.get("specificity"), 3), fmt_number(r.get("macs_m"), 1), fmt_number(r.get("gmacs"), 1),
-                     fmt_number(100 * r["frac_peak"], 1) if is_finite_number(r.get("frac_peak")) else "-",
-                     fmt_number(100 * r["frac_machine_peak"], 1) if is_finite_number(r.get("frac_machine_peak")) else "-",
-                     "*" if r.get("pareto") else "", ", ".join(flags)])  # fmt: skip
+        body.append(
+            [
+                r["model"],
+                r["variant"],
+                short_runtime(r.get("runtime")),
+                str(r["threads"]),
+                fmt_number(r.get("file_mb"), 2),
+                fmt_number(r.get("load_ms"), 0),
+                fmt_number(r.get("first_ms"), 1),
+                fmt_number(r.get("median_ms"), 2),
+                fmt_number(r.get("p90_ms"), 2),
+                fmt_number(r.get("p99_ms"), 2),
+                fmt_number(100 * r["iqr_rel"], 0) if is_finite_number(r.get("iqr_rel")) else "-",
+                fmt_number(r.get("throughput_ips"), 1),
+                fmt_number(r.get("peak_rss_mb"), 0),
+                fmt_number(r.get("auc"), 3),
+                fmt_number(r.get("accuracy"), 3),
+                fmt_number(r.get("sensitivity"), 3),
+                fmt_number(r.get("specificity"), 3),
+                fmt_number(r.get("macs_m"), 1),
+                fmt_number(r.get("gmacs"), 1),
+                fmt_number(100 * r["frac_peak"], 1)
+                if is_finite_number(r.get("frac_peak"))
+                else "-",
+                fmt_number(100 * r["frac_machine_peak"], 1)
+                if is_finite_number(r.get("frac_machine_peak"))
+                else "-",
+                "*" if r.get("pareto") else "",
+                ", ".join(flags),
+            ]
+        )
     return format_table(body, headers)
 
 
@@ -99,9 +192,11 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
     if not peak.get("runtimes"):
         return ["- peak: not measured"]
     m, k, n = peak["shape"]
-    lines = [f"- measured peak: {m}x{k} by {k}x{n} matrix multiply through each runtime "
-             f"(fastest of {peak['runs']} runs, best of {peak.get('sessions', 1)} sessions: "
-             "before and after the accuracy pass), GMAC/s:"]  # fmt: skip
+    lines = [
+        f"- measured peak: {m}x{k} by {k}x{n} matrix multiply through each runtime "
+        f"(fastest of {peak['runs']} runs, best of {peak.get('sessions', 1)} sessions: "
+        "before and after the accuracy pass), GMAC/s:"
+    ]
     for rt in peak["runtimes"].values():
         cells = [
             f"{dt} {t} thr {fmt_number(g)}" for dt in ("fp32", "int8") for t, g in rt[dt].items()
@@ -113,32 +208,40 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     mach, s = results["machine"], results["settings"]
     la = results.get("load_average", {})
-    lines = ["# dermedge benchmark", "",
-             f"- machine: {mach['cpu_model']} ({mach['machine']}), {mach['usable_cpus']} usable CPUs"
-             f"{', virtual machine' if mach.get('hypervisor') else ''}; {flag_summary(mach['flags'])}; "
-             f"{mach.get('mem_total_gb')} GB RAM; {mach['os']}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
-             f"- date: {mach['date']}; load average before/after: {la.get('before')} / {la.get('after')}",
-             f"- timing: {s['runs']} timed single-image runs per row after {s['warmup']} warm-up, "
-             f"{s['order']}; latency = {s['latency']}; img/s = {s['throughput']}",
-             "- load ms: building the model object from its file, after the runtime was imported "
-             "(import ms in the CSV); 1st ms: the first inference",
-             f"- accuracy: on each model's test images at the model card's threshold "
-             f"(batch {s['batch']}, {s['accuracy_threads']} thread(s)); RSS = peak resident memory "
-             "of a process that only loads and runs that variant",
-             "- compute: MMAC = million multiply-accumulates per image counted from the .tflite "
-             "graph (conv, depthwise, fully-connected); GMAC/s = MMAC / median latency; % peak = "
-             "GMAC/s over the peak of the same runtime at the same thread count (its int8 peak for "
-             "int8 and dynamic-range variants, fp32 otherwise; % machine = over the best runtime's)",
-             *_peak_lines(results["peak"]),
-             ]  # fmt: skip
+    lines = [
+        "# dermedge benchmark",
+        "",
+        f"- machine: {mach['cpu_model']} ({mach['machine']}), {mach['usable_cpus']} usable CPUs"
+        f"{', virtual machine' if mach.get('hypervisor') else ''}; {flag_summary(mach['flags'])}; "
+        f"{mach.get('mem_total_gb')} GB RAM; {mach['os']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
+        f"- date: {mach['date']}; load average before/after: {la.get('before')} / {la.get('after')}",
+        f"- timing: {s['runs']} timed single-image runs per row after {s['warmup']} warm-up, "
+        f"{s['order']}; latency = {s['latency']}; img/s = {s['throughput']}",
+        "- load ms: building the model object from its file, after the runtime was imported "
+        "(import ms in the CSV); 1st ms: the first inference",
+        f"- accuracy: on each model's test images at the model card's threshold "
+        f"(batch {s['batch']}, {s['accuracy_threads']} thread(s)); RSS = peak resident memory "
+        "of a process that only loads and runs that variant",
+        "- compute: MMAC = million multiply-accumulates per image counted from the .tflite "
+        "graph (conv, depthwise, fully-connected); GMAC/s = MMAC / median latency; % peak = "
+        "GMAC/s over the peak of the same runtime at the same thread count (its int8 peak for "
+        "int8 and dynamic-range variants, fp32 otherwise; % machine = over the best runtime's)",
+        *_peak_lines(results["peak"]),
+    ]
     for g, info in results["groups"].items():
-        lines.append(f"- {g}: {info['test_images']} test images ({info['malignant']} malignant) "
-                     f"from {info.get('data') or info.get('manifest')}")  # fmt: skip
-    lines += ["", table(results["rows"]), "",
-              "`front` marks the latency-vs-AUC Pareto front (no other row is both faster and more "
-              "accurate). IQR % = interquartile range over the median; flags: wide spread "
-              "(IQR > 10% of the median), heavy tail (p99 > 2x median)."]  # fmt: skip
+        lines.append(
+            f"- {g}: {info['test_images']} test images ({info['malignant']} malignant) "
+            f"from {info.get('data') or info.get('manifest')}"
+        )
+    lines += [
+        "",
+        table(results["rows"]),
+        "",
+        "`front` marks the latency-vs-AUC Pareto front (no other row is both faster and more "
+        "accurate). IQR % = interquartile range over the median; flags: wide spread "
+        "(IQR > 10% of the median), heavy tail (p99 > 2x median).",
+    ]
     lines += ["", "## Summary", *summary(results["rows"])]
     if results.get("camera"):
         lines += ["", camera_markdown(results["camera"])]
@@ -153,16 +256,24 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     out = []
     front = [rows[i] for i in pareto_front(rows)]
     if front:
-        out.append("- Pareto front (fastest first): " + "; ".join(
-            f"{r['model']}/{r['variant']} at {r['threads']} thread(s) ({r['median_ms']:.1f} ms, "
-            f"AUC {r['auc']:.3f})" for r in front) + ".")  # fmt: skip
+        out.append(
+            "- Pareto front (fastest first): "
+            + "; ".join(
+                f"{r['model']}/{r['variant']} at {r['threads']} thread(s) ({r['median_ms']:.1f} ms, "
+                f"AUC {r['auc']:.3f})"
+                for r in front
+            )
+            + "."
+        )
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model and is_finite_number(r.get("median_ms"))]
         if not mine:
             continue
         fast = min(mine, key=lambda r: r["median_ms"])
-        line = (f"- {model}: fastest {fast['variant']} at {fast['threads']} thread(s), "
-                f"{fast['median_ms']:.1f} ms median ({fast['throughput_ips']:.1f} img/s)")  # fmt: skip
+        line = (
+            f"- {model}: fastest {fast['variant']} at {fast['threads']} thread(s), "
+            f"{fast['median_ms']:.1f} ms median ({fast['throughput_ips']:.1f} img/s)"
+        )
         aucs = [r["auc"] for r in mine if is_finite_number(r.get("auc"))]
         if aucs:
             line += f"; AUC {min(aucs):.3f}-{max(aucs):.3f} across variants"
@@ -173,26 +284,42 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         for t in sorted({r["threads"] for r in mine}):
             a, b = by.get(("tflite-fp32", t)), by.get(("tflite-int8", t))
             if a and b:
-                line += (f"; tflite-int8 is {a['median_ms'] / b['median_ms']:.2f}x the speed of fp32 "
-                         f"at {t} thread(s)")  # fmt: skip
+                line += (
+                    f"; tflite-int8 is {a['median_ms'] / b['median_ms']:.2f}x the speed of fp32 "
+                    f"at {t} thread(s)"
+                )
                 break
         out.append(line + ".")
     return out
 
 
 def camera_markdown(cam: dict[str, Any]) -> str:
-    lines = [f"## Camera loop ({cam.get('source')})", "",
-             f"- model: {cam.get('model')} ({cam.get('runtime')}, {cam.get('threads')} thread(s)); "
-             f"{cam.get('frames')} frames in {fmt_number(cam.get('seconds'), 2)} s = "
-             f"**{fmt_number(cam.get('fps'), 1)} frames/s** (one frame every {fmt_number(cam.get('frame_period_ms'), 1)} "
-             f"ms); {cam.get('classified')} classified, {cam.get('rejected')} rejected by the "
-             "quality gate", ""]  # fmt: skip
-    rows = [[k, fmt_number(v.get("median_ms"), 2), fmt_number(v.get("p90_ms"), 2), fmt_number(v.get("mean_per_frame_ms"), 2),
-             str(v.get("n_runs", 0))] for k, v in cam.get("stages", {}).items()]  # fmt: skip
+    lines = [
+        f"## Camera loop ({cam.get('source')})",
+        "",
+        f"- model: {cam.get('model')} ({cam.get('runtime')}, {cam.get('threads')} thread(s)); "
+        f"{cam.get('frames')} frames in {fmt_number(cam.get('seconds'), 2)} s = "
+        f"**{fmt_number(cam.get('fps'), 1)} frames/s** (one frame every {fmt_number(cam.get('frame_period_ms'), 1)} "
+        f"ms); {cam.get('classified')} classified, {cam.get('rejected')} rejected by the "
+        "quality gate",
+        "",
+    ]
+    rows = [
+        [
+            k,
+            fmt_number(v.get("median_ms"), 2),
+            fmt_number(v.get("p90_ms"), 2),
+            fmt_number(v.get("mean_per_frame_ms"), 2),
+            str(v.get("n_runs", 0)),
+        ]
+        for k, v in cam.get("stages", {}).items()
+    ]
     lines.append(format_table(rows, ["stage", "median ms", "p90 ms", "mean ms per frame", "calls"]))
-    lines.append("\nPreprocess and inference run only on frames the quality gate passes. The loop "
-                 "prepares frame k (decode aside) in a worker thread while frame k-1 is inferred, "
-                 "so stage times need not add up to the frame period.")  # fmt: skip
+    lines.append(
+        "\nPreprocess and inference run only on frames the quality gate passes. The loop "
+        "prepares frame k (decode aside) in a worker thread while frame k-1 is inferred, "
+        "so stage times need not add up to the frame period."
+    )
     if cam.get("untimed"):
         lines.append(f"Not timed (not found in dermedge.edge.camera): {', '.join(cam['untimed'])}.")
     return "\n".join(lines)
@@ -226,9 +353,15 @@ def write(results: dict[str, Any], out: Path, plots: bool = True) -> dict[str, P
 
 # --- plots (matplotlib object API on an Agg canvas: no pyplot state, no display) ---------------
 
-COLORS = {"keras": "#7f7f7f", "tflite-fp32": "#1f77b4", "tflite-fp16": "#17becf",
-          "tflite-dynamic": "#2ca02c", "tflite-int8": "#d62728", "onnx-fp32": "#9467bd",
-          "onnx-int8": "#ff7f0e"}  # fmt: skip
+COLORS = {
+    "keras": "#7f7f7f",
+    "tflite-fp32": "#1f77b4",
+    "tflite-fp16": "#17becf",
+    "tflite-dynamic": "#2ca02c",
+    "tflite-int8": "#d62728",
+    "onnx-fp32": "#9467bd",
+    "onnx-int8": "#ff7f0e",
+}
 MARKERS = "oDs^vP*Xh"
 
 
@@ -249,12 +382,32 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         c = COLORS.get(r["variant"].split(":")[0], "#bcbd22")
         mk = MARKERS[models.index(r["model"]) % len(MARKERS)]
         area = max(scale * r["file_mb"], 6.0)
-        ax.errorbar(r["median_ms"], r["auc"], xerr=[[r["median_ms"] - r["q25_ms"]],
-                    [r["q75_ms"] - r["median_ms"]]], fmt="none", ecolor=c, alpha=0.6, lw=1)  # fmt: skip
-        ax.scatter(r["median_ms"], r["auc"], s=area, c=c, marker=mk, alpha=0.55,
-                   edgecolors="black" if r.get("pareto") else c, linewidths=1.2)  # fmt: skip
-        ax.annotate(f"t{r['threads']}", (r["median_ms"], r["auc"]), fontsize=6,
-                    xytext=(3, -8), textcoords="offset points")  # fmt: skip
+        ax.errorbar(
+            r["median_ms"],
+            r["auc"],
+            xerr=[[r["median_ms"] - r["q25_ms"]], [r["q75_ms"] - r["median_ms"]]],
+            fmt="none",
+            ecolor=c,
+            alpha=0.6,
+            lw=1,
+        )
+        ax.scatter(
+            r["median_ms"],
+            r["auc"],
+            s=area,
+            c=c,
+            marker=mk,
+            alpha=0.55,
+            edgecolors="black" if r.get("pareto") else c,
+            linewidths=1.2,
+        )
+        ax.annotate(
+            f"t{r['threads']}",
+            (r["median_ms"], r["auc"]),
+            fontsize=6,
+            xytext=(3, -8),
+            textcoords="offset points",
+        )
     front = [rows[i] for i in pareto_front(rows)]
     if front:
         xs, ys = [front[0]["median_ms"]], [front[0]["auc"]]
@@ -263,20 +416,31 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             ys += [ys[-1], r["auc"]]
         ax.plot(xs, ys, "k--", lw=1, label="Pareto front")
         for r in front:
-            ax.annotate(f"{r['model']}/{r['variant']} t{r['threads']}", (r["median_ms"], r["auc"]),
-                        fontsize=7, xytext=(5, 5), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                f"{r['model']}/{r['variant']} t{r['threads']}",
+                (r["median_ms"], r["auc"]),
+                fontsize=7,
+                xytext=(5, 5),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("median latency per image, ms (log; bars: IQR)")
     ax.set_ylabel("ROC AUC on the test split")
     ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], ls="", marker="o", color=COLORS.get(v.split(":")[0], "#bcbd22"), label=v)
-               for v in dict.fromkeys(r["variant"] for r in pts)]  # fmt: skip
-    handles += [Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], color="black", mfc="none",
-                       label=m) for i, m in enumerate(models)]  # fmt: skip
+    handles = [
+        Line2D([], [], ls="", marker="o", color=COLORS.get(v.split(":")[0], "#bcbd22"), label=v)
+        for v in dict.fromkeys(r["variant"] for r in pts)
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], color="black", mfc="none", label=m)
+        for i, m in enumerate(models)
+    ]
     handles += [Line2D([], [], ls="--", color="black", label="Pareto front")]
     ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_title(f"latency vs accuracy (marker area proportional to file size; largest "
-                 f"{max_mb:.1f} MB)", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"latency vs accuracy (marker area proportional to file size; largest {max_mb:.1f} MB)",
+        fontsize=9,
+    )
     return save_png(fig, path)
 
 
@@ -289,8 +453,14 @@ def plot_latency(results: dict[str, Any], path: Path) -> Path:
     data = [raw[f"{r['model']}/{r['variant']}@t{r['threads']}"] for r in rows]
     labels = [f"{r['model']}/{r['variant']} t{r['threads']}" for r in rows]
     if data:
-        bp = ax.boxplot(data, vert=False, whis=(1, 99), showfliers=True, patch_artist=True,
-                        flierprops={"markersize": 2, "alpha": 0.4})  # fmt: skip
+        bp = ax.boxplot(
+            data,
+            vert=False,
+            whis=(1, 99),
+            showfliers=True,
+            patch_artist=True,
+            flierprops={"markersize": 2, "alpha": 0.4},
+        )
         for patch, r in zip(bp["boxes"], rows, strict=True):
             patch.set_facecolor(COLORS.get(r["variant"].split(":")[0], "#bcbd22"))
             patch.set_alpha(0.6)

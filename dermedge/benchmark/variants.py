@@ -95,8 +95,13 @@ def _quant_of(path: Path, card: dict[str, Any] | None) -> str:
     m = re.search(r"(fp32|fp16|float16|float32|dynamic|drq|int8|uint8|full_int)", path.stem.lower())
     if not m:
         return "fp32"
-    return {"float32": "fp32", "float16": "fp16", "drq": "dynamic", "uint8": "int8",
-            "full_int": "int8"}.get(m.group(1), m.group(1))  # fmt: skip
+    return {
+        "float32": "fp32",
+        "float16": "fp16",
+        "drq": "dynamic",
+        "uint8": "int8",
+        "full_int": "int8",
+    }.get(m.group(1), m.group(1))
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -118,10 +123,24 @@ def _keras_variant(group: str, path: Path) -> Variant:
     return Variant(group, "keras", "keras", path, "fp32", card)
 
 
-def onnx_variant(group: str, path: Path, quantization: str, card: dict[str, Any] | None,
-                 macs_from: Path | None, extra: dict[str, Any] | None = None) -> Variant:  # fmt: skip
-    return Variant(group, f"onnx-{quantization}", "onnx", path, quantization, card, macs_from,
-                   dict(extra or {}))  # fmt: skip
+def onnx_variant(
+    group: str,
+    path: Path,
+    quantization: str,
+    card: dict[str, Any] | None,
+    macs_from: Path | None,
+    extra: dict[str, Any] | None = None,
+) -> Variant:
+    return Variant(
+        group,
+        f"onnx-{quantization}",
+        "onnx",
+        path,
+        quantization,
+        card,
+        macs_from,
+        dict(extra or {}),
+    )
 
 
 def io_quant(tflite: Path) -> dict[str, Any]:
@@ -224,8 +243,10 @@ def discover(sources: list[str | Path], include_rejected: bool = False) -> list[
 def _find_manifest(group: Group, folder: Path) -> None:
     if group.manifest is not None:
         return
-    for cand in (folder / "manifest.csv", *(f / "manifest.csv" for f in
-                 filter(None, (_train_dir_for(folder),)))):  # fmt: skip
+    for cand in (
+        folder / "manifest.csv",
+        *(f / "manifest.csv" for f in filter(None, (_train_dir_for(folder),))),
+    ):
         if cand.is_file():
             group.manifest = cand
             return

@@ -63,8 +63,12 @@ class LiteRT:
         from dermedge.edge.runtime import EdgeModel
 
         contract = InputContract.from_dict(spec["contract"]) if spec.get("contract") else None
-        self.model = EdgeModel(spec["path"], threads=spec["threads"], contract=contract,
-                               threshold=spec.get("threshold"))  # fmt: skip
+        self.model = EdgeModel(
+            spec["path"],
+            threads=spec["threads"],
+            contract=contract,
+            threshold=spec.get("threshold"),
+        )
         self.runtime = self.model.runtime
         self.threads = int(spec["threads"])
 
@@ -101,8 +105,10 @@ class Keras:
         self.tf = tf
         self.model = keras.models.load_model(spec["path"], compile=False)
         shape = tuple(self.model.inputs[0].shape[1:])
-        self.fn = tf.function(lambda x: self.model(x, training=False),
-                              input_signature=[tf.TensorSpec((None, *shape), tf.float32)])  # fmt: skip
+        self.fn = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec((None, *shape), tf.float32)],
+        )
         self.runtime = f"tensorflow {tf.__version__} / keras {keras.__version__}"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -174,17 +180,31 @@ class Onnx:
             x: np.ndarray = rng.standard_normal((m, k)).astype(np.float32)
         else:
             a_type, y_type = TensorProto.UINT8, TensorProto.UINT8
-            scalars = {"a_scale": np.float32(0.05), "a_zp": np.uint8(128), "w_scale": np.float32(0.01),
-                       "w_zp": np.int8(0), "y_scale": np.float32(0.5), "y_zp": np.uint8(128)}  # fmt: skip
+            scalars = {
+                "a_scale": np.float32(0.05),
+                "a_zp": np.uint8(128),
+                "w_scale": np.float32(0.01),
+                "w_zp": np.int8(0),
+                "y_scale": np.float32(0.5),
+                "y_zp": np.uint8(128),
+            }
             inits = [numpy_helper.from_array(np.array(v), name) for name, v in scalars.items()]
             inits.append(
                 numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
             )
-            node = helper.make_node("QLinearMatMul", ["a", "a_scale", "a_zp", "w", "w_scale", "w_zp",
-                                                      "y_scale", "y_zp"], ["y"])  # fmt: skip
+            node = helper.make_node(
+                "QLinearMatMul",
+                ["a", "a_scale", "a_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"],
+                ["y"],
+            )
             x = rng.integers(100, 156, (m, k), dtype=np.uint8)
-        graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info("a", a_type, [m, k])],
-                                  [helper.make_tensor_value_info("y", y_type, [m, n])], inits)  # fmt: skip
+        graph = helper.make_graph(
+            [node],
+            "peak",
+            [helper.make_tensor_value_info("a", a_type, [m, k])],
+            [helper.make_tensor_value_info("y", y_type, [m, n])],
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = min(model.ir_version, 8)
         sess = self._session(model.SerializeToString())
@@ -208,9 +228,11 @@ def _import(*modules: str) -> Callable[[], None]:
     return run
 
 
-IMPORTS: dict[str, Callable[[], None]] = {"litert": _import_litert,
-                                          "keras": _import("tensorflow", "keras"),
-                                          "onnx": _import("onnxruntime")}  # fmt: skip
+IMPORTS: dict[str, Callable[[], None]] = {
+    "litert": _import_litert,
+    "keras": _import("tensorflow", "keras"),
+    "onnx": _import("onnxruntime"),
+}
 
 
 def _timed(fn: Any, n: int) -> list[float]:
@@ -238,8 +260,14 @@ def _load(spec: dict[str, Any]) -> tuple[Any, np.ndarray, dict[str, Any]]:
     t2 = time.perf_counter()
     model.predict(samples[:1])
     t3 = time.perf_counter()
-    hello = {"ok": True, "runtime": model.runtime, "import_s": t1 - t0, "load_s": t2 - t1,
-             "first_s": t3 - t2, "rss_loaded_kb": _maxrss_kb()}  # fmt: skip
+    hello = {
+        "ok": True,
+        "runtime": model.runtime,
+        "import_s": t1 - t0,
+        "load_s": t2 - t1,
+        "first_s": t3 - t2,
+        "rss_loaded_kb": _maxrss_kb(),
+    }
     return model, samples, hello
 
 
@@ -256,13 +284,21 @@ class Session:
         if name == "run":
             return {"times": self.run(int(cmd.get("n", 1)))}
         if name == "peak":
-            return self.peak(cmd["dtype"], tuple(cmd["shape"]), cmd.get("path"),
-                             int(cmd.get("warmup", 2)), int(cmd.get("n", 10)))  # fmt: skip
+            return self.peak(
+                cmd["dtype"],
+                tuple(cmd["shape"]),
+                cmd.get("path"),
+                int(cmd.get("warmup", 2)),
+                int(cmd.get("n", 10)),
+            )
         if name == "accuracy":
             return self.accuracy(cmd["images"], int(cmd.get("batch", 16)))
         if name in ("stats", "quit"):
-            return {"maxrss_kb": _maxrss_kb(), "cpu_s": _cpu_s(),
-                    "tensorflow_loaded": "tensorflow" in sys.modules}  # fmt: skip
+            return {
+                "maxrss_kb": _maxrss_kb(),
+                "cpu_s": _cpu_s(),
+                "tensorflow_loaded": "tensorflow" in sys.modules,
+            }
         return {"error": f"unknown command {name!r}"}
 
     def run(self, n: int) -> list[float]:
@@ -276,8 +312,9 @@ class Session:
             times.append(time.perf_counter() - ts)
         return times
 
-    def peak(self, dtype: str, shape: tuple[int, ...], path: str | None, warmup: int,
-             n: int) -> dict[str, Any]:  # fmt: skip
+    def peak(
+        self, dtype: str, shape: tuple[int, ...], path: str | None, warmup: int, n: int
+    ) -> dict[str, Any]:
         """Seconds of `n` runs of the runtime's peak matrix multiply, after `warmup` untimed."""
         if dtype not in self.model.dtypes:
             return {"error": f"no {dtype} peak for {self.backend}"}

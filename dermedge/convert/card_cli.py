@@ -66,8 +66,10 @@ def _check_match(card: dict[str, Any], metrics: dict[str, Any], force: bool) -> 
     if measured.get("from") != "card":
         why = f"measured at --threshold {measured['threshold']:.4f}, not at a card's threshold"
     elif thr is not None and abs(float(thr) - float(measured["threshold"])) > 1e-9:
-        why = (f"measured at threshold {measured['threshold']:.4f}, but this card's is "
-               f"{float(thr):.4f}: its sensitivity/specificity do not describe this model")  # fmt: skip
+        why = (
+            f"measured at threshold {measured['threshold']:.4f}, but this card's is "
+            f"{float(thr):.4f}: its sensitivity/specificity do not describe this model"
+        )
     if why and not force:
         raise ExternalError(f"refusing: the metrics were {why}; pass --force to store them anyway")
     if why:
@@ -80,21 +82,27 @@ def _check_match(card: dict[str, Any], metrics: dict[str, Any], force: bool) -> 
 def summary_lines(card: dict[str, Any]) -> list[str]:
     """The card in a few lines: model, contract, threshold, internal figures, external results."""
     inp = card.get("input") or {}
-    lines = [f"model     {card.get('name')} ({card.get('arch')}), quantization "
-             f"{card.get('quantization', 'none (Keras)')}, created {card.get('created')}",
-             f"input     {inp.get('size')}px, crop {inp.get('crop')}",
-             f"threshold {_fmt(card.get('threshold'))} -> refer (P(malignant) >= threshold), "
-             f"policy {json.dumps(card.get('threshold_policy') or {})}"]  # fmt: skip
+    lines = [
+        f"model     {card.get('name')} ({card.get('arch')}), quantization "
+        f"{card.get('quantization', 'none (Keras)')}, created {card.get('created')}",
+        f"input     {inp.get('size')}px, crop {inp.get('crop')}",
+        f"threshold {_fmt(card.get('threshold'))} -> refer (P(malignant) >= threshold), "
+        f"policy {json.dumps(card.get('threshold_policy') or {})}",
+    ]
     test = (card.get("metrics") or {}).get("test") or {}
     if test:
-        lines.append(f"internal  test split n={test.get('n')}: AUC {_fmt(test.get('roc_auc'))}, "
-                     f"sens {_fmt(test.get('recall'))}, spec {_fmt(test.get('specificity'))}")  # fmt: skip
+        lines.append(
+            f"internal  test split n={test.get('n')}: AUC {_fmt(test.get('roc_auc'))}, "
+            f"sens {_fmt(test.get('recall'))}, spec {_fmt(test.get('specificity'))}"
+        )
     gate = card.get("gate") or {}
     if gate:
         m = gate.get("metrics") or {}
-        lines.append(f"gate      {gate.get('verdict')} on {gate.get('test_images')} test images: "
-                     f"AUC {_fmt(m.get('auc'))}, sens {_fmt(m.get('sensitivity'))}, "
-                     f"spec {_fmt(m.get('specificity'))}")  # fmt: skip
+        lines.append(
+            f"gate      {gate.get('verdict')} on {gate.get('test_images')} test images: "
+            f"AUC {_fmt(m.get('auc'))}, sens {_fmt(m.get('sensitivity'))}, "
+            f"spec {_fmt(m.get('specificity'))}"
+        )
     lines += [f"{'site' if i == 0 else '':<9} {x}" for i, x in enumerate(calibration_lines(card))]
     ext = external_lines(card)
     lines += [f"{'external' if i == 0 else '':<9} {x}" for i, x in enumerate(ext)]
@@ -103,10 +111,18 @@ def summary_lines(card: dict[str, Any]) -> list[str]:
 
 @click.command("card")
 @click.argument("target", metavar="MODEL")
-@click.option("--add-external", "metrics_path", metavar="METRICS.json", type=click.Path(dir_okay=False),
-              help="Store this external evaluation's summary under card['external'][dataset].")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Write the updated model here [default: rewrite MODEL in place, atomically].")  # fmt: skip
+@click.option(
+    "--add-external",
+    "metrics_path",
+    metavar="METRICS.json",
+    type=click.Path(dir_okay=False),
+    help="Store this external evaluation's summary under card['external'][dataset].",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write the updated model here [default: rewrite MODEL in place, atomically].",
+)
 @click.option("--force", is_flag=True, help="Store metrics measured at another threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole card as JSON.")
 def card(
@@ -132,8 +148,10 @@ def card(
         dest = shown = Path(out) if out else src
         save_card(c, src, kind, dest)
         if old is not None:
-            click.echo(f"replaced the external entry for {entry['dataset']} (was AUC "
-                       f"{_fmt(old.get('auc'))}, {old.get('date')})")  # fmt: skip
+            click.echo(
+                f"replaced the external entry for {entry['dataset']} (was AUC "
+                f"{_fmt(old.get('auc'))}, {old.get('date')})"
+            )
         click.echo(f"recorded external evaluation {entry['dataset']} in {dest}")
     if as_json:
         click.echo(json.dumps(c, indent=2))

@@ -116,11 +116,28 @@ EXIT_GATE_FAILED = 3
     is_flag=True,
     help="With --add-guard: fit on a split other than the one the card records.",
 )
-def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: int,
-            max_auc_drop: float, max_acc_drop: float, max_sens_drop: float, min_agreement: float,
-            allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
-            rethreshold: bool, threads: int | None, seed: int, inspect_path: str | None,
-            as_json: bool, guard_path: str | None, no_guard: bool, force: bool) -> None:  # fmt: skip
+def convert(
+    run_or_model: str | None,
+    quant: str,
+    io_type: str,
+    calib_images: int,
+    max_auc_drop: float,
+    max_acc_drop: float,
+    max_sens_drop: float,
+    min_agreement: float,
+    allow_float_fallback: bool,
+    data: str | None,
+    card: str | None,
+    out: str | None,
+    rethreshold: bool,
+    threads: int | None,
+    seed: int,
+    inspect_path: str | None,
+    as_json: bool,
+    guard_path: str | None,
+    no_guard: bool,
+    force: bool,
+) -> None:
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -144,9 +161,24 @@ def convert(run_or_model: str | None, quant: str, io_type: str, calib_images: in
             raise ConvertError(
                 "give a training run folder or a .keras model (or --inspect FILE.tflite)"
             )
-        _convert(run_or_model, quant, io_type, calib_images, max_auc_drop, max_acc_drop,
-                 max_sens_drop, min_agreement, allow_float_fallback, data, card, out, threads, seed,
-                 rethreshold, not no_guard)  # fmt: skip
+        _convert(
+            run_or_model,
+            quant,
+            io_type,
+            calib_images,
+            max_auc_drop,
+            max_acc_drop,
+            max_sens_drop,
+            min_agreement,
+            allow_float_fallback,
+            data,
+            card,
+            out,
+            threads,
+            seed,
+            rethreshold,
+            not no_guard,
+        )
     except ConvertError as e:
         raise click.ClickException(str(e)) from None
     except (ValueError, EdgeError) as e:  # a card or model file the edge code refuses
@@ -179,10 +211,24 @@ def _inspect(path: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspect(info))
 
 
-def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop: float,
-             max_acc_drop: float, max_sens_drop: float, min_agreement: float,
-             allow_float_fallback: bool, data: str | None, card: str | None, out: str | None,
-             threads: int | None, seed: int, rethreshold: bool = True, guard: bool = True) -> None:  # fmt: skip
+def _convert(
+    arg: str,
+    quant: str,
+    io_type: str,
+    calib_images: int,
+    max_auc_drop: float,
+    max_acc_drop: float,
+    max_sens_drop: float,
+    min_agreement: float,
+    allow_float_fallback: bool,
+    data: str | None,
+    card: str | None,
+    out: str | None,
+    threads: int | None,
+    seed: int,
+    rethreshold: bool = True,
+    guard: bool = True,
+) -> None:
     from dermedge import DISCLAIMER
     from dermedge.convert import gate, pipeline
 
@@ -190,10 +236,20 @@ def _convert(arg: str, quant: str, io_type: str, calib_images: int, max_auc_drop
         tol = gate.Tolerances(max_auc_drop, max_acc_drop, max_sens_drop, min_agreement)
     except ValueError as e:
         raise ConvertError(str(e)) from None
-    opts = pipeline.Options(quant=parse_quant(quant), io=io_type, calib_images=calib_images,
-                            tolerances=tol, allow_float_fallback=allow_float_fallback, data=data,
-                            card=card, out=out, threads=threads, seed=seed,
-                            rethreshold=rethreshold, guard=guard)  # fmt: skip
+    opts = pipeline.Options(
+        quant=parse_quant(quant),
+        io=io_type,
+        calib_images=calib_images,
+        tolerances=tol,
+        allow_float_fallback=allow_float_fallback,
+        data=data,
+        card=card,
+        out=out,
+        threads=threads,
+        seed=seed,
+        rethreshold=rethreshold,
+        guard=guard,
+    )
     res = pipeline.run(arg, opts)
     click.echo(res.markdown)
     click.echo(

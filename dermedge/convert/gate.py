@@ -22,9 +22,12 @@ from dermedge.metrics import binary_metrics
 from dermedge.runs import format_table
 
 # (report key, binary_metrics key, label)
-REPORTED = (("auc", "roc_auc", "AUC"), ("accuracy", "accuracy", "accuracy"),
-            ("sensitivity", "sensitivity", "sensitivity"),
-            ("specificity", "specificity", "specificity"))  # fmt: skip
+REPORTED = (
+    ("auc", "roc_auc", "AUC"),
+    ("accuracy", "accuracy", "accuracy"),
+    ("sensitivity", "sensitivity", "sensitivity"),
+    ("specificity", "specificity", "specificity"),
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ def metrics(y: Any, prob: Any, threshold: float) -> dict[str, Any]:
     return out
 
 
-def compare(y: Any, p_ref: Any, p_var: Any, threshold: float,
-            var_threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+def compare(
+    y: Any, p_ref: Any, p_var: Any, threshold: float, var_threshold: float | None = None
+) -> dict[str, Any]:
     """The variant's metrics (at its own threshold when given), its decision agreement with the
     reference (each at its threshold) and the largest |dp|."""
     vthr = threshold if var_threshold is None else var_threshold
@@ -96,19 +100,25 @@ def _drop(ref: float, var: float) -> float:
 def judge(ref: dict[str, Any], var: dict[str, Any], tol: Tolerances) -> list[str]:
     """One line per tolerance the variant is outside of; empty when it passes."""
     failures = []
-    for key, limit, label in (("auc", tol.max_auc_drop, "AUC"),
-                              ("accuracy", tol.max_acc_drop, "accuracy"),
-                              ("sensitivity", tol.max_sens_drop, "sensitivity")):  # fmt: skip
+    for key, limit, label in (
+        ("auc", tol.max_auc_drop, "AUC"),
+        ("accuracy", tol.max_acc_drop, "accuracy"),
+        ("sensitivity", tol.max_sens_drop, "sensitivity"),
+    ):
         drop = _drop(ref[key], var[key])
         if drop > limit + 1e-12:
-            failures.append(f"{label} dropped {drop:.4f} ({ref[key]:.4f} -> {var[key]:.4f}), "
-                            f"more than the allowed {limit:.4f} by {drop - limit:.4f}")  # fmt: skip
+            failures.append(
+                f"{label} dropped {drop:.4f} ({ref[key]:.4f} -> {var[key]:.4f}), "
+                f"more than the allowed {limit:.4f} by {drop - limit:.4f}"
+            )
     if var["agreement"] < tol.min_agreement - 1e-12:
         n = var.get("n") or 0
         disagree = round((1 - var["agreement"]) * n)
-        failures.append(f"agreement with Keras {var['agreement']:.4f} ({disagree} of {n} decisions "
-                        f"differ) is below the required {tol.min_agreement:.4f} "
-                        f"by {tol.min_agreement - var['agreement']:.4f}")  # fmt: skip
+        failures.append(
+            f"agreement with Keras {var['agreement']:.4f} ({disagree} of {n} decisions "
+            f"differ) is below the required {tol.min_agreement:.4f} "
+            f"by {tol.min_agreement - var['agreement']:.4f}"
+        )
     return failures
 
 
@@ -130,17 +140,21 @@ def check_normalization(card_input: dict[str, Any], layer_norm: dict[str, Any] |
         same = np.allclose(a, a[0])
         return f"{a[0]:g}" if same else "[" + ", ".join(f"{v:g}" for v in a) + "]"
 
-    return [f"input contract mismatch: the card says the model normalizes with mean={fmt(mean)} "
-            f"std={fmt(std)}, but its `{layer_norm['layer']}` layer computes (x - {fmt(lm)}) / "
-            f"{fmt(ls)}; the card does not describe this model (fix the card's input.mean/std, "
-            "or convert the run the model came from)"]  # fmt: skip
+    return [
+        f"input contract mismatch: the card says the model normalizes with mean={fmt(mean)} "
+        f"std={fmt(std)}, but its `{layer_norm['layer']}` layer computes (x - {fmt(lm)}) / "
+        f"{fmt(ls)}; the card does not describe this model (fix the card's input.mean/std, "
+        "or convert the run the model came from)"
+    ]
 
 
 def check_size(card_size: int, model_size: int | None) -> list[str]:
     if model_size is None or int(card_size) == int(model_size):
         return []
-    return [f"input contract mismatch: the card says {card_size}px input, the model takes "
-            f"{model_size}x{model_size}; the card does not describe this model"]  # fmt: skip
+    return [
+        f"input contract mismatch: the card says {card_size}px input, the model takes "
+        f"{model_size}x{model_size}; the card does not describe this model"
+    ]
 
 
 def check_recorded(
@@ -166,45 +180,68 @@ def check_recorded(
                 f"input contract mismatch: the Keras model scores {key} {ref[key]:.4f} on the test "
                 f"split through the card's input contract, but training recorded {float(was):.4f} "
                 f"on the same images; the card's crop/size/resize is probably not what the model "
-                "was trained with")  # fmt: skip
+                "was trained with"
+            )
     return failures
 
 
 # --- advice and the report ------------------------------------------------------------------------
 
 
-def advice(variant: str, failures: Sequence[str], calib_images: int | None = None,
-           step: float | None = None) -> str:  # fmt: skip
+def advice(
+    variant: str,
+    failures: Sequence[str],
+    calib_images: int | None = None,
+    step: float | None = None,
+) -> str:
     """What to try when a variant fails (a phrase to follow "try: ")."""
     if any(f.startswith("input contract mismatch") for f in failures):
-        return ("fixing the model card's input contract (input.size/crop/mean/std must be what the "
-                "model was trained with), then convert again; no quantization setting fixes this")  # fmt: skip
+        return (
+            "fixing the model card's input contract (input.size/crop/mean/std must be what the "
+            "model was trained with), then convert again; no quantization setting fixes this"
+        )
     if variant == "int8":
         used = f"; used {calib_images}" if calib_images else ""
         grid = ""
         if step is not None and step > 0.01:
-            grid = (f"Near the threshold int8 probabilities move in steps of {step:.3f} (the "
-                    "quantized logit), so cases within about a step of it can change decision; "
-                    "if the AUC held, re-choosing the int8 variant's threshold on the validation "
-                    "split (same sensitivity target) may be the fix. Or ")  # fmt: skip
-        return (grid + f"more calibration images (--calib-images 1000{used}); per-channel weight "
-                "quantization (on by default; per-tensor loses more); float fallback "
-                "(--allow-float-fallback: ops without an int8 kernel stay float - no longer fully "
-                "integer), or ship fp16/dynamic for this device. An int8 drop of more than about "
-                "a point on this task usually means a preprocessing mismatch: check that "
-                "training, calibration and the card use the same input contract")  # fmt: skip
+            grid = (
+                f"Near the threshold int8 probabilities move in steps of {step:.3f} (the "
+                "quantized logit), so cases within about a step of it can change decision; "
+                "if the AUC held, re-choosing the int8 variant's threshold on the validation "
+                "split (same sensitivity target) may be the fix. Or "
+            )
+        return (
+            grid + f"more calibration images (--calib-images 1000{used}); per-channel weight "
+            "quantization (on by default; per-tensor loses more); float fallback "
+            "(--allow-float-fallback: ops without an int8 kernel stay float - no longer fully "
+            "integer), or ship fp16/dynamic for this device. An int8 drop of more than about "
+            "a point on this task usually means a preprocessing mismatch: check that "
+            "training, calibration and the card use the same input contract"
+        )
     if variant == "fp32":
-        return ("checking the input contract and layers that behave differently at inference: "
-                "fp32 should match Keras to ~1e-5, so a failure means the converted graph or the "
-                "pixels the edge runtime feeds differ from Keras")  # fmt: skip
+        return (
+            "checking the input contract and layers that behave differently at inference: "
+            "fp32 should match Keras to ~1e-5, so a failure means the converted graph or the "
+            "pixels the edge runtime feeds differ from Keras"
+        )
     return (
         f"comparing with fp32 and checking the input contract ({variant} keeps float "
         "activations and rarely loses this much); ship fp16/fp32 instead if it persists"
     )
 
 
-COLUMNS = ("variant", "size", "threshold", "AUC", "acc", "sens", "spec", "agreement", "max abs Δp",
-           "verdict")  # fmt: skip
+COLUMNS = (
+    "variant",
+    "size",
+    "threshold",
+    "AUC",
+    "acc",
+    "sens",
+    "spec",
+    "agreement",
+    "max abs Δp",
+    "verdict",
+)
 
 
 def human_size(n: int | None) -> str:
@@ -220,10 +257,21 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
     def num(v: Any) -> object:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
-    return [[r["variant"], human_size(r.get("size_bytes")), num(r.get("threshold")),
-             num(r.get("auc")), num(r.get("accuracy")),
-             num(r.get("sensitivity")), num(r.get("specificity")), num(r.get("agreement")),
-             num(r.get("max_abs_dp")), r["verdict"]] for r in rows]  # fmt: skip
+    return [
+        [
+            r["variant"],
+            human_size(r.get("size_bytes")),
+            num(r.get("threshold")),
+            num(r.get("auc")),
+            num(r.get("accuracy")),
+            num(r.get("sensitivity")),
+            num(r.get("specificity")),
+            num(r.get("agreement")),
+            num(r.get("max_abs_dp")),
+            r["verdict"],
+        ]
+        for r in rows
+    ]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

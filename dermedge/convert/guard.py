@@ -56,8 +56,14 @@ def _dequantized(fb: Any, model: Any, idx: int) -> int:
     if src.type == fb.TensorType.FLOAT32:
         return idx
     codes = model.operatorCodes
-    op_index = next((i for i, c in enumerate(codes)
-                     if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.DEQUANTIZE), None)  # fmt: skip
+    op_index = next(
+        (
+            i
+            for i, c in enumerate(codes)
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.DEQUANTIZE
+        ),
+        None,
+    )
     if op_index is None:
         code = fb.OperatorCodeT()
         code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.DEQUANTIZE
@@ -86,8 +92,11 @@ def _has_feature_output(fb: Any, model: Any, idx: int) -> bool:
         return False
     out = int(sg.outputs[1])
     producer = {int(t): op for op in sg.operators for t in op.outputs}.get(out)
-    return out == idx or (producer is not None and _op_name(fb, model, producer) == "DEQUANTIZE"
-                          and int(producer.inputs[0]) == idx)  # fmt: skip
+    return out == idx or (
+        producer is not None
+        and _op_name(fb, model, producer) == "DEQUANTIZE"
+        and int(producer.inputs[0]) == idx
+    )
 
 
 def add_feature_output(data: bytes) -> tuple[bytes, int]:
@@ -133,13 +142,21 @@ def split_mismatch(card: dict[str, Any], records: list[Any], manifest: str) -> s
     have = split_counts(records)
     for split in ("train", "val"):
         if split in want and want[split] != have.get(split):
-            return (f"{manifest}: its {split} split {have.get(split)} is not the one the model was "
-                    f"trained with {want[split]}")  # fmt: skip
+            return (
+                f"{manifest}: its {split} split {have.get(split)} is not the one the model was "
+                f"trained with {want[split]}"
+            )
     return None
 
 
-def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 4000,
-              seed: int = 0, force: bool = False) -> dict[str, Any]:  # fmt: skip
+def add_guard(
+    model_path: str,
+    manifest: str,
+    out_dir: Path,
+    max_train: int = 4000,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary. A
     guarded model is guarded again in place of its old guard."""
     from dermedge.convert.pipeline import load_split  # the gate's loader: reports bad files
@@ -174,10 +191,17 @@ def add_guard(model_path: str, manifest: str, out_dir: Path, max_train: int = 40
     if not same:
         raise ConvertError("the guarded model's probabilities differ from the source model's")
     guard = g.fit(ft, yt, fv)
-    summary = {"train_images": len(yt), "val_images": len(yv), "dim": dim, "k": guard.components.shape[0],
-               "cutoff": guard.cutoff, "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
-               "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
-               "probabilities_identical_on_val": same, "manifest": str(manifest)}  # fmt: skip
+    summary = {
+        "train_images": len(yt),
+        "val_images": len(yv),
+        "dim": dim,
+        "k": guard.components.shape[0],
+        "cutoff": guard.cutoff,
+        "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
+        "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
+        "probabilities_identical_on_val": same,
+        "manifest": str(manifest),
+    }
     if mismatch:
         summary["warning"] = f"forced: {mismatch}"
     if "guard" in card:

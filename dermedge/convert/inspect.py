@@ -44,8 +44,10 @@ def _tensor(t: dict[str, Any]) -> str:
 
 
 def format_inspect(info: dict[str, Any]) -> str:
-    lines = [f"file      {info['path']}  ({human_size(info['size_bytes'])}, {info['size_bytes']} bytes)",
-             f"schema    v{info.get('schema_version')}, {info.get('subgraphs')} subgraph(s)"]  # fmt: skip
+    lines = [
+        f"file      {info['path']}  ({human_size(info['size_bytes'])}, {info['size_bytes']} bytes)",
+        f"schema    v{info.get('schema_version')}, {info.get('subgraphs')} subgraph(s)",
+    ]
     lines += [f"input     {_tensor(t)}" for t in info.get("inputs", [])]
     lines += [f"output    {_tensor(t)}" for t in info.get("outputs", [])]
     ops = ", ".join(f"{k} x{v}" for k, v in info.get("ops", {}).items())
@@ -61,10 +63,12 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append("card      none: give the input contract and threshold as flags to run it")
         return "\n".join(lines)
     inp = card.get("input", {})
-    lines += [f"card      {card.get('name')} ({card.get('arch')}), quantization {card.get('quantization')}",
-              f"contract  {inp.get('size')}px, crop {inp.get('crop')}, resize {inp.get('resize')}, "
-              f"mean {inp.get('mean')} std {inp.get('std')} (inside the model)",
-              f"threshold {card.get('threshold')} -> refer (P(malignant) >= threshold)"]  # fmt: skip
+    lines += [
+        f"card      {card.get('name')} ({card.get('arch')}), quantization {card.get('quantization')}",
+        f"contract  {inp.get('size')}px, crop {inp.get('crop')}, resize {inp.get('resize')}, "
+        f"mean {inp.get('mean')} std {inp.get('std')} (inside the model)",
+        f"threshold {card.get('threshold')} -> refer (P(malignant) >= threshold)",
+    ]
     data = card.get("data") or {}
     if data.get("manifest_sha256"):
         lines.append(f"data      manifest sha256 {data['manifest_sha256']}")
@@ -76,11 +80,13 @@ def format_inspect(info: dict[str, Any]) -> str:
         m = g.get("metrics", {})
         k = g.get("keras", {})
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(f"gate      {g.get('verdict')} on {g.get('test_images')} test images via "
-                     f"{g.get('runtime')}: AUC {fmt(m.get('auc'))} (Keras {fmt(k.get('auc'))}), "
-                     f"acc {fmt(m.get('accuracy'))}, sens {fmt(m.get('sensitivity'))}, "
-                     f"spec {fmt(m.get('specificity'))}, agreement {fmt(m.get('agreement'))}, "
-                     f"max|dp| {fmt(m.get('max_abs_dp'))}")  # fmt: skip
+        lines.append(
+            f"gate      {g.get('verdict')} on {g.get('test_images')} test images via "
+            f"{g.get('runtime')}: AUC {fmt(m.get('auc'))} (Keras {fmt(k.get('auc'))}), "
+            f"acc {fmt(m.get('accuracy'))}, sens {fmt(m.get('sensitivity'))}, "
+            f"spec {fmt(m.get('specificity'))}, agreement {fmt(m.get('agreement'))}, "
+            f"max|dp| {fmt(m.get('max_abs_dp'))}"
+        )
         lines += [f"          FAIL {f}" for f in g.get("failures", [])]
     from dermedge.edge.card_text import calibration_lines, external_lines
 

@@ -74,8 +74,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def load_split(records: list[Any], split: str, contract: InputContract, what: str
-                ) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+def load_split(
+    records: list[Any], split: str, contract: InputContract, what: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Pixels, labels (0/1) and paths of one split's readable images; unreadable ones are named."""
     recs = [r for r in records if r.split == split]
     paths = [r.path for r in recs]
@@ -97,8 +98,10 @@ def keras_predict(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
         out.append(np.asarray(p, dtype=np.float64).reshape(len(x[i : i + batch]), -1)[:, 0])
     p = np.concatenate(out) if out else np.zeros(0)
     if p.size and (p.min() < -1e-6 or p.max() > 1 + 1e-6 or not np.isfinite(p).all()):
-        raise ConvertError(f"the model's outputs ({p.min():.3g}..{p.max():.3g}) are not "
-                           "probabilities: its last layer must be a sigmoid (P(malignant))")  # fmt: skip
+        raise ConvertError(
+            f"the model's outputs ({p.min():.3g}..{p.max():.3g}) are not "
+            "probabilities: its last layer must be a sigmoid (P(malignant))"
+        )
     return p
 
 
@@ -116,13 +119,23 @@ def _recorded_test_metrics(
     return test, "checked against the card's recorded test metrics"
 
 
-def _variant_card(base: dict[str, Any], variant: str, src: source.Source, opts: Options,
-                  conversion: dict[str, Any], gate_info: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+def _variant_card(
+    base: dict[str, Any],
+    variant: str,
+    src: source.Source,
+    opts: Options,
+    conversion: dict[str, Any],
+    gate_info: dict[str, Any] | None,
+) -> dict[str, Any]:
     card = copy.deepcopy(base)
     card["quantization"] = variant
     card.setdefault("schema", "dermedge.card/1")
-    card["source"] = {"run": str(src.run_dir) if src.run_dir else None, "model": str(src.model_path),
-                      "model_sha256": conversion["model_sha256"], "card": str(src.card_path)}  # fmt: skip
+    card["source"] = {
+        "run": str(src.run_dir) if src.run_dir else None,
+        "model": str(src.model_path),
+        "model_sha256": conversion["model_sha256"],
+        "card": str(src.card_path),
+    }
     card["conversion"] = {k: v for k, v in conversion.items() if k != "model_sha256"}
     card["conversion"]["variant"] = variant
     if variant != "int8":
@@ -140,9 +153,13 @@ def _embed(tflite: bytes, card: dict[str, Any]) -> bytes:
     return data
 
 
-def _evaluate_variant(path: Path, pixels: dict[str, np.ndarray], contract: InputContract,
-                      records: list[Any], threads: int | None
-                      ) -> tuple[dict[str, np.ndarray], str]:  # fmt: skip
+def _evaluate_variant(
+    path: Path,
+    pixels: dict[str, np.ndarray],
+    contract: InputContract,
+    records: list[Any],
+    threads: int | None,
+) -> tuple[dict[str, np.ndarray], str]:
     """P(malignant) per split through the device code path (the file loaded once), contract from
     the file's card."""
     from dermedge.edge.runtime import EdgeError, EdgeModel
@@ -162,8 +179,12 @@ def _evaluate_variant(path: Path, pixels: dict[str, np.ndarray], contract: Input
     return probs, em.runtime
 
 
-def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None, p_val: np.ndarray | None,
-                       val_sources: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def _variant_threshold(
+    card: dict[str, Any],
+    y_val: np.ndarray | None,
+    p_val: np.ndarray | None,
+    val_sources: list[str] | None = None,
+) -> dict[str, Any]:
     """The variant's own operating threshold: the card's policy (target sensitivity on val, in
     every source when the card's pool is worst-source) applied to the variant's outputs, since
     quantization moves probabilities near the threshold (int8 outputs come in steps of ~0.02).
@@ -175,14 +196,20 @@ def _variant_threshold(card: dict[str, Any], y_val: np.ndarray | None, p_val: np
     from dermedge.metrics import choose_threshold_across_sources
 
     pool = val_sources if policy.get("pool") == "worst-source" else None
-    chosen = choose_threshold_across_sources(y_val, p_val, pool, float(policy["target_sensitivity"]),
-                                             float(policy.get("margin_se", 0.0)))  # fmt: skip
-    return {"threshold": chosen["threshold"],
-            "policy": {"variant_threshold": "rechosen on val through the edge runtime",
-                       "keras_threshold": float(card["threshold"]),
-                       "val_sensitivity": chosen["sensitivity"],
-                       "val_specificity": chosen["specificity"], "pool": chosen["pool"],
-                       "per_source": chosen.get("per_source")}}  # fmt: skip
+    chosen = choose_threshold_across_sources(
+        y_val, p_val, pool, float(policy["target_sensitivity"]), float(policy.get("margin_se", 0.0))
+    )
+    return {
+        "threshold": chosen["threshold"],
+        "policy": {
+            "variant_threshold": "rechosen on val through the edge runtime",
+            "keras_threshold": float(card["threshold"]),
+            "val_sensitivity": chosen["sensitivity"],
+            "val_specificity": chosen["specificity"],
+            "pool": chosen["pool"],
+            "per_source": chosen.get("per_source"),
+        },
+    }
 
 
 ValSet = tuple[np.ndarray, np.ndarray, list[str]]  # val pixels, labels and sources
@@ -214,8 +241,11 @@ def run(arg: str, opts: Options) -> Result:
     src = source.resolve(arg, opts.data, opts.card)
     records = source.records(src.manifest)
     _check_test_split(records, src.manifest)
-    calib_recs = quantize.calibration_sample(records, opts.calib_images, opts.seed) \
-        if "int8" in opts.quant else []  # fmt: skip
+    calib_recs = (
+        quantize.calibration_sample(records, opts.calib_images, opts.seed)
+        if "int8" in opts.quant
+        else []
+    )
     out_dir = _out_dir(src, opts)
     quantize.quiet_tf()
     _log(f"loading {src.model_path}")
@@ -233,9 +263,20 @@ def run(arg: str, opts: Options) -> Result:
     notes.append(f"Keras through the card's contract: {recorded_note}")
     conversion = _conversion_record(src, opts, mhash, calib, y_cal)
     with _work_dir(out_dir) as work:
-        ctx = GateContext(src=src, opts=opts, conversion=conversion, records=records,
-                          x_test=x_test, y_test=y_test, p_ref=p_ref, ref=ref,
-                          contract_failures=contract_failures, work=work, calib=calib, val=val)  # fmt: skip
+        ctx = GateContext(
+            src=src,
+            opts=opts,
+            conversion=conversion,
+            records=records,
+            x_test=x_test,
+            y_test=y_test,
+            p_ref=p_ref,
+            ref=ref,
+            contract_failures=contract_failures,
+            work=work,
+            calib=calib,
+            val=val,
+        )
         rows, produced = _convert_all(ctx, model)
         all_rows = [_reference_row(src, ref), *rows]
         passed = all(r["verdict"] == "pass" for r in rows) and not contract_failures
@@ -257,8 +298,9 @@ def _check_test_split(records: list[Any], manifest: Path) -> None:
             f"manifest {manifest} has no test split: the gate needs labelled test images"
         )
     if len({r.label for r in test_recs}) < 2:
-        raise ConvertError(f"the test split of {manifest} has one class: AUC and sensitivity "
-                           "cannot be measured")  # fmt: skip
+        raise ConvertError(
+            f"the test split of {manifest} has one class: AUC and sensitivity cannot be measured"
+        )
 
 
 def _out_dir(src: source.Source, opts: Options) -> Path:
@@ -298,9 +340,14 @@ def _gate_images(
     return x_test, y_test, val
 
 
-def _keras_reference(model: Any, src: source.Source, mhash: str, x_test: np.ndarray,
-                     y_test: np.ndarray, tolerances: gate.Tolerances
-                     ) -> tuple[np.ndarray, dict[str, Any], list[str], str]:  # fmt: skip
+def _keras_reference(
+    model: Any,
+    src: source.Source,
+    mhash: str,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    tolerances: gate.Tolerances,
+) -> tuple[np.ndarray, dict[str, Any], list[str], str]:
     """The Keras model's outputs and metrics on the test images, and how they compare with the
     card's recorded test metrics: (p_ref, ref, failures, note)."""
     _log(f"Keras reference on {len(y_test)} test images")
@@ -310,19 +357,31 @@ def _keras_reference(model: Any, src: source.Source, mhash: str, x_test: np.ndar
     return p_ref, ref, gate.check_recorded(ref, recorded, tolerances), recorded_note
 
 
-def _conversion_record(src: source.Source, opts: Options, mhash: str, calib: np.ndarray | None,
-                       y_cal: np.ndarray) -> dict[str, Any]:  # fmt: skip
+def _conversion_record(
+    src: source.Source, opts: Options, mhash: str, calib: np.ndarray | None, y_cal: np.ndarray
+) -> dict[str, Any]:
     """The card's `conversion` section: tool, converter, settings, versions, calibration."""
     conversion: dict[str, Any] = {
-        "tool": f"dermedge convert {__version__}", "converter": quantize.CONVERTER_PATH,
+        "tool": f"dermedge convert {__version__}",
+        "converter": quantize.CONVERTER_PATH,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_sha256": source.sha256_file(src.model_path), "manifest": str(src.manifest),
-        "manifest_sha256": mhash, "io": opts.io, "float_fallback": opts.allow_float_fallback,
-        "per_channel": True, "tolerances": opts.tolerances.to_dict(), "versions": _versions(),
-    }  # fmt: skip
+        "model_sha256": source.sha256_file(src.model_path),
+        "manifest": str(src.manifest),
+        "manifest_sha256": mhash,
+        "io": opts.io,
+        "float_fallback": opts.allow_float_fallback,
+        "per_channel": True,
+        "tolerances": opts.tolerances.to_dict(),
+        "versions": _versions(),
+    }
     if calib is not None:
-        conversion["calibration"] = {"split": "train", "images": int(len(calib)), "seed": opts.seed,
-                                     "stratified": True, "per_class": _counts(y_cal)}  # fmt: skip
+        conversion["calibration"] = {
+            "split": "train",
+            "images": int(len(calib)),
+            "seed": opts.seed,
+            "stratified": True,
+            "per_class": _counts(y_cal),
+        }
     return conversion
 
 
@@ -359,26 +418,48 @@ def _convert_all(ctx: GateContext, model: Any) -> tuple[list[dict[str, Any]], li
 
 def _reference_row(src: source.Source, ref: dict[str, Any]) -> dict[str, Any]:
     """The Keras model's row of the report: the reference every variant is compared with."""
-    return {"variant": "keras", "file": str(src.model_path),
-            "size_bytes": src.model_path.stat().st_size, **ref, "agreement": 1.0,
-            "max_abs_dp": 0.0, "verdict": "reference", "failures": []}  # fmt: skip
+    return {
+        "variant": "keras",
+        "file": str(src.model_path),
+        "size_bytes": src.model_path.stat().st_size,
+        **ref,
+        "agreement": 1.0,
+        "max_abs_dp": 0.0,
+        "verdict": "reference",
+        "failures": [],
+    }
 
 
-def _report(ctx: GateContext, rows: list[dict[str, Any]], notes: list[str], passed: bool,
-            seconds: float) -> dict[str, Any]:  # fmt: skip
+def _report(
+    ctx: GateContext, rows: list[dict[str, Any]], notes: list[str], passed: bool, seconds: float
+) -> dict[str, Any]:
     """report.json: the source, the gate's data and tolerances, every row and the verdict."""
     src, conversion = ctx.src, ctx.conversion
-    return clean_json({
-        "source": {"name": src.name, "run": str(src.run_dir) if src.run_dir else None,
-                   "model": str(src.model_path), "card": str(src.card_path)},
-        "manifest": str(src.manifest), "manifest_sha256": conversion["manifest_sha256"],
-        "split": "test", "test_images": int(len(ctx.y_test)), "threshold": src.threshold,
-        "contract": src.contract.to_dict(), "tolerances": ctx.opts.tolerances.to_dict(),
-        "contract_failures": ctx.contract_failures, "notes": notes, "rows": rows,
-        "verdict": "pass" if passed else "fail", "converter": quantize.CONVERTER_PATH,
-        "versions": conversion["versions"], "calibration": conversion.get("calibration"),
-        "seconds": seconds,
-    })  # fmt: skip
+    return clean_json(
+        {
+            "source": {
+                "name": src.name,
+                "run": str(src.run_dir) if src.run_dir else None,
+                "model": str(src.model_path),
+                "card": str(src.card_path),
+            },
+            "manifest": str(src.manifest),
+            "manifest_sha256": conversion["manifest_sha256"],
+            "split": "test",
+            "test_images": int(len(ctx.y_test)),
+            "threshold": src.threshold,
+            "contract": src.contract.to_dict(),
+            "tolerances": ctx.opts.tolerances.to_dict(),
+            "contract_failures": ctx.contract_failures,
+            "notes": notes,
+            "rows": rows,
+            "verdict": "pass" if passed else "fail",
+            "converter": quantize.CONVERTER_PATH,
+            "versions": conversion["versions"],
+            "calibration": conversion.get("calibration"),
+            "seconds": seconds,
+        }
+    )
 
 
 def _counts(y: np.ndarray) -> dict[str, int]:
@@ -389,15 +470,18 @@ def _load_calib(
     recs: list[Any], contract: InputContract
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     paths = [r.path for r in recs]
-    x, kept, bad = load_images(paths, contract, cache_dir=str(runs_root() / "cache"),
-                               desc="calibration images")  # fmt: skip
+    x, kept, bad = load_images(
+        paths, contract, cache_dir=str(runs_root() / "cache"), desc="calibration images"
+    )
     if bad:
         _log(f"warning: {len(bad)} unreadable calibration images skipped")
     y = np.asarray([LABELS.get(recs[i].label, -1) for i in kept], dtype=np.int64)
     present = {int(v) for v in y if v >= 0}
     if len(present) < 2:
-        raise ConvertError("the calibration set has one class after skipping unreadable images; "
-                           "int8 needs both classes in the training split")  # fmt: skip
+        raise ConvertError(
+            "the calibration set has one class after skipping unreadable images; "
+            "int8 needs both classes in the training split"
+        )
     if len(x) < 50:
         _log(f"warning: only {len(x)} calibration images; int8 ranges may be poor (--calib-images)")
     return x, y, [paths[i] for i in kept]
@@ -422,8 +506,9 @@ def _variant(ctx: GateContext, saved: Path, variant: str, produced: list[str]) -
     return row
 
 
-def _make_variant(ctx: GateContext, saved: Path, variant: str, row: dict[str, Any],
-                  produced: list[str]) -> None:  # fmt: skip
+def _make_variant(
+    ctx: GateContext, saved: Path, variant: str, row: dict[str, Any], produced: list[str]
+) -> None:
     """The steps of `_variant`: convert, run through the edge runtime, judge, file; fills `row`."""
     src, name = ctx.src, FILE_NAMES[variant]
     tfl, conv = _convert(ctx, saved, variant)
@@ -437,19 +522,36 @@ def _make_variant(ctx: GateContext, saved: Path, variant: str, row: dict[str, An
     own = gate.judge(ctx.ref, cmp, ctx.opts.tolerances)
     failures = list(ctx.contract_failures) + own
     verdict = "pass" if not failures else "fail"
-    card = _variant_card(src.card, variant, src, ctx.opts, conv,
-                         _gate_info(ctx, verdict, failures, thr, runtime, cmp))  # fmt: skip
+    card = _variant_card(
+        src.card,
+        variant,
+        src,
+        ctx.opts,
+        conv,
+        _gate_info(ctx, verdict, failures, thr, runtime, cmp),
+    )
     card["threshold"] = thr["threshold"]
     card["threshold_policy"] = {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
     rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
     final = _file_variant(ctx, tfl, card, rel, verdict == "pass", row)
     produced.append(rel)
-    row.update({"file": rel, "size_bytes": len(final), **cmp, "verdict": verdict,
-                "failures": failures, "runtime": runtime})  # fmt: skip
+    row.update(
+        {
+            "file": rel,
+            "size_bytes": len(final),
+            **cmp,
+            "verdict": verdict,
+            "failures": failures,
+            "runtime": runtime,
+        }
+    )
     step = gate.output_step(p_var, src.threshold) if variant == "int8" else None
     if variant == "int8":
-        row.update(io_quantization=conv["io_quantization"], float_ops=conv["float_ops"],
-                   output_step_at_threshold=step)  # fmt: skip
+        row.update(
+            io_quantization=conv["io_quantization"],
+            float_ops=conv["float_ops"],
+            output_step_at_threshold=step,
+        )
     if own:
         n_cal = len(ctx.calib) if ctx.calib is not None else None
         row["advice"] = gate.advice(variant, own, n_cal, step)
@@ -459,30 +561,39 @@ def _convert(ctx: GateContext, saved: Path, variant: str) -> tuple[bytes, dict[s
     """The variant's .tflite bytes and its conversion record (int8: I/O quantization, float ops;
     refused when not fully integer unless float fallback is allowed)."""
     opts = ctx.opts
-    tfl = quantize.convert(saved, variant, opts.io, ctx.calib if variant == "int8" else None,
-                           opts.allow_float_fallback)  # fmt: skip
+    tfl = quantize.convert(
+        saved, variant, opts.io, ctx.calib if variant == "int8" else None, opts.allow_float_fallback
+    )
     conv = dict(ctx.conversion)
     if variant == "int8":
         conv["io_quantization"] = quantize.io_details(tfl)
         fl = quantize.float_ops(tfl)
         conv["float_ops"] = fl
         if fl and not opts.allow_float_fallback:
-            raise ConvertError(f"int8 is not fully integer: float ops {fl}; pass "
-                               "--allow-float-fallback to accept them")  # fmt: skip
+            raise ConvertError(
+                f"int8 is not fully integer: float ops {fl}; pass "
+                "--allow-float-fallback to accept them"
+            )
     return tfl, conv
 
 
-def _run_on_edge(ctx: GateContext, variant: str, trial: Path
-                 ) -> tuple[np.ndarray, dict[str, Any], str]:  # fmt: skip
+def _run_on_edge(
+    ctx: GateContext, variant: str, trial: Path
+) -> tuple[np.ndarray, dict[str, Any], str]:
     """The trial file through the edge runtime: test P(malignant), the variant's own threshold
     (re-chosen on val; fp32 keeps Keras') and the runtime's name."""
     _log(f"{variant}: gating {len(ctx.y_test)} test images through the edge runtime")
     use_val = ctx.val if variant != "fp32" else None  # fp32 keeps Keras' threshold
     pixels = {"test": ctx.x_test, **({"val": use_val[0]} if use_val else {})}
-    probs, runtime = _evaluate_variant(trial, pixels, ctx.src.contract, ctx.records,
-                                       ctx.opts.threads)  # fmt: skip
-    thr = _variant_threshold(ctx.src.card, use_val[1] if use_val else None, probs.get("val"),
-                             use_val[2] if use_val else None)  # fmt: skip
+    probs, runtime = _evaluate_variant(
+        trial, pixels, ctx.src.contract, ctx.records, ctx.opts.threads
+    )
+    thr = _variant_threshold(
+        ctx.src.card,
+        use_val[1] if use_val else None,
+        probs.get("val"),
+        use_val[2] if use_val else None,
+    )
     return probs["test"], thr, runtime
 
 
@@ -495,16 +606,24 @@ def _gate_info(
     cmp: dict[str, Any],
 ) -> dict[str, Any]:
     """The card's `gate` section: verdict, failures, the test data and the metrics compared."""
-    return {"verdict": verdict, "failures": failures, "split": "test",
-            "test_images": int(len(ctx.y_test)),
-            "manifest_sha256": ctx.conversion["manifest_sha256"], "threshold": thr["threshold"],
-            "keras_threshold": ctx.src.threshold, "runtime": runtime,
-            "tolerances": ctx.opts.tolerances.to_dict(), "keras": ctx.ref,
-            "metrics": cmp}  # fmt: skip
+    return {
+        "verdict": verdict,
+        "failures": failures,
+        "split": "test",
+        "test_images": int(len(ctx.y_test)),
+        "manifest_sha256": ctx.conversion["manifest_sha256"],
+        "threshold": thr["threshold"],
+        "keras_threshold": ctx.src.threshold,
+        "runtime": runtime,
+        "tolerances": ctx.opts.tolerances.to_dict(),
+        "keras": ctx.ref,
+        "metrics": cmp,
+    }
 
 
-def _file_variant(ctx: GateContext, tfl: bytes, card: dict[str, Any], rel: str, passed: bool,
-                  row: dict[str, Any]) -> bytes:  # fmt: skip
+def _file_variant(
+    ctx: GateContext, tfl: bytes, card: dict[str, Any], rel: str, passed: bool, row: dict[str, Any]
+) -> bytes:
     """Write the variant with its card (a passing one then gets its guard, summary in `row`) and
     the card's .json sidecar under `ctx.work`; the final bytes."""
     final = _embed(tfl, card)
@@ -564,18 +683,26 @@ def _deliver(work: Path, out_dir: Path, produced: list[str], requested: list[str
 
 def _markdown(report: dict[str, Any], opts: Options) -> str:
     rows = report["rows"]
-    lines = [f"# dermedge convert: {report['source']['name']}", "",
-             f"Gate on the test split of `{report['manifest']}` ({report['test_images']} images, "
-             f"manifest sha256 {report['manifest_sha256'][:12]}), threshold "
-             f"{report['threshold']:.4f}, variants run through the edge runtime.", "",
-             gate.markdown_table(rows), "",
-             "Tolerances: AUC drop <= {max_auc_drop}, accuracy drop <= {max_acc_drop}, sensitivity "
-             "drop <= {max_sens_drop}, agreement >= {min_agreement}.".format(**report["tolerances"])]  # fmt: skip
+    lines = [
+        f"# dermedge convert: {report['source']['name']}",
+        "",
+        f"Gate on the test split of `{report['manifest']}` ({report['test_images']} images, "
+        f"manifest sha256 {report['manifest_sha256'][:12]}), threshold "
+        f"{report['threshold']:.4f}, variants run through the edge runtime.",
+        "",
+        gate.markdown_table(rows),
+        "",
+        "Tolerances: AUC drop <= {max_auc_drop}, accuracy drop <= {max_acc_drop}, sensitivity "
+        "drop <= {max_sens_drop}, agreement >= {min_agreement}.".format(**report["tolerances"]),
+    ]
     failed = [r for r in rows if r.get("failures")]
     if report["contract_failures"]:
-        lines += ["", "## Input contract (fails every variant)",
-                  *(f"- FAIL: {f}" for f in report["contract_failures"]),
-                  f"- try: {gate.advice('', report['contract_failures'])}"]  # fmt: skip
+        lines += [
+            "",
+            "## Input contract (fails every variant)",
+            *(f"- FAIL: {f}" for f in report["contract_failures"]),
+            f"- try: {gate.advice('', report['contract_failures'])}",
+        ]
     own = [(r, [f for f in r["failures"] if f not in report["contract_failures"]]) for r in failed]
     if any(fs for _, fs in own):
         lines += ["", "## Failures"]
@@ -588,10 +715,13 @@ def _markdown(report: dict[str, Any], opts: Options) -> str:
     int8 = next((r for r in rows if r["variant"] == "int8" and r.get("io_quantization")), None)
     if int8:
         q, cal = int8["io_quantization"], report.get("calibration") or {}
-        lines += ["", f"int8: {q['input']['dtype']} input (scale {q['input'].get('scale')}, zero point "
-                  f"{q['input'].get('zero_point')}), {q['output']['dtype']} output; calibrated on "
-                  f"{cal.get('images')} training images {cal.get('per_class')}; float ops: "
-                  f"{int8.get('float_ops') or 'none'}."]  # fmt: skip
+        lines += [
+            "",
+            f"int8: {q['input']['dtype']} input (scale {q['input'].get('scale')}, zero point "
+            f"{q['input'].get('zero_point')}), {q['output']['dtype']} output; calibrated on "
+            f"{cal.get('images')} training images {cal.get('per_class')}; float ops: "
+            f"{int8.get('float_ops') or 'none'}.",
+        ]
     if report.get("notes"):
         lines += ["", "## Notes", *(f"- {n}" for n in report["notes"])]
     lines += ["", f"Verdict: **{report['verdict'].upper()}**", ""]

@@ -116,9 +116,11 @@ def calibration_sample(records: Sequence[Any], n: int, seed: int = 0) -> list[An
         raise ConvertError("the manifest has no training split to calibrate int8 on")
     if len(by_label) < 2:
         only = next(iter(by_label))
-        raise ConvertError(f"the calibration set (training split) has one class ({only}); int8 "
-                           "ranges calibrated on it would not cover the other - use a manifest "
-                           "with both classes in train")  # fmt: skip
+        raise ConvertError(
+            f"the calibration set (training split) has one class ({only}); int8 "
+            "ranges calibrated on it would not cover the other - use a manifest "
+            "with both classes in train"
+        )
     if n >= len(train):
         return sorted(train, key=lambda r: r.path)
     rng = random.Random(seed)
@@ -135,8 +137,13 @@ def calibration_sample(records: Sequence[Any], n: int, seed: int = 0) -> list[An
     return out
 
 
-def convert(saved_model: Path, variant: str, io: str = "uint8",
-            calib: np.ndarray | None = None, float_fallback: bool = False) -> bytes:  # fmt: skip
+def convert(
+    saved_model: Path,
+    variant: str,
+    io: str = "uint8",
+    calib: np.ndarray | None = None,
+    float_fallback: bool = False,
+) -> bytes:
     """One variant's `.tflite` bytes; `calib` (uint8 N,S,S,3 raw pixels) is needed for int8."""
     tf = import_tf()
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -168,8 +175,11 @@ def convert(saved_model: Path, variant: str, io: str = "uint8",
         try:
             out = conv.convert()
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError...
-            hint = " (some op has no int8 kernel: --allow-float-fallback keeps it in float)" \
-                if variant == "int8" and not float_fallback else ""  # fmt: skip
+            hint = (
+                " (some op has no int8 kernel: --allow-float-fallback keeps it in float)"
+                if variant == "int8" and not float_fallback
+                else ""
+            )
             raise ConvertError(
                 f"{variant}: the TFLite converter failed: {_reason(e, log)}{hint}"
             ) from e
@@ -215,8 +225,11 @@ def float_ops(tflite: bytes) -> dict[str, int]:
             name = names.get(builtin, f"op{builtin}")
             if name == "CUSTOM" and code.CustomCode():
                 name = code.CustomCode().decode()
-            tensors = [*op.InputsAsNumpy().tolist(), *op.OutputsAsNumpy().tolist()] \
-                if op.InputsLength() or op.OutputsLength() else []  # fmt: skip
+            tensors = (
+                [*op.InputsAsNumpy().tolist(), *op.OutputsAsNumpy().tolist()]
+                if op.InputsLength() or op.OutputsLength()
+                else []
+            )
             floats = [
                 t for t in tensors if t >= 0 and types.get(g.Tensors(t).Type()) in FLOAT_TYPES
             ]
@@ -237,9 +250,12 @@ def io_details(tflite: bytes) -> dict[str, Any]:
     def info(idx: int) -> dict[str, Any]:
         t = g.Tensors(idx)
         q = t.Quantization()
-        d: dict[str, Any] = {"dtype": types.get(t.Type(), "?").lower(),
-                             "shape": t.ShapeSignatureAsNumpy().tolist() if t.ShapeSignatureLength()
-                             else t.ShapeAsNumpy().tolist()}  # fmt: skip
+        d: dict[str, Any] = {
+            "dtype": types.get(t.Type(), "?").lower(),
+            "shape": t.ShapeSignatureAsNumpy().tolist()
+            if t.ShapeSignatureLength()
+            else t.ShapeAsNumpy().tolist(),
+        }
         if q is not None and q.ScaleLength():
             d["scale"] = float(q.Scale(0))
             d["zero_point"] = int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0

@@ -71,16 +71,20 @@ def resolve(arg: str, data: str | None = None, card: str | None = None) -> Sourc
         run_dir = None
         model_path = p
     elif p.suffix == ".tflite":
-        raise ConvertError(f"{arg} is already a TFLite model; `dermedge convert --inspect {arg}` "
-                           "shows what it holds")  # fmt: skip
+        raise ConvertError(
+            f"{arg} is already a TFLite model; `dermedge convert --inspect {arg}` "
+            "shows what it holds"
+        )
     else:
         raise ConvertError(f"{arg}: expected a training run folder or a .keras model file")
     folder = run_dir or model_path.parent
 
     card_path = Path(card) if card else folder / CARD_FILE
     if not card_path.is_file():
-        raise ConvertError(f"no model card at {card_path}: convert a finished training run, or "
-                           "pass --card CARD.json (the input contract and threshold)")  # fmt: skip
+        raise ConvertError(
+            f"no model card at {card_path}: convert a finished training run, or "
+            "pass --card CARD.json (the input contract and threshold)"
+        )
     card_obj = _read_json(card_path, "model card")
     if not isinstance(card_obj.get("input"), dict):
         raise ConvertError(f"model card {card_path} has no 'input' contract")
@@ -89,8 +93,12 @@ def resolve(arg: str, data: str | None = None, card: str | None = None) -> Sourc
     except (TypeError, ValueError) as e:
         raise ConvertError(f"model card {card_path}: bad input contract: {_first_line(e)}") from e
     thr = card_obj.get("threshold")
-    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0.0 <= float(thr) <= 1.0 \
-            or math.isnan(float(thr)):  # fmt: skip
+    if (
+        not isinstance(thr, (int, float))
+        or isinstance(thr, bool)
+        or not 0.0 <= float(thr) <= 1.0
+        or math.isnan(float(thr))
+    ):
         raise ConvertError(
             f"model card {card_path}: 'threshold' must be a probability, got {thr!r}"
         )
@@ -98,8 +106,10 @@ def resolve(arg: str, data: str | None = None, card: str | None = None) -> Sourc
     manifest = _manifest_csv(Path(data)) if data else folder / MANIFEST_FILE
     if not manifest.is_file():
         where = f"run folder {folder}" if not data else f"--data {data}"
-        raise ConvertError(f"{where} has no {MANIFEST_FILE} (the split the model was trained and "
-                           "tested on); pass --data MANIFEST")  # fmt: skip
+        raise ConvertError(
+            f"{where} has no {MANIFEST_FILE} (the split the model was trained and "
+            "tested on); pass --data MANIFEST"
+        )
     name = run_dir.name if run_dir is not None else (card_obj.get("name") or model_path.stem)
     return Source(
         str(name), model_path, run_dir, card_obj, card_path, manifest, contract, float(thr)
@@ -142,8 +152,10 @@ def load_keras(path: Path) -> Any:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - keras raises anything from a bad archive
-        raise ConvertError(f"cannot load Keras model {path}: {_first_line(e)} "
-                           "(corrupt or truncated file, or layers this dermedge does not know)") from e  # fmt: skip
+        raise ConvertError(
+            f"cannot load Keras model {path}: {_first_line(e)} "
+            "(corrupt or truncated file, or layers this dermedge does not know)"
+        ) from e
 
 
 def image_size(model: Any) -> int:
@@ -155,13 +167,17 @@ def image_size(model: Any) -> int:
         )
     shape = tuple(inputs[0].shape)
     if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]:
-        raise ConvertError(f"the model's input {shape} is not an image batch: expected (N, S, S, 3) "
-                           "float RGB pixels 0..255")  # fmt: skip
+        raise ConvertError(
+            f"the model's input {shape} is not an image batch: expected (N, S, S, 3) "
+            "float RGB pixels 0..255"
+        )
     outputs = model.outputs
     if len(outputs) != 1 or tuple(outputs[0].shape)[-1] != 1:
         shapes = [tuple(o.shape) for o in outputs]
-        raise ConvertError(f"the model's output {shapes[0] if len(shapes) == 1 else shapes} is not "
-                           "one sigmoid unit (N, 1) = P(malignant)")  # fmt: skip
+        raise ConvertError(
+            f"the model's output {shapes[0] if len(shapes) == 1 else shapes} is not "
+            "one sigmoid unit (N, 1) = P(malignant)"
+        )
     return int(shape[1])
 
 

@@ -57,8 +57,13 @@ class Analysis:
         return out
 
 
-def _link_groups(records: list[Record], hashes: dict[str, FileHash], other: Index, max_bits: int,
-                 disagreements: list[dict[str, str]]) -> dict[str, str]:  # fmt: skip
+def _link_groups(
+    records: list[Record],
+    hashes: dict[str, FileHash],
+    other: Index,
+    max_bits: int,
+    disagreements: list[dict[str, str]],
+) -> dict[str, str]:
     """Map our paths to the other dataset's lesion groups, through near-identical photos; note
     photos whose label differs from the linked dataset's (a doubtful label in one of them)."""
     theirs = [r for r in other.records if r.group]
@@ -71,14 +76,21 @@ def _link_groups(records: list[Record], hashes: dict[str, FileHash], other: Inde
     for i, j, _ in pairs:
         links.setdefault(records[i].path, f"{other.layout}:{theirs[j].group}")
         if records[i].label != theirs[j].label:
-            disagreements.append({"path": records[i].path, "label": records[i].label,
-                                  "linked_path": theirs[j].path, "linked_label": theirs[j].label,
-                                  "linked_dx": theirs[j].dx or ""})  # fmt: skip
+            disagreements.append(
+                {
+                    "path": records[i].path,
+                    "label": records[i].label,
+                    "linked_path": theirs[j].path,
+                    "linked_label": theirs[j].label,
+                    "linked_dx": theirs[j].dx or "",
+                }
+            )
     return links
 
 
-def _name_groups(records: list[Record], uf: UnionFind, link_names: dict[str, str],
-                 root_dir: Path) -> None:  # fmt: skip
+def _name_groups(
+    records: list[Record], uf: UnionFind, link_names: dict[str, str], root_dir: Path
+) -> None:
     """Name each merged group by a lesion id it contains, else by its first file (relative)."""
     names: dict[str, str] = {}
     for r in sorted(records, key=lambda r: r.path):
@@ -92,8 +104,9 @@ def _name_groups(records: list[Record], uf: UnionFind, link_names: dict[str, str
         r.group = names[uf.find(r.path)]
 
 
-def analyse(index: Index, link: Index | None = None, max_bits: int = NEAR_DUP_BITS,
-            progress: bool = True) -> Analysis:  # fmt: skip
+def analyse(
+    index: Index, link: Index | None = None, max_bits: int = NEAR_DUP_BITS, progress: bool = True
+) -> Analysis:
     """Hash, de-duplicate and group an index; unreadable images become problems."""
     hashes, bad = hash_files([r.path for r in index.records], progress=progress)
     for path, reason in bad.items():
@@ -156,9 +169,14 @@ def _twin_reason(a: FileHash | None, b: FileHash | None) -> str:
 
 def _leaking_image(r: Record, twins: list[Record], hashes: dict[str, FileHash]) -> dict[str, Any]:
     """One leaking image with its twins in the earlier split, each with the reason."""
-    named = [{"path": t.path, "split": t.split or "all",
-              "reason": _twin_reason(hashes.get(r.path), hashes.get(t.path))}
-             for t in sorted(twins, key=lambda t: t.path)]  # fmt: skip
+    named = [
+        {
+            "path": t.path,
+            "split": t.split or "all",
+            "reason": _twin_reason(hashes.get(r.path), hashes.get(t.path)),
+        }
+        for t in sorted(twins, key=lambda t: t.path)
+    ]
     reason = SAME_PHOTO if any(t["reason"] == SAME_PHOTO for t in named) else SAME_LESION
     return {"path": r.path, "label": r.label, "group": r.group, "reason": reason, "twins": named}
 
@@ -173,14 +191,19 @@ def leakage(records: list[Record], hashes: dict[str, FileHash] | None = None) ->
     names = sorted({r.split or "all" for r in records}, key=lambda s: (SPLIT_ORDER.get(s, 3), s))
     for ia, a in enumerate(names):
         for b in names[ia + 1 :]:
-            pair = [r for r in records if (r.split or "all") == b
-                    and a in members[r.group or r.path]]  # fmt: skip
+            pair = [
+                r for r in records if (r.split or "all") == b and a in members[r.group or r.path]
+            ]
             shared = {r.group for r in pair}
-            entry: dict[str, Any] = {"images_in_" + b + "_with_twin_in_" + a: len(pair),
-                                     "shared_groups": len(shared)}  # fmt: skip
+            entry: dict[str, Any] = {
+                "images_in_" + b + "_with_twin_in_" + a: len(pair),
+                "shared_groups": len(shared),
+            }
             if hashes is not None:
-                images = [_leaking_image(r, members[r.group or r.path][a], hashes)
-                          for r in sorted(pair, key=lambda r: r.path)]  # fmt: skip
+                images = [
+                    _leaking_image(r, members[r.group or r.path][a], hashes)
+                    for r in sorted(pair, key=lambda r: r.path)
+                ]
                 reasons = Counter(i["reason"] for i in images)
                 entry["same_photo"] = reasons[SAME_PHOTO]
                 entry["same_lesion_id"] = reasons[SAME_LESION]
@@ -197,9 +220,15 @@ def _balance(name: str, records: list[Record], **keys: Any) -> dict[str, Any]:
     """Label counts of one part of the data, its majority class and that class's share."""
     c = Counter(r.label for r in records)
     majority, n = max(sorted(c.items()), key=lambda kv: kv[1]) if c else ("", 0)
-    return {"name": name, **keys, "images": len(records), "benign": c["benign"],
-            "malignant": c["malignant"], "majority": majority,
-            "share": round(n / len(records), 4) if records else 0.0}  # fmt: skip
+    return {
+        "name": name,
+        **keys,
+        "images": len(records),
+        "benign": c["benign"],
+        "malignant": c["malignant"],
+        "majority": majority,
+        "share": round(n / len(records), 4) if records else 0.0,
+    }
 
 
 def _percent(share: float) -> str:
@@ -209,13 +238,19 @@ def _percent(share: float) -> str:
 
 def shortcut_warning(part: dict[str, Any]) -> str:
     """The plain-words warning for a part of the data that is (nearly) all one class."""
-    return (f"WARNING shortcut: {part['name']} is {_percent(part['share'])} {part['majority']} "
-            f"({part['images']} images): a model can learn where a photo comes from instead of "
-            "what the lesion is")  # fmt: skip
+    return (
+        f"WARNING shortcut: {part['name']} is {_percent(part['share'])} {part['majority']} "
+        f"({part['images']} images): a model can learn where a photo comes from instead of "
+        "what the lesion is"
+    )
 
 
-def shortcut_audit(records: list[Record], linked_paths: set[str] | None = None,
-                   link_name: str | None = None, by_split: bool = False) -> dict[str, Any]:  # fmt: skip
+def shortcut_audit(
+    records: list[Record],
+    linked_paths: set[str] | None = None,
+    link_name: str | None = None,
+    by_split: bool = False,
+) -> dict[str, Any]:
     """Label balance per source, per linked / unlinked part of a source and (by_split) per
     source x split, with a warning for each source or part that is (nearly) all one class."""
     by_source: dict[str, list[Record]] = defaultdict(list)
@@ -238,11 +273,18 @@ def shortcut_audit(records: list[Record], linked_paths: set[str] | None = None,
             cells[(r.source, r.split or "all")].append(r)
         order = sorted(cells, key=lambda k: (k[0], SPLIT_ORDER.get(k[1], 3), k[1]))
         splits = [_balance(f"{s} {sp}", cells[(s, sp)], source=s, split=sp) for s, sp in order]
-    warn = [shortcut_warning(p) for p in sources + subs
-            if p["images"] >= SHORTCUT_MIN_IMAGES and p["share"] >= SHORTCUT_MAX_SHARE]  # fmt: skip
-    return {"rule": {"min_images": SHORTCUT_MIN_IMAGES, "max_share": SHORTCUT_MAX_SHARE},
-            "sources": sources, "sub_sources": subs, "source_splits": splits,
-            "warnings": warn}  # fmt: skip
+    warn = [
+        shortcut_warning(p)
+        for p in sources + subs
+        if p["images"] >= SHORTCUT_MIN_IMAGES and p["share"] >= SHORTCUT_MAX_SHARE
+    ]
+    return {
+        "rule": {"min_images": SHORTCUT_MIN_IMAGES, "max_share": SHORTCUT_MAX_SHARE},
+        "sources": sources,
+        "sub_sources": subs,
+        "source_splits": splits,
+        "warnings": warn,
+    }
 
 
 def link_name(analysis: Analysis) -> str | None:

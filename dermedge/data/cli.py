@@ -28,21 +28,33 @@ def _load(root: str, link: str | None) -> Analysis:
     for ix in (index, other):
         if ix is not None and not ix.records:
             shown = "; ".join(f"{p.path}: {p.reason}" for p in ix.problems[:3])
-            raise click.ClickException(f"{ix.root}: no usable labelled images"
-                                       + (f" ({len(ix.problems)} skipped: {shown} ...)" if shown else ""))  # fmt: skip
+            raise click.ClickException(
+                f"{ix.root}: no usable labelled images"
+                + (f" ({len(ix.problems)} skipped: {shown} ...)" if shown else "")
+            )
     return analyse(index, link=other)
 
 
 def _audit_text(audit: dict[str, Any]) -> list[str]:
     """The shortcut audit as lines: label balance per source / linked part / split, warnings."""
     parts = audit["sources"] + audit["sub_sources"] + audit["source_splits"]
-    rows = [[p["name"], p["benign"], p["malignant"], p["images"],
-             f"{100 * p['malignant'] / max(1, p['images']):.1f}%"] for p in parts]  # fmt: skip
+    rows = [
+        [
+            p["name"],
+            p["benign"],
+            p["malignant"],
+            p["images"],
+            f"{100 * p['malignant'] / max(1, p['images']):.1f}%",
+        ]
+        for p in parts
+    ]
     rule = audit["rule"]
-    return [f"label balance per source (shortcut audit: warns at >= {rule['max_share']:.0%} one "
-            f"class with >= {rule['min_images']} images):",
-            format_table(rows, ["source", "benign", "malignant", "total", "malignant %"]),
-            *audit["warnings"]]  # fmt: skip
+    return [
+        f"label balance per source (shortcut audit: warns at >= {rule['max_share']:.0%} one "
+        f"class with >= {rule['min_images']} images):",
+        format_table(rows, ["source", "benign", "malignant", "total", "malignant %"]),
+        *audit["warnings"],
+    ]
 
 
 def _leakage_text(leaks: dict[str, Any]) -> list[str]:
@@ -51,31 +63,42 @@ def _leakage_text(leaks: dict[str, Any]) -> list[str]:
     for pair, v in leaks.items():
         a, b = pair.split("/")
         n, g = v[f"images_in_{b}_with_twin_in_{a}"], v["shared_groups"]
-        why = (f"; {v['same_photo']} same photo, {v['same_lesion_id']} same lesion id"
-               if "same_photo" in v else "")  # fmt: skip
-        lines.append(f"LEAKAGE {pair}: {n} {b} images have a same-lesion twin in {a} "
-                     f"({g} lesions{why})" if n else f"no leakage between {a} and {b}")  # fmt: skip
+        why = (
+            f"; {v['same_photo']} same photo, {v['same_lesion_id']} same lesion id"
+            if "same_photo" in v
+            else ""
+        )
+        lines.append(
+            f"LEAKAGE {pair}: {n} {b} images have a same-lesion twin in {a} ({g} lesions{why})"
+            if n
+            else f"no leakage between {a} and {b}"
+        )
     return lines
 
 
 def _report_text(s: dict[str, Any]) -> str:
-    rows = [[split, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
-            for split, c in s["counts"].items()]  # fmt: skip
-    lines = [f"dataset {s['root']} ({s['layout']}): {s['images']} readable images, "
-             f"{s['groups']} lesion groups",  # fmt: skip
-             format_table(rows, ["split", "benign", "malignant", "total"]),
-             f"image sizes: {', '.join(f'{k} x{v}' for k, v in s['image_sizes'].items())}",
-             f"exact duplicates: {s['exact_duplicate_sets']} sets "
-             f"({s['exact_duplicate_extra_files']} extra files)",
-             f"near-duplicates ({s['near_duplicate_rule']}): "
-             f"{s['near_duplicate_pairs']} pairs"]  # fmt: skip
+    rows = [
+        [split, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
+        for split, c in s["counts"].items()
+    ]
+    lines = [
+        f"dataset {s['root']} ({s['layout']}): {s['images']} readable images, "
+        f"{s['groups']} lesion groups",
+        format_table(rows, ["split", "benign", "malignant", "total"]),
+        f"image sizes: {', '.join(f'{k} x{v}' for k, v in s['image_sizes'].items())}",
+        f"exact duplicates: {s['exact_duplicate_sets']} sets "
+        f"({s['exact_duplicate_extra_files']} extra files)",
+        f"near-duplicates ({s['near_duplicate_rule']}): {s['near_duplicate_pairs']} pairs",
+    ]
     if s["linked_to"]:
         lines.append(
             f"linked to lesion ids of {s['linked_to']}: {s['linked_images']} images matched"
         )
         for d in s["link_label_disagreements"]:
-            lines.append(f"DOUBTFUL LABEL {d['path']}: {d['label']} here, {d['linked_label']} "
-                         f"({d['linked_dx']}) in {d['linked_path']}")  # fmt: skip
+            lines.append(
+                f"DOUBTFUL LABEL {d['path']}: {d['label']} here, {d['linked_label']} "
+                f"({d['linked_dx']}) in {d['linked_path']}"
+            )
     lines.append(f"lesions with conflicting labels: {s['label_conflict_groups']}")
     lines += _audit_text(s["shortcut_audit"])
     lines += _leakage_text(s["leakage"])
@@ -147,8 +170,18 @@ def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead."
 )
-def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: str | None,
-              extend: str | None, own_splits: bool, name: str | None, out: str | None) -> None:  # fmt: skip
+def split_cmd(
+    root: str,
+    mode: str,
+    val: float,
+    test: float,
+    seed: int,
+    link: str | None,
+    extend: str | None,
+    own_splits: bool,
+    name: str | None,
+    out: str | None,
+) -> None:
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
     analysis = _load(root, link)
     linked, other = analysis.linked_paths, link_name(analysis)
@@ -169,12 +202,16 @@ def split_cmd(root: str, mode: str, val: float, test: float, seed: int, link: st
     s = summary(analysis)
     s["shortcut_audit"] = shortcut_audit(split.records, linked, other, by_split=True)
     atomic_write_text(out_dir / "inspect.json", json.dumps(s, indent=2))
-    rows = [[k, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
-            for k, c in split.counts().items()]  # fmt: skip
+    rows = [
+        [k, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
+        for k, c in split.counts().items()
+    ]
     click.echo(format_table(rows, ["split", "benign", "malignant", "total"]))
     click.echo("\n".join(_audit_text(s["shortcut_audit"])))
     meta = json.loads((out_dir / "manifest.json").read_text())
     leaks = {k: list(v.values())[0] for k, v in meta["leakage"].items()}
-    click.echo(f"mode {mode}, seed {seed}; left out {len(split.dropped)} images "
-               f"(duplicates / doubtful labels / purged); cross-split twins: {leaks}")  # fmt: skip
+    click.echo(
+        f"mode {mode}, seed {seed}; left out {len(split.dropped)} images "
+        f"(duplicates / doubtful labels / purged); cross-split twins: {leaks}"
+    )
     click.echo(f"manifest: {csv_path}")

@@ -133,8 +133,10 @@ def _limit_decode(img: Image.Image) -> None:
         img.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
         if img.size[0] * img.size[1] <= MAX_DECODE_PIXELS:
             return
-    raise ImageError(f"image too large: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1] / 1e6:.0f} MP, "
-                     f"more than the {MAX_DECODE_PIXELS / 1e6:.0f} MP decoded on the device: downscale it first")  # fmt: skip
+    raise ImageError(
+        f"image too large: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1] / 1e6:.0f} MP, "
+        f"more than the {MAX_DECODE_PIXELS / 1e6:.0f} MP decoded on the device: downscale it first"
+    )
 
 
 def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Image:

@@ -158,9 +158,11 @@ def thumb_distance(a: FileHash, b: FileHash) -> float:
 
 
 def near_duplicates(
-    a: Sequence[FileHash], b: Sequence[FileHash] | None = None,
-    max_bits: int = NEAR_DUP_BITS, max_levels: float = NEAR_DUP_LEVELS,
-) -> list[tuple[int, int, int]]:  # fmt: skip
+    a: Sequence[FileHash],
+    b: Sequence[FileHash] | None = None,
+    max_bits: int = NEAR_DUP_BITS,
+    max_levels: float = NEAR_DUP_LEVELS,
+) -> list[tuple[int, int, int]]:
     """(i, j, pHash bits) of confirmed same-photo pairs, within `a` or between `a` and `b`."""
     other = a if b is None else b
     pairs = near_pairs([h.phash for h in a], None if b is None else [h.phash for h in b], max_bits)

@@ -52,7 +52,9 @@ def _init_worker(contract: InputContract) -> None:
     _worker_contract = contract
 
 
-def _decode_one(path: str, contract: InputContract | None = None) -> tuple[np.ndarray | None, str | None]:  # fmt: skip
+def _decode_one(
+    path: str, contract: InputContract | None = None
+) -> tuple[np.ndarray | None, str | None]:
     """(pixels, None) or (None, the one-line reason the file is not a usable image)."""
     try:
         return preprocess(path, contract or _worker_contract or InputContract()), None
@@ -71,8 +73,14 @@ def decode_stream(
     """(pixels or None, reason or None) for each path, in order; `workers` processes (default:
     all cores; in-process for few images). `done` starts the progress bar (a resumed decode)."""
     workers = default_workers() if workers is None else max(1, int(workers))
-    bar = tqdm(total=done + len(paths), initial=done, desc=desc, unit="img",
-               disable=not progress, leave=False)  # fmt: skip
+    bar = tqdm(
+        total=done + len(paths),
+        initial=done,
+        desc=desc,
+        unit="img",
+        disable=not progress,
+        leave=False,
+    )
     with bar:
         if workers == 1 or len(paths) < PARALLEL_MIN:
             for p in paths:
@@ -82,22 +90,27 @@ def decode_stream(
         yield from _decode_parallel(paths, contract, workers, bar)
 
 
-def _decode_parallel(paths: Sequence[str], contract: InputContract, workers: int,
-                     bar: tqdm) -> Generator[tuple[np.ndarray | None, str | None], None, None]:  # fmt: skip
+def _decode_parallel(
+    paths: Sequence[str], contract: InputContract, workers: int, bar: tqdm
+) -> Generator[tuple[np.ndarray | None, str | None], None, None]:
     """Decode in `workers` spawned processes (never forked: the caller may hold TensorFlow); if the
     pool breaks (a worker killed, a script that cannot be re-imported), the rest decode here."""
     n = 0
     spawn = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker,
-                                 initargs=(contract,)) as pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=_init_worker, initargs=(contract,)
+        ) as pool:
             for result in pool.map(_decode_one, paths, chunksize=CHUNK):
                 yield result
                 n += 1
                 bar.update()
     except BrokenProcessPool as e:
-        print(f"[dermedge] decode worker processes failed ({e}); decoding in this process",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"[dermedge] decode worker processes failed ({e}); decoding in this process",
+            file=sys.stderr,
+            flush=True,
+        )
         for p in paths[n:]:
             yield _decode_one(p, contract)
             bar.update()
@@ -141,8 +154,12 @@ def load_images(
     if cache is not None:
         try:
             with atomic_open(cache, "wb") as fh:
-                np.savez(fh, images=images, kept=np.asarray(kept, dtype=np.int64),
-                         bad=np.asarray(json.dumps(sorted(bad.items()))))  # fmt: skip
+                np.savez(
+                    fh,
+                    images=images,
+                    kept=np.asarray(kept, dtype=np.int64),
+                    bad=np.asarray(json.dumps(sorted(bad.items()))),
+                )
         except OSError:
             pass
     return images, kept, bad

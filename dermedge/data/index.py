@@ -18,21 +18,53 @@ from pathlib import Path
 from dermedge.data.io import entry_problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-               "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 # Lesion names and HAM10000 / ISIC diagnosis codes -> binary label.
 MALIGNANT_NAMES = {
-    "malignant", "melanoma", "mel", "bcc", "basal cell carcinoma", "akiec",
-    "actinic keratosis", "actinic keratoses", "squamous cell carcinoma", "scc",
-    "intraepithelial carcinoma", "melanoma metastasis", "cancer",
-}  # fmt: skip
+    "malignant",
+    "melanoma",
+    "mel",
+    "bcc",
+    "basal cell carcinoma",
+    "akiec",
+    "actinic keratosis",
+    "actinic keratoses",
+    "squamous cell carcinoma",
+    "scc",
+    "intraepithelial carcinoma",
+    "melanoma metastasis",
+    "cancer",
+}
 BENIGN_NAMES = {
-    "benign", "nevus", "nevi", "naevus", "nv", "bkl", "benign keratosis",
-    "seborrheic keratosis", "solar lentigo", "lentigo nos", "lichenoid keratosis",
-    "df", "dermatofibroma", "vasc", "vascular lesion", "angioma", "pyogenic granuloma",
-    "hemorrhage", "atypical melanocytic proliferation",
-}  # fmt: skip
+    "benign",
+    "nevus",
+    "nevi",
+    "naevus",
+    "nv",
+    "bkl",
+    "benign keratosis",
+    "seborrheic keratosis",
+    "solar lentigo",
+    "lentigo nos",
+    "lichenoid keratosis",
+    "df",
+    "dermatofibroma",
+    "vasc",
+    "vascular lesion",
+    "angioma",
+    "pyogenic granuloma",
+    "hemorrhage",
+    "atypical melanocytic proliferation",
+}
 HAM_MALIGNANT_DX = {"mel", "bcc", "akiec"}
 
 
@@ -128,8 +160,9 @@ def read_class_folders(root: Path) -> Index:
                 if not _is_image_name(f):
                     index.problems.append(Problem(str(f), "not an image file name"))
                     continue
-                index.records.append(Record(str(f), label, index.source, split=split,
-                                            dx=class_dir.name.lower()))  # fmt: skip
+                index.records.append(
+                    Record(str(f), label, index.source, split=split, dx=class_dir.name.lower())
+                )
     return index
 
 
@@ -189,15 +222,32 @@ def read_isic_csv(root: Path, csv_path: Path) -> Index:
 
 
 # ISIC challenge ground truth: 2018/2019 one-hot columns, 2017 per-diagnosis flags.
-ISIC_ONE_HOT = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal cell carcinoma",
-                "AKIEC": "actinic keratosis", "AK": "actinic keratosis",
-                "BKL": "benign keratosis", "DF": "dermatofibroma", "VASC": "vascular lesion",
-                "SCC": "squamous cell carcinoma", "UNK": "unknown"}  # fmt: skip
+ISIC_ONE_HOT = {
+    "MEL": "melanoma",
+    "NV": "nevus",
+    "BCC": "basal cell carcinoma",
+    "AKIEC": "actinic keratosis",
+    "AK": "actinic keratosis",
+    "BKL": "benign keratosis",
+    "DF": "dermatofibroma",
+    "VASC": "vascular lesion",
+    "SCC": "squamous cell carcinoma",
+    "UNK": "unknown",
+}
 DERM7PT_BENIGN = {
-    "clark nevus", "reed or spitz nevus", "seborrheic keratosis", "dermal nevus",
-    "vascular lesion", "blue nevus", "lentigo", "dermatofibroma", "congenital nevus",
-    "melanosis", "combined nevus", "recurrent nevus",
-}  # fmt: skip
+    "clark nevus",
+    "reed or spitz nevus",
+    "seborrheic keratosis",
+    "dermal nevus",
+    "vascular lesion",
+    "blue nevus",
+    "lentigo",
+    "dermatofibroma",
+    "congenital nevus",
+    "melanosis",
+    "combined nevus",
+    "recurrent nevus",
+}
 
 
 def _split_of_csv(name: str) -> str | None:
@@ -260,8 +310,9 @@ def read_isic_challenge(root: Path, csv_paths: list[Path]) -> Index:
                     index.problems.append(Problem(str(path), f"unknown diagnosis {dx!r}"))
                     continue
                 group = (row.get("lesion_id") or "").strip() or None
-                index.records.append(Record(str(path), label, index.source, group=group,
-                                            split=split, dx=dx))  # fmt: skip
+                index.records.append(
+                    Record(str(path), label, index.source, group=group, split=split, dx=dx)
+                )
     return index
 
 
@@ -284,8 +335,15 @@ def read_derm7pt(root: Path, csv_path: Path) -> Index:
     """Read the Derm7pt release: `meta/meta.csv` (`diagnosis`, `derm` = path under `images/`)."""
     index = Index(root=str(root), layout="derm7pt")
     images_dir = root / "images"
-    by_lower = {p.relative_to(images_dir).as_posix().lower(): p
-                for p in images_dir.rglob("*") if p.is_file()} if images_dir.is_dir() else {}  # fmt: skip
+    by_lower = (
+        {
+            p.relative_to(images_dir).as_posix().lower(): p
+            for p in images_dir.rglob("*")
+            if p.is_file()
+        }
+        if images_dir.is_dir()
+        else {}
+    )
     with open(csv_path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             rel = (row.get("derm") or "").strip()
@@ -298,13 +356,19 @@ def read_derm7pt(root: Path, csv_path: Path) -> Index:
                 index.notes.append(Problem(str(path), f"meta.csv names {rel!r}: resolved by case"))
             label = derm7pt_label(dx)
             if label is None:
-                why = "diagnosis 'miscellaneous' has no known label" if dx == "miscellaneous" \
-                    else f"unknown diagnosis {dx!r}"  # fmt: skip
+                why = (
+                    "diagnosis 'miscellaneous' has no known label"
+                    if dx == "miscellaneous"
+                    else f"unknown diagnosis {dx!r}"
+                )
                 index.problems.append(Problem(str(path), why))
                 continue
             case = (row.get("case_num") or row.get("case_id") or "").strip()
-            index.records.append(Record(str(path), label, index.source,
-                                        group=f"case:{case}" if case else None, dx=dx))  # fmt: skip
+            index.records.append(
+                Record(
+                    str(path), label, index.source, group=f"case:{case}" if case else None, dx=dx
+                )
+            )
     return index
 
 

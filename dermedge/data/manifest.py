@@ -40,8 +40,9 @@ def _find_root(meta_root: str, rel_paths: list[str], override: str | None) -> Pa
     )
 
 
-def read_manifest(path: str | Path, root: str | None = None,
-                  splits: tuple[str, ...] | None = None) -> list[Record]:  # fmt: skip
+def read_manifest(
+    path: str | Path, root: str | None = None, splits: tuple[str, ...] | None = None
+) -> list[Record]:
     """Records of a `manifest.csv` (a run folder or the CSV itself), with absolute paths."""
     path = Path(path)
     if path.is_dir():
@@ -60,7 +61,14 @@ def read_manifest(path: str | Path, root: str | None = None,
         if splits and row["split"] not in splits:
             continue
         p = Path(row["path"])
-        out.append(Record(str(p if p.is_absolute() else base / p), row["label"],
-                          row.get("source") or "", row.get("group") or None, row["split"],
-                          row.get("dx") or None))  # fmt: skip
+        out.append(
+            Record(
+                str(p if p.is_absolute() else base / p),
+                row["label"],
+                row.get("source") or "",
+                row.get("group") or None,
+                row["split"],
+                row.get("dx") or None,
+            )
+        )
     return out

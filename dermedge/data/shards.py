@@ -87,8 +87,13 @@ def read_shard(npy: Path, size: int, span: tuple[int, int] | None = None) -> Sha
     return Shard(npy, header, n, tuple(int(i) for i in meta["kept"]), bad)
 
 
-def _write_shard(npy: Path, span: tuple[int, int], pixels: np.ndarray, kept: list[int],
-                 bad: list[tuple[str, str]]) -> Shard:  # fmt: skip
+def _write_shard(
+    npy: Path,
+    span: tuple[int, int],
+    pixels: np.ndarray,
+    kept: list[int],
+    bad: list[tuple[str, str]],
+) -> Shard:
     """Write one shard: the `.npy` atomically, then its JSON (which makes it count)."""
     with atomic_open(npy, "wb") as fh:
         np.save(fh, pixels, allow_pickle=False)
@@ -192,8 +197,9 @@ def _npy(folder: Path, k: int) -> Path:
     return folder / f"shard-{k:05d}.npy"
 
 
-def _decode_shard(folder: Path, k: int, span: tuple[int, int], paths: Sequence[str], size: int,
-                  decoded: Any) -> Shard:  # fmt: skip
+def _decode_shard(
+    folder: Path, k: int, span: tuple[int, int], paths: Sequence[str], size: int, decoded: Any
+) -> Shard:
     """Take the next `span` results off the decode stream and write them as shard `k`."""
     lo, hi = span
     pixels = np.empty((hi - lo, size, size, 3), dtype=np.uint8)
@@ -211,8 +217,12 @@ def _decode_shard(folder: Path, k: int, span: tuple[int, int], paths: Sequence[s
 
 def _write_index(folder: Path, contract: InputContract, n_inputs: int, shards: list[Shard]) -> None:
     """`index.json`: the cache is complete (what a reader or a person looks at first)."""
-    index = {"format": FORMAT, "contract": contract.to_dict(), "inputs": n_inputs,
-             "images": sum(s.n for s in shards), "unreadable": sum(len(s.bad) for s in shards),
-             "shards": [{"file": s.path.name, "n": s.n, "header_bytes": s.header_bytes}
-                        for s in shards]}  # fmt: skip
+    index = {
+        "format": FORMAT,
+        "contract": contract.to_dict(),
+        "inputs": n_inputs,
+        "images": sum(s.n for s in shards),
+        "unreadable": sum(len(s.bad) for s in shards),
+        "shards": [{"file": s.path.name, "n": s.n, "header_bytes": s.header_bytes} for s in shards],
+    }
     atomic_write_text(folder / "index.json", json.dumps(index, indent=1))

@@ -50,8 +50,9 @@ def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
     return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
 
 
-def _assign_groups(groups: list[tuple[str, list[Record]]], fractions: dict[str, float],
-                   rng: random.Random) -> None:  # fmt: skip
+def _assign_groups(
+    groups: list[tuple[str, list[Record]]], fractions: dict[str, float], rng: random.Random
+) -> None:
     """Fill the splits in order (test, val, then train) with whole groups, per label."""
     by_label: dict[str, list[tuple[str, list[Record]]]] = defaultdict(list)
     for g in groups:
@@ -73,8 +74,9 @@ def _assign_groups(groups: list[tuple[str, list[Record]]], fractions: dict[str, 
                 r.split = split
 
 
-def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, test: float = 0.15,
-               seed: int = 0) -> Split:  # fmt: skip
+def make_split(
+    analysis: Analysis, mode: str = "resplit", val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> Split:
     """Split an analysed dataset. Modes: `resplit` (pool all, split leakage-free), `given` (keep
     the dataset's test split as is, carve val from train; leakage is reported, not removed),
     `given-purged` (keep the given test, drop train images whose lesion is in test)."""
@@ -124,8 +126,14 @@ def make_split(analysis: Analysis, mode: str = "resplit", val: float = 0.15, tes
     return Split(records, mode, seed, fractions, dropped)
 
 
-def extend_split(base: list[Record], extra: Analysis, own_splits: bool = False, val: float = 0.15,
-                 test: float = 0.15, seed: int = 0) -> tuple[Split, Analysis]:  # fmt: skip
+def extend_split(
+    base: list[Record],
+    extra: Analysis,
+    own_splits: bool = False,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+) -> tuple[Split, Analysis]:
     """Add a second dataset to a manifest, leakage-free; the base's val and test stay as they were.
 
     An extra image is left out if its lesion (own group, or a near-identical photo) is in the base
@@ -172,13 +180,20 @@ def extend_split(base: list[Record], extra: Analysis, own_splits: bool = False, 
         _assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
     records += added
     roots = [Path(os.path.commonpath([r.path for r in base])), Path(extra.index.root)]
-    combined = Analysis(Index(os.path.commonpath([str(p) for p in roots]), "combined"), records,
-                        {**base_hashes, **extra.hashes}, link_source=extra.index.root)  # fmt: skip
+    combined = Analysis(
+        Index(os.path.commonpath([str(p) for p in roots]), "combined"),
+        records,
+        {**base_hashes, **extra.hashes},
+        link_source=extra.index.root,
+    )
     fractions: dict[str, float | str] = (
         {"train": "base+extra", "val": f"base+extra {val}", "test": f"base+extra {test}"}
-        if own_splits else {"train": "base+extra", "val": "base", "test": "base"})  # fmt: skip
-    return Split(records, "extend-splits" if own_splits else "extend", seed, fractions,
-                 dropped), combined  # fmt: skip
+        if own_splits
+        else {"train": "base+extra", "val": "base", "test": "base"}
+    )
+    return Split(
+        records, "extend-splits" if own_splits else "extend", seed, fractions, dropped
+    ), combined
 
 
 def _relative(path: str, root: Path) -> str:
@@ -198,8 +213,9 @@ def write_manifest(split: Split, analysis: Analysis, out_dir: str | Path) -> Pat
     order = {"train": 0, "val": 1, "test": 2}
     for r in sorted(split.records, key=lambda r: (order.get(r.split or "", 3), r.path)):
         sha = analysis.hashes[r.path].sha256
-        writer.writerow([_relative(r.path, root), sha, r.label, r.group or "", r.split,
-                         r.source, r.dx or ""])  # fmt: skip
+        writer.writerow(
+            [_relative(r.path, root), sha, r.label, r.group or "", r.split, r.source, r.dx or ""]
+        )
     text = buf.getvalue()
     csv_path = out_dir / "manifest.csv"
     atomic_write_text(csv_path, text)

@@ -96,9 +96,12 @@ def holdout_split(
     rng = np.random.default_rng(seed)
     held = np.zeros(len(records), dtype=bool)
     for label in ("benign", "malignant"):
-        keys = sorted(k for k, idx in groups.items()
-                      if ("malignant" if any(records[i].label == "malignant" for i in idx)
-                          else "benign") == label)  # fmt: skip
+        keys = sorted(
+            k
+            for k, idx in groups.items()
+            if ("malignant" if any(records[i].label == "malignant" for i in idx) else "benign")
+            == label
+        )
         rng.shuffle(keys)
         for k in keys[: round(fraction * len(keys))]:
             held[groups[k]] = True
@@ -110,8 +113,9 @@ def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, di
     are returned with their reason."""
     x, kept, bad = load_images([r.path for r in records], model.contract, desc="site images")
     report_skipped(bad, "unreadable images")
-    prob = np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(kept), batch)]
-                          or [np.zeros(0)])  # fmt: skip
+    prob = np.concatenate(
+        [model.predict(x[i : i + batch]) for i in range(0, len(kept), batch)] or [np.zeros(0)]
+    )
     recs = [records[i] for i in kept]
     y = np.asarray([r.label == "malignant" for r in recs], dtype=np.int64)
     return Cases(y, prob.astype(np.float64), recs), bad
@@ -129,8 +133,9 @@ def check_sample(cases: Cases, minimum: int = MIN_PER_CLASS) -> None:
 
 def data_digest(records: list[Record]) -> str:
     """sha256 over each case's label and file content, order-free: which cases chose the threshold."""
-    lines = sorted(f"{r.label} {hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}"
-                   for r in records)  # fmt: skip
+    lines = sorted(
+        f"{r.label} {hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}" for r in records
+    )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -140,16 +145,26 @@ def data_digest(records: list[Record]) -> str:
 def operating_point(cases: Cases, threshold: float, seed: int = 0) -> dict[str, Any]:
     """Sensitivity and specificity at a threshold, with bootstrap and Wilson 95% CIs and counts."""
     m = binary_metrics(cases.y, cases.prob, threshold)
-    ci = bootstrap_ci(cases.y, cases.prob, threshold, n_boot=N_BOOT, seed=seed,
-                      metrics=("recall", "specificity"))  # fmt: skip
-    return clean_json({
-        "threshold": float(threshold), "sensitivity": m["recall"], "specificity": m["specificity"],
-        "ci95": {"sensitivity": list(ci["recall"]), "specificity": list(ci["specificity"])},
-        "wilson95": {"sensitivity": list(wilson_ci(m["tp"], m["tp"] + m["fn"])),
-                     "specificity": list(wilson_ci(m["tn"], m["tn"] + m["fp"]))},
-        "tp": m["tp"], "fn": m["fn"], "tn": m["tn"], "fp": m["fp"],
-        "referred_fraction": (m["tp"] + m["fp"]) / max(1, m["n"]),
-    })  # fmt: skip
+    ci = bootstrap_ci(
+        cases.y, cases.prob, threshold, n_boot=N_BOOT, seed=seed, metrics=("recall", "specificity")
+    )
+    return clean_json(
+        {
+            "threshold": float(threshold),
+            "sensitivity": m["recall"],
+            "specificity": m["specificity"],
+            "ci95": {"sensitivity": list(ci["recall"]), "specificity": list(ci["specificity"])},
+            "wilson95": {
+                "sensitivity": list(wilson_ci(m["tp"], m["tp"] + m["fn"])),
+                "specificity": list(wilson_ci(m["tn"], m["tn"] + m["fp"])),
+            },
+            "tp": m["tp"],
+            "fn": m["fn"],
+            "tn": m["tn"],
+            "fp": m["fp"],
+            "referred_fraction": (m["tp"] + m["fp"]) / max(1, m["n"]),
+        }
+    )
 
 
 def margin_of(card: dict[str, Any]) -> float:
@@ -172,16 +187,32 @@ def tradeoff(cases: Cases, margin_se: float) -> list[dict[str, Any]]:
     for t in TRADEOFF_TARGETS:
         c = new_threshold(cases, t, margin_se)
         m = binary_metrics(cases.y, cases.prob, c["threshold"])
-        rows.append({"target_sensitivity": t, "threshold": c["threshold"], "sensitivity": m["recall"],
-                     "specificity": m["specificity"], "referred_fraction": (m["tp"] + m["fp"]) / m["n"]})  # fmt: skip
+        rows.append(
+            {
+                "target_sensitivity": t,
+                "threshold": c["threshold"],
+                "sensitivity": m["recall"],
+                "specificity": m["specificity"],
+                "referred_fraction": (m["tp"] + m["fp"]) / m["n"],
+            }
+        )
     return rows
 
 
 def tradeoff_table(rows: list[dict[str, Any]]) -> str:
-    return format_table([[f">= {r['target_sensitivity']:.2f}", f"{r['threshold']:.4f}",
-                          f"{r['sensitivity']:.3f}", f"{r['specificity']:.3f}",
-                          f"{100 * r['referred_fraction']:.1f}%"] for r in rows],
-                        ["target sensitivity", "t", "sensitivity", "specificity", "referred"])  # fmt: skip
+    return format_table(
+        [
+            [
+                f">= {r['target_sensitivity']:.2f}",
+                f"{r['threshold']:.4f}",
+                f"{r['sensitivity']:.3f}",
+                f"{r['specificity']:.3f}",
+                f"{100 * r['referred_fraction']:.1f}%",
+            ]
+            for r in rows
+        ],
+        ["target sensitivity", "t", "sensitivity", "specificity", "referred"],
+    )
 
 
 def sensitivity_floor(point: dict[str, Any]) -> float:
@@ -193,33 +224,54 @@ def sensitivity_floor(point: dict[str, Any]) -> float:
 # --- the new card -------------------------------------------------------------------------------
 
 
-def calibration_record(card: dict[str, Any], site: str, index: Index, cases: Cases,
-                       chosen: dict[str, Any], points: dict[str, Any],
-                       skipped: int) -> dict[str, Any]:  # fmt: skip
+def calibration_record(
+    card: dict[str, Any],
+    site: str,
+    index: Index,
+    cases: Cases,
+    chosen: dict[str, Any],
+    points: dict[str, Any],
+    skipped: int,
+) -> dict[str, Any]:
     """The card's `calibration` block; the training threshold survives recalibration."""
     previous = card.get("calibration")
     original = previous["original_threshold"] if previous else card.get("threshold")
     return {
-        "site": site, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tool": {"dermedge": __version__}, "threshold": chosen["threshold"],
-        "original_threshold": original, "replaced_threshold": card.get("threshold"),
-        "target_sensitivity": chosen["target_sensitivity"], "margin_se": chosen["margin_se"],
+        "site": site,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"dermedge": __version__},
+        "threshold": chosen["threshold"],
+        "original_threshold": original,
+        "replaced_threshold": card.get("threshold"),
+        "target_sensitivity": chosen["target_sensitivity"],
+        "margin_se": chosen["margin_se"],
         "effective_target": chosen["effective_target"],
-        "data": {"root": index.root, "layout": index.layout, "sha256": data_digest(cases.records),
-                 "counts": cases.counts(), "skipped": skipped},
-        "before": points["before"], "after": points["after"],
+        "data": {
+            "root": index.root,
+            "layout": index.layout,
+            "sha256": data_digest(cases.records),
+            "counts": cases.counts(),
+            "skipped": skipped,
+        },
+        "before": points["before"],
+        "after": points["after"],
         "holdout": points.get("holdout"),
-        "previous": ({k: previous.get(k) for k in ("site", "date", "threshold", "data")}
-                     if previous else None),
-    }  # fmt: skip
+        "previous": (
+            {k: previous.get(k) for k in ("site", "date", "threshold", "data")}
+            if previous
+            else None
+        ),
+    }
 
 
 def calibrated_card(card: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """A copy of the card at the site's threshold, with the calibration record."""
     new = dict(card)
     new["threshold"] = record["threshold"]
-    new["threshold_policy"] = {**(card.get("threshold_policy") or {}),
-                               "chosen_on": f"site calibration ({record['site']})"}  # fmt: skip
+    new["threshold_policy"] = {
+        **(card.get("threshold_policy") or {}),
+        "chosen_on": f"site calibration ({record['site']})",
+    }
     new["calibration"] = record
     return new
 
@@ -243,9 +295,12 @@ def _ci(point: dict[str, Any], key: str) -> str:
 
 def summary_table(points: dict[str, Any]) -> str:
     """Before/after sensitivity and specificity with CIs and counts, on each set of cases."""
-    names = {"before": "calibration cases, old threshold", "after": "calibration cases, new threshold",
-             "holdout_before": "held-out cases, old threshold",
-             "holdout_after": "held-out cases, new threshold"}  # fmt: skip
+    names = {
+        "before": "calibration cases, old threshold",
+        "after": "calibration cases, new threshold",
+        "holdout_before": "held-out cases, old threshold",
+        "holdout_after": "held-out cases, new threshold",
+    }
     rows = []
     flat = dict(points)
     if points.get("holdout"):
@@ -256,10 +311,27 @@ def summary_table(points: dict[str, Any]) -> str:
     for key, label in names.items():
         p = flat.get(key)
         if p:
-            rows.append([label, f"{p['threshold']:.4f}", _ci(p, "sensitivity"), _ci(p, "specificity"),
-                         f"{p['tp']}/{p['fn']}/{p['tn']}/{p['fp']}", f"{100 * p['referred_fraction']:.1f}%"])  # fmt: skip
-    return format_table(rows, ["cases, threshold", "t", "sensitivity (95% CI)",
-                               "specificity (95% CI)", "tp/fn/tn/fp", "referred"])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    f"{p['threshold']:.4f}",
+                    _ci(p, "sensitivity"),
+                    _ci(p, "specificity"),
+                    f"{p['tp']}/{p['fn']}/{p['tn']}/{p['fp']}",
+                    f"{100 * p['referred_fraction']:.1f}%",
+                ]
+            )
+    return format_table(
+        rows,
+        [
+            "cases, threshold",
+            "t",
+            "sensitivity (95% CI)",
+            "specificity (95% CI)",
+            "tp/fn/tn/fp",
+            "referred",
+        ],
+    )
 
 
 def plot_roc(cases: Cases, points: dict[str, Any], path: Path, title: str) -> Path | None:
@@ -279,9 +351,14 @@ def plot_roc(cases: Cases, points: dict[str, Any], path: Path, title: str) -> Pa
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     for key, style in (("before", "s"), ("after", "o")):
         p = points[key]
-        ax.plot(1 - p["specificity"], p["sensitivity"], style, ms=9,
-                label=f"{'old' if key == 'before' else 'new'} t={p['threshold']:.3f}: "
-                      f"sens {p['sensitivity']:.3f}, spec {p['specificity']:.3f}")  # fmt: skip
+        ax.plot(
+            1 - p["specificity"],
+            p["sensitivity"],
+            style,
+            ms=9,
+            label=f"{'old' if key == 'before' else 'new'} t={p['threshold']:.3f}: "
+            f"sens {p['sensitivity']:.3f}, spec {p['specificity']:.3f}",
+        )
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_xlim(-0.01, 1.01)
@@ -295,10 +372,15 @@ def write_report(out: Path, report: dict[str, Any], cases: Cases) -> Path:
     """`<out>.calibration/`: report.json, predictions.csv and roc.png beside the new model."""
     folder = out.with_name(out.stem + ".calibration")
     folder.mkdir(parents=True, exist_ok=True)
-    plot_roc(cases, report["points"], folder / "roc.png",
-             f"calibration on {report['site']} (n={len(cases.y)})")  # fmt: skip
-    lines = ["path,label,prob_malignant"] + [f"{r.path},{r.label},{p:.6f}"
-                                            for r, p in zip(cases.records, cases.prob, strict=True)]  # fmt: skip
+    plot_roc(
+        cases,
+        report["points"],
+        folder / "roc.png",
+        f"calibration on {report['site']} (n={len(cases.y)})",
+    )
+    lines = ["path,label,prob_malignant"] + [
+        f"{r.path},{r.label},{p:.6f}" for r, p in zip(cases.records, cases.prob, strict=True)
+    ]
     atomic_write_text(folder / "predictions.csv", "\n".join(lines) + "\n")
     atomic_write_text(folder / "report.json", json.dumps(clean_json(report), indent=2) + "\n")
     return folder
@@ -324,35 +406,69 @@ def _split_cases(cases: Cases, holdout: float, seed: int) -> tuple[Cases, Cases 
 
 
 def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> dict[str, Any]:
-    points = {"before": operating_point(calib, model.threshold),
-              "after": operating_point(calib, threshold)}  # fmt: skip
+    points = {
+        "before": operating_point(calib, model.threshold),
+        "after": operating_point(calib, threshold),
+    }
     if held is not None and len(held.y):
-        points["holdout"] = {"counts": held.counts(),
-                             "before": operating_point(held, model.threshold),
-                             "after": operating_point(held, threshold)}  # fmt: skip
+        points["holdout"] = {
+            "counts": held.counts(),
+            "before": operating_point(held, model.threshold),
+            "after": operating_point(held, threshold),
+        }
     return points
 
 
 @click.command("calibrate")
 @click.argument("model_path", metavar="MODEL.tflite", type=click.Path(dir_okay=False))
-@click.option("--data", "root", required=True, metavar="ROOT",
-              help="The site's labelled cases: benign/ + malignant/ folders or any layout `dermedge data` reads.")  # fmt: skip
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The calibrated model to write (a copy; MODEL is left as it is).")  # fmt: skip
-@click.option("--target-sensitivity", default=None, type=click.FloatRange(0.5, 1.0, max_open=True),
-              help="Sensitivity to keep at this site [default: the card's, 0.95].")  # fmt: skip
+@click.option(
+    "--data",
+    "root",
+    required=True,
+    metavar="ROOT",
+    help="The site's labelled cases: benign/ + malignant/ folders or any layout `dermedge data` reads.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The calibrated model to write (a copy; MODEL is left as it is).",
+)
+@click.option(
+    "--target-sensitivity",
+    default=None,
+    type=click.FloatRange(0.5, 1.0, max_open=True),
+    help="Sensitivity to keep at this site [default: the card's, 0.95].",
+)
 @click.option(
     "--site", default=None, help="Name of the site/device [default: the data folder's name]."
 )
-@click.option("--holdout", default=0.0, type=click.FloatRange(0.0, 0.9),
-              help="Fraction of lesions held out (grouped, per class) to check the new threshold on.")  # fmt: skip
+@click.option(
+    "--holdout",
+    default=0.0,
+    type=click.FloatRange(0.0, 0.9),
+    help="Fraction of lesions held out (grouped, per class) to check the new threshold on.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
-@click.option("--min-cases", default=MIN_PER_CLASS, show_default=True, type=click.IntRange(1),
-              help="Refuse with fewer malignant or benign cases than this.")  # fmt: skip
+@click.option(
+    "--min-cases",
+    default=MIN_PER_CLASS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Refuse with fewer malignant or benign cases than this.",
+)
 @click.option("--threads", default=None, type=click.IntRange(1), help="Interpreter threads.")
-def calibrate(model_path: str, root: str, out: str, target_sensitivity: float | None,
-              site: str | None, holdout: float, seed: int, min_cases: int,
-              threads: int | None) -> None:  # fmt: skip
+def calibrate(
+    model_path: str,
+    root: str,
+    out: str,
+    target_sensitivity: float | None,
+    site: str | None,
+    holdout: float,
+    seed: int,
+    min_cases: int,
+    threads: int | None,
+) -> None:
     """Choose the referral threshold for one site from its own labelled cases, and write a copy
     of the model with it (the card records the calibration). Runs on the edge install."""
     src, dst = Path(model_path), Path(out)
@@ -371,32 +487,48 @@ def calibrate(model_path: str, root: str, out: str, target_sensitivity: float | 
     points = _points(model, calib, held, chosen["threshold"])
     site = site or Path(index.root).name
     if card.get("calibration"):
-        warn(f"{src.name} was calibrated for {card['calibration'].get('site')!r} "
-             f"({(card['calibration'].get('date') or '')[:10]}): that calibration is replaced")  # fmt: skip
-    record = calibration_record(card, site, index, calib, chosen, points,
-                                len(index.problems) + len(bad))  # fmt: skip
+        warn(
+            f"{src.name} was calibrated for {card['calibration'].get('site')!r} "
+            f"({(card['calibration'].get('date') or '')[:10]}): that calibration is replaced"
+        )
+    record = calibration_record(
+        card, site, index, calib, chosen, points, len(index.problems) + len(bad)
+    )
     write_model(src, calibrated_card(card, record), dst)
-    report = {"model": str(src), "out": str(dst), "site": site, "chosen": chosen, "points": points,
-              "counts": calib.counts(), "tradeoff": tradeoff(calib, chosen["margin_se"]), "skipped": {**{p.path: p.reason for p in index.problems}, **bad},
-              "disclaimer": DISCLAIMER}  # fmt: skip
+    report = {
+        "model": str(src),
+        "out": str(dst),
+        "site": site,
+        "chosen": chosen,
+        "points": points,
+        "counts": calib.counts(),
+        "tradeoff": tradeoff(calib, chosen["margin_se"]),
+        "skipped": {**{p.path: p.reason for p in index.problems}, **bad},
+        "disclaimer": DISCLAIMER,
+    }
     folder = write_report(dst, report, calib)
     _print_summary(model, record, report, dst, folder)
 
 
-def _print_summary(model: Any, record: dict[str, Any], report: dict[str, Any], dst: Path,
-                   folder: Path) -> None:  # fmt: skip
+def _print_summary(
+    model: Any, record: dict[str, Any], report: dict[str, Any], dst: Path, folder: Path
+) -> None:
     c, points = record["data"]["counts"], report["points"]
     click.echo(summary_table(points))
     click.echo("\nother targets on the calibration cases (same margin; pass --target-sensitivity):")
     click.echo(tradeoff_table(report["tradeoff"]))
-    click.echo(f"\nsite {record['site']!r}: {c['malignant']} malignant + {c['benign']} benign cases; "
-               f"threshold {model.threshold:.4f} -> {record['threshold']:.4f} (target sensitivity "
-               f"{record['target_sensitivity']} + {record['margin_se']} SE = "
-               f"{record['effective_target']:.3f} on these cases)")  # fmt: skip
+    click.echo(
+        f"\nsite {record['site']!r}: {c['malignant']} malignant + {c['benign']} benign cases; "
+        f"threshold {model.threshold:.4f} -> {record['threshold']:.4f} (target sensitivity "
+        f"{record['target_sensitivity']} + {record['margin_se']} SE = "
+        f"{record['effective_target']:.3f} on these cases)"
+    )
     floor = sensitivity_floor(points["after"])
     if math.isfinite(floor) and floor < LOW_SENSITIVITY:
-        warn(f"with {c['malignant']} malignant cases the sensitivity at the new threshold may be as "
-             f"low as {floor:.2f} (95% CI); collect more malignant cases before relying on it")  # fmt: skip
+        warn(
+            f"with {c['malignant']} malignant cases the sensitivity at the new threshold may be as "
+            f"low as {floor:.2f} (95% CI); collect more malignant cases before relying on it"
+        )
     click.echo(
         f"wrote {dst} (card: threshold and calibration) and {folder}/ "
         "(report.json, predictions.csv, roc.png)"

@@ -193,9 +193,19 @@ def read_card(source: str | os.PathLike[str] | bytes) -> dict[str, Any] | None:
 
 
 _CARD_TYPES: dict[str, tuple[type, ...]] = {
-    "input": (dict,), "threshold": (int, float), "classes": (list,), "positive_class": (str,),
-    "name": (str,), "guard": (dict,), "calibration": (dict,), "external": (dict,),
-    "disclaimer": (str,), "output": (str,), "data": (dict,), "file_sha256": (str,)}  # fmt: skip
+    "input": (dict,),
+    "threshold": (int, float),
+    "classes": (list,),
+    "positive_class": (str,),
+    "name": (str,),
+    "guard": (dict,),
+    "calibration": (dict,),
+    "external": (dict,),
+    "disclaimer": (str,),
+    "output": (str,),
+    "data": (dict,),
+    "file_sha256": (str,),
+}
 
 
 def check_card_types(card: dict[str, Any]) -> None:
@@ -434,9 +444,23 @@ def _digest(blob: Any, at: int) -> str:
 
 
 TENSOR_BUFFER, OPERATOR_INPUTS, OPERATOR_OUTPUTS = 2, 1, 2
-_ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1,
-               "int16": 2, "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8,
-               "uint32": 4, "uint16": 2, "bfloat16": 2}  # fmt: skip
+_ITEM_BYTES = {
+    "float32": 4,
+    "float16": 2,
+    "int32": 4,
+    "uint8": 1,
+    "int64": 8,
+    "bool": 1,
+    "int16": 2,
+    "complex64": 8,
+    "int8": 1,
+    "float64": 8,
+    "complex128": 16,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "bfloat16": 2,
+}
 MAX_TENSOR_BYTES = 1 << 30  # no tensor of a model for this device comes near it
 MAX_TOTAL_TENSOR_BYTES = 2 << 30
 
@@ -485,8 +509,10 @@ def check_model_file(blob: bytes) -> None:
     points outside itself or asks for tensors no device model needs (unbounded allocation)."""
     ok = check_digest(blob)
     if ok is False:
-        raise ValueError("damaged model file: its bytes do not match the sha256 its card records "
-                         "(a partial copy or a corrupted file?): copy it again")  # fmt: skip
+        raise ValueError(
+            "damaged model file: its bytes do not match the sha256 its card records "
+            "(a partial copy or a corrupted file?): copy it again"
+        )
     safe_walk("the model graph", _check_graph, blob)
 
 

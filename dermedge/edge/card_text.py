@@ -26,13 +26,19 @@ def external_lines(card: dict[str, Any] | None) -> list[str]:
         if e.get("overlapping"):
             flag += f"; {e['overlapping']} overlapping images included"
         thr_note = ""
-        if card and card.get("threshold") is not None and e.get("threshold") is not None \
-                and abs(float(card["threshold"]) - float(e["threshold"])) > 1e-9:  # fmt: skip
+        if (
+            card
+            and card.get("threshold") is not None
+            and e.get("threshold") is not None
+            and abs(float(card["threshold"]) - float(e["threshold"])) > 1e-9
+        ):
             thr_note = f" (measured at t={e['threshold']:.4f}, not this card's)"
-        lines.append(f"{name}: n={e.get('n')} ({e.get('positives')} malignant), AUC "
-                     f"{_fmt(e.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]; at card threshold"
-                     f"{thr_note}: sens {_fmt(at.get('sensitivity'))}, spec "
-                     f"{_fmt(at.get('specificity'))} ({(e.get('date') or '')[:10]}{flag})")  # fmt: skip
+        lines.append(
+            f"{name}: n={e.get('n')} ({e.get('positives')} malignant), AUC "
+            f"{_fmt(e.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]; at card threshold"
+            f"{thr_note}: sens {_fmt(at.get('sensitivity'))}, spec "
+            f"{_fmt(at.get('specificity'))} ({(e.get('date') or '')[:10]}{flag})"
+        )
     return lines
 
 
@@ -44,11 +50,13 @@ def calibration_lines(card: dict[str, Any] | None) -> list[str]:
         return []
     counts = (cal.get("data") or {}).get("counts") or {}
     after = cal.get("after") or {}
-    return [f"site {cal.get('site')!r}: threshold {_fmt(cal.get('threshold'))} (trained "
-            f"{_fmt(cal.get('original_threshold'))}), chosen for sensitivity >= "
-            f"{cal.get('target_sensitivity')} on {counts.get('malignant')} malignant + "
-            f"{counts.get('benign')} benign cases ({(cal.get('date') or '')[:10]}, dermedge "
-            f"{(cal.get('tool') or {}).get('dermedge')})",
-            f"on those cases: sens {_fmt(after.get('sensitivity'))}, spec "
-            f"{_fmt(after.get('specificity'))}; internal and external figures were measured at "
-            "the trained threshold"]  # fmt: skip
+    return [
+        f"site {cal.get('site')!r}: threshold {_fmt(cal.get('threshold'))} (trained "
+        f"{_fmt(cal.get('original_threshold'))}), chosen for sensitivity >= "
+        f"{cal.get('target_sensitivity')} on {counts.get('malignant')} malignant + "
+        f"{counts.get('benign')} benign cases ({(cal.get('date') or '')[:10]}, dermedge "
+        f"{(cal.get('tool') or {}).get('dermedge')})",
+        f"on those cases: sens {_fmt(after.get('sensitivity'))}, spec "
+        f"{_fmt(after.get('specificity'))}; internal and external figures were measured at "
+        "the trained threshold",
+    ]

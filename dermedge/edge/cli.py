@@ -291,9 +291,11 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
     )
     saver = camera.Saver(opts["save"]) if opts["save"] else None
     if saver and saver.cleaned:
-        click.echo(f"removed {len(saver.cleaned)} unfinished file(s) of an interrupted session from "
-                   f"{saver.dir}: {', '.join(saver.cleaned[:3])}{' ...' if len(saver.cleaned) > 3 else ''}",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"removed {len(saver.cleaned)} unfinished file(s) of an interrupted session from "
+            f"{saver.dir}: {', '.join(saver.cleaned[:3])}{' ...' if len(saver.cleaned) > 3 else ''}",
+            err=True,
+        )
     preview = camera.Preview() if opts["preview"] else None
     options = camera.SessionOptions(
         smooth=opts["smooth"],
@@ -342,8 +344,11 @@ def _flag(ctx: click.Context, name: str) -> str:
 
 def check_mode_options(ctx: click.Context, mode: str) -> None:
     """Refuse options given on the command line that `mode` would silently ignore."""
-    given = [name for name in ctx.params
-             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]  # fmt: skip
+    given = [
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
     wrong = [_flag(ctx, n) for n in given if n not in MODE_OPTIONS[mode] and n != "inputs"]
     if ctx.params.get("camera") is not None and ctx.params.get("picamera"):
         wrong.append("--camera with --picamera")

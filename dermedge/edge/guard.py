@@ -67,10 +67,18 @@ class Guard:
 
     def to_card(self) -> dict[str, Any]:
         k, d = self.components.shape
-        return {"kind": KIND, "dim": d, "classes": int(self.means.shape[0]), "k": k,
-                "means": _b64(self.means), "components": _b64(self.components),
-                "variances": _b64(self.variances), "residual_variance": float(self.residual_variance),
-                "cutoff": float(self.cutoff), "message": MESSAGE}  # fmt: skip
+        return {
+            "kind": KIND,
+            "dim": d,
+            "classes": int(self.means.shape[0]),
+            "k": k,
+            "means": _b64(self.means),
+            "components": _b64(self.components),
+            "variances": _b64(self.variances),
+            "residual_variance": float(self.residual_variance),
+            "cutoff": float(self.cutoff),
+            "message": MESSAGE,
+        }
 
     @classmethod
     def from_card(cls, g: dict[str, Any]) -> Guard:
@@ -79,9 +87,13 @@ class Guard:
             raise ValueError(f"unknown guard kind {g.get('kind') if isinstance(g, dict) else g!r}")
         try:
             d, c, k = int(g["dim"]), int(g["classes"]), int(g["k"])
-            guard = cls(_unb64(g["means"], (c, d)), _unb64(g["components"], (k, d)),
-                        _unb64(g["variances"], (k,)), float(g["residual_variance"]),
-                        float(g["cutoff"]))  # fmt: skip
+            guard = cls(
+                _unb64(g["means"], (c, d)),
+                _unb64(g["components"], (k, d)),
+                _unb64(g["variances"], (k,)),
+                float(g["residual_variance"]),
+                float(g["cutoff"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed guard in the model card: {e}") from e
         if not (guard.variances > 0).all() or not guard.residual_variance > 0:
@@ -89,8 +101,13 @@ class Guard:
         return guard
 
 
-def fit(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-        k: int = COMPONENTS, pass_rate: float = PASS_RATE) -> Guard:  # fmt: skip
+def fit(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    k: int = COMPONENTS,
+    pass_rate: float = PASS_RATE,
+) -> Guard:
     """Class means and shared within-class covariance on the training features (PPCA with k
     components); the cut-off passes `pass_rate` of the validation features."""
     x = np.asarray(train_features, dtype=np.float64)

@@ -264,15 +264,19 @@ class EdgeModel:
         shape = [int(v) for v in self._output["shape"]]
         per_image = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         if per_image not in (1, 2):
-            raise EdgeError(f"{self.path}: the model's output has {per_image} values per image "
-                            f"(shape {shape}); dermedge needs one P(malignant)")  # fmt: skip
+            raise EdgeError(
+                f"{self.path}: the model's output has {per_image} values per image "
+                f"(shape {shape}); dermedge needs one P(malignant)"
+            )
         if np.dtype(self._output["dtype"]).kind in "iu":
             scale, zero = self._output["quantization"]
             info = np.iinfo(self._output["dtype"])
             lo, hi = (info.min - zero) * (scale or 1.0), (info.max - zero) * (scale or 1.0)
             if lo < -0.01 or hi > 1.01:
-                raise EdgeError(f"{self.path}: the model's output spans {lo:.3g}..{hi:.3g}, not a "
-                                "probability in 0..1")  # fmt: skip
+                raise EdgeError(
+                    f"{self.path}: the model's output spans {lo:.3g}..{hi:.3g}, not a "
+                    "probability in 0..1"
+                )
 
     def _guard(self) -> Any:
         """The card's unfamiliar-input guard, checked against the model's feature output."""
@@ -287,8 +291,10 @@ class EdgeModel:
             raise EdgeError(f"{self.path}: {e}") from e
         shape = self._features["shape"] if self._features is not None else None
         if shape is None or int(np.prod(shape[1:])) != guard.dim:
-            raise EdgeError(f"{self.path}: the card has a guard of {guard.dim} features but the "
-                            f"model has no such second output")  # fmt: skip
+            raise EdgeError(
+                f"{self.path}: the card has a guard of {guard.dim} features but the "
+                f"model has no such second output"
+            )
         return guard
 
     def _resize(self, batch: int, size: int) -> None:
@@ -358,8 +364,10 @@ class EdgeModel:
             out, feats = self._invoke(x)
         out = out.reshape(x.shape[0], -1)
         if not np.isfinite(out).all() or out.min() < -1e-3 or out.max() > 1 + 1e-3:
-            raise EdgeError(f"{self.path}: the model gave {out.min():.4g}..{out.max():.4g}, not a "
-                            "probability in 0..1")  # fmt: skip
+            raise EdgeError(
+                f"{self.path}: the model gave {out.min():.4g}..{out.max():.4g}, not a "
+                "probability in 0..1"
+            )
         column = self.positive if out.shape[1] > 1 else 0
         prob = np.clip(out[:, column], 0.0, 1.0)
         return prob, None if feats is None else feats.reshape(x.shape[0], -1)

@@ -63,8 +63,11 @@ class Saver:
 
     def _clean_stale(self) -> list[str]:
         """Remove what a killed session left: half-made decision folders and temporary files."""
-        stale = [p for p in self.dir.iterdir()
-                 if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))]  # fmt: skip
+        stale = [
+            p
+            for p in self.dir.iterdir()
+            if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ]
         for p in stale:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)

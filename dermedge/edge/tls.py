@@ -118,10 +118,25 @@ def _self_signed_openssl(cert: Path, key: Path, dns: list[str], ips: list[str]) 
         )
     san = ",".join([f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips])
     cmd = [
-        exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-days", str(VALID_DAYS), "-subj", f"/CN={SUBJECT}",
-        "-addext", f"subjectAltName={san}", "-keyout", str(key), "-out", str(cert),
-    ]  # fmt: skip
+        exe,
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        str(VALID_DAYS),
+        "-subj",
+        f"/CN={SUBJECT}",
+        "-addext",
+        f"subjectAltName={san}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise ServeError(

@@ -192,14 +192,40 @@ def _fail(e: BaseException) -> click.ClickException:
     help="float16 compute on GPUs (bfloat16 on CPUs), float32 weights; the saved model is float32.",
 )
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
-def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_constancy: str,
-          epochs: int, fine_tune_epochs: int,
-          unfreeze_blocks: int, batch: int, lr: float, fine_tune_lr: float | None, seed: int,
-          name: str | None, exist_ok: bool, resume: bool, strategy: str, target_sensitivity: float,
-          sensitivity_margin: float, patience: int, augmentation: str, no_augment: bool,
-          threshold_pool: str, no_deterministic: bool,
-          dropout: float, label_smoothing: float, balance: str, n_boot: int, cache: str,
-          cache_dir: str | None, mixed_precision: bool, quiet: bool) -> None:  # fmt: skip
+def train(
+    data: str,
+    arch: str,
+    weights: str,
+    img_size: int,
+    crop: str,
+    color_constancy: str,
+    epochs: int,
+    fine_tune_epochs: int,
+    unfreeze_blocks: int,
+    batch: int,
+    lr: float,
+    fine_tune_lr: float | None,
+    seed: int,
+    name: str | None,
+    exist_ok: bool,
+    resume: bool,
+    strategy: str,
+    target_sensitivity: float,
+    sensitivity_margin: float,
+    patience: int,
+    augmentation: str,
+    no_augment: bool,
+    threshold_pool: str,
+    no_deterministic: bool,
+    dropout: float,
+    label_smoothing: float,
+    balance: str,
+    n_boot: int,
+    cache: str,
+    cache_dir: str | None,
+    mixed_precision: bool,
+    quiet: bool,
+) -> None:
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.
 
     Writes runs/train/NAME/: model.keras, manifest.csv/json, history.csv, curves.png,
@@ -208,16 +234,37 @@ def train(data: str, arch: str, weights: str, img_size: int, crop: str, color_co
     from dermedge.train.trainer import TrainError
     from dermedge.train.trainer import train as run_train
 
-    cfg = TrainConfig(data=data, arch=arch, weights=None if weights.lower() == "none" else weights,
-                      img_size=img_size, crop=crop, color_constancy=color_constancy, epochs=epochs,
-                      fine_tune_epochs=fine_tune_epochs,
-                      unfreeze_blocks=unfreeze_blocks, batch=batch, lr=lr, fine_tune_lr=fine_tune_lr,
-                      seed=seed, name=name, strategy=strategy, target_sensitivity=target_sensitivity,
-                      sensitivity_margin=sensitivity_margin, patience=patience, augment=not no_augment,
-                      augmentation=augmentation, threshold_pool=threshold_pool,
-                      deterministic=not no_deterministic, dropout=dropout,
-                      label_smoothing=label_smoothing, balance=balance, n_boot=n_boot,
-                      cache=cache, cache_dir=cache_dir, mixed_precision=mixed_precision)  # fmt: skip
+    cfg = TrainConfig(
+        data=data,
+        arch=arch,
+        weights=None if weights.lower() == "none" else weights,
+        img_size=img_size,
+        crop=crop,
+        color_constancy=color_constancy,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        unfreeze_blocks=unfreeze_blocks,
+        batch=batch,
+        lr=lr,
+        fine_tune_lr=fine_tune_lr,
+        seed=seed,
+        name=name,
+        strategy=strategy,
+        target_sensitivity=target_sensitivity,
+        sensitivity_margin=sensitivity_margin,
+        patience=patience,
+        augment=not no_augment,
+        augmentation=augmentation,
+        threshold_pool=threshold_pool,
+        deterministic=not no_deterministic,
+        dropout=dropout,
+        label_smoothing=label_smoothing,
+        balance=balance,
+        n_boot=n_boot,
+        cache=cache,
+        cache_dir=cache_dir,
+        mixed_precision=mixed_precision,
+    )
     try:
         res = run_train(cfg, resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1)
     except (TrainError, FileNotFoundError, ValueError, OSError) as e:
@@ -284,9 +331,19 @@ def _resolve_model(target: str) -> tuple[Path, Path | None]:
     help="--external: evaluate even when photos overlap the training data (loudly warned).",
 )
 @click.pass_context
-def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
-             threshold: float | None, out: str | None, n_boot: int, batch: int, external: bool,
-             train_manifest: str | None, allow_overlap: bool) -> None:  # fmt: skip
+def evaluate(
+    ctx: click.Context,
+    target: str,
+    data: str | None,
+    split: str,
+    threshold: float | None,
+    out: str | None,
+    n_boot: int,
+    batch: int,
+    external: bool,
+    train_manifest: str | None,
+    allow_overlap: bool,
+) -> None:
     """Accuracy, precision, sensitivity, specificity, F1 and ROC AUC with bootstrap 95% CIs, at the
     card's operating threshold and at 0.5; confusion, ROC, PR and reliability plots.
 
@@ -313,8 +370,20 @@ def evaluate(ctx: click.Context, target: str, data: str | None, split: str,
         from dermedge.train.external import evaluate_external
 
         split_given = ctx.get_parameter_source("split") == ParameterSource.COMMANDLINE
-        evaluate_external(model_path, run_dir, card, records, source, split if split_given else None,
-                          threshold, out, train_manifest, allow_overlap, n_boot, batch)  # fmt: skip
+        evaluate_external(
+            model_path,
+            run_dir,
+            card,
+            records,
+            source,
+            split if split_given else None,
+            threshold,
+            out,
+            train_manifest,
+            allow_overlap,
+            n_boot,
+            batch,
+        )
         return
     out_dir = _eval_dir(out, run_dir, model_path, data, split, source)
     extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
@@ -346,8 +415,14 @@ def _data_source(data: str | None, run_dir: Path | None) -> str:
     return source
 
 
-def _eval_dir(out: str | None, run_dir: Path | None, model_path: Path, data: str | None,
-              split: str, source: str) -> Path:  # fmt: skip
+def _eval_dir(
+    out: str | None,
+    run_dir: Path | None,
+    model_path: Path,
+    data: str | None,
+    split: str,
+    source: str,
+) -> Path:
     """--out, else RUN/eval (the run's own test split) or RUN/eval-<data>-<split>; for a bare
     model file (maybe inside the installed package) a new folder under runs/eval/."""
     tag = "" if (data is None and split == "test") else f"-{Path(source).resolve().name}-{split}"
@@ -360,13 +435,16 @@ def _eval_dir(out: str | None, run_dir: Path | None, model_path: Path, data: str
     return new_run_dir("eval", f"{model_path.stem}{tag or '-test'}", exist_ok=True)
 
 
-def _echo_report(report: dict[str, Any], model_path: Path, source: str, out_dir: Path,
-                 no_card: bool) -> None:  # fmt: skip
+def _echo_report(
+    report: dict[str, Any], model_path: Path, source: str, out_dir: Path, no_card: bool
+) -> None:
     """Print what was evaluated, the metrics table and the files written."""
     from dermedge.train.evaluate import report_table
 
-    click.echo(f"{model_path} on {source} [{report['split']}]: {report['n']} images "
-               f"({report['positives']} malignant)")  # fmt: skip
+    click.echo(
+        f"{model_path} on {source} [{report['split']}]: {report['n']} images "
+        f"({report['positives']} malignant)"
+    )
     click.echo(report_table(report))
     click.echo(
         f"written: {out_dir}/metrics.json and " + ", ".join(report.get("plots", {}).values())

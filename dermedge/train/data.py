@@ -50,9 +50,14 @@ class SplitArrays:
         return {"benign": c.get(0, 0), "malignant": c.get(1, 0)}
 
 
-def load_split(records: Sequence[Record], split: str, contract: InputContract,
-               cache_dir: str | Path | None = None, progress: bool = True,
-               stream: bool = False) -> SplitArrays:  # fmt: skip
+def load_split(
+    records: Sequence[Record],
+    split: str,
+    contract: InputContract,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    stream: bool = False,
+) -> SplitArrays:
     """Decode + resize the records of `split` through the contract (unreadable files skipped):
     into memory, or with `stream` into shard files under `cache_dir` read lazily (`ShardArray`)."""
     recs = [r for r in records if r.split == split]
@@ -137,15 +142,32 @@ class Augment:
     @classmethod
     def none(cls) -> Augment:
         """No augmentation at all."""
-        return cls(flips=False, rot90=False, rotate_deg=0, zoom=0, shift=0, brightness=0,
-                   contrast=0, saturation=0, hue=0)  # fmt: skip
+        return cls(
+            flips=False,
+            rot90=False,
+            rotate_deg=0,
+            zoom=0,
+            shift=0,
+            brightness=0,
+            contrast=0,
+            saturation=0,
+            hue=0,
+        )
 
     @classmethod
     def field(cls) -> Augment:
         """The default geometry and colour jitter plus field-like casts, vignettes, blur, noise,
         JPEG and scale changes: so that a device's look is no evidence for the label."""
-        return cls(zoom=0.35, white_balance=0.15, gamma=0.3, vignette=0.3, blur=0.25,
-                   noise=0.03, jpeg=0.3, rescale=0.25)  # fmt: skip
+        return cls(
+            zoom=0.35,
+            white_balance=0.15,
+            gamma=0.3,
+            vignette=0.3,
+            blur=0.25,
+            noise=0.03,
+            jpeg=0.3,
+            rescale=0.25,
+        )
 
 
 def augment_preset(name: str) -> Augment:
@@ -170,8 +192,13 @@ def _affine(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tens
     b2 = c - b0 * c - b1 * c + ty
     transform = tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None, :]
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=img[None], transforms=transform, output_shape=tf.constant([size, size]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")  # fmt: skip
+        images=img[None],
+        transforms=transform,
+        output_shape=tf.constant([size, size]),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
     return out[0]
 
 
@@ -335,8 +362,11 @@ def make_dataset(
     if training:
         ds = _augmented(ds, seed, augment or Augment(), int(data.x.shape[1]), color_constancy_p)
     else:
-        ds = ds.map(lambda *item: (tf.cast(item[0], tf.float32), *item[1:]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # fmt: skip
+        ds = ds.map(
+            lambda *item: (tf.cast(item[0], tf.float32), *item[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     ds = ds.batch(batch, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = True
@@ -380,8 +410,13 @@ def _streamed(x: ShardArray, parts: tuple, training: bool, seed: int) -> tf.data
     if training:
         order = order.shuffle(n_shards, seed=seed, reshuffle_each_iteration=True)
     cycle = min(CYCLE, n_shards) if training else 1
-    ds = order.interleave(one_shard, cycle_length=max(cycle, 1), block_length=1,
-                          num_parallel_calls=max(cycle, 1), deterministic=True)  # fmt: skip
+    ds = order.interleave(
+        one_shard,
+        cycle_length=max(cycle, 1),
+        block_length=1,
+        num_parallel_calls=max(cycle, 1),
+        deterministic=True,
+    )
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training:
         buffer = int(min(len(x), max(1, SHUFFLE_BYTES // x.record_bytes)))
@@ -400,8 +435,9 @@ def _shard(ds: tf.data.Dataset, n: int, count: int, index: int) -> tf.data.Datas
     return ds.take(count * (n // count)).shard(count, index)
 
 
-def _augmented(ds: tf.data.Dataset, seed: int, aug: Augment, size: int,
-               color_constancy_p: float | None) -> tf.data.Dataset:  # fmt: skip
+def _augmented(
+    ds: tf.data.Dataset, seed: int, aug: Augment, size: int, color_constancy_p: float | None
+) -> tf.data.Dataset:
     """Each (uint8 image, ...) augmented with stateless random ops seeded per example."""
     rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -411,5 +447,6 @@ def _augmented(ds: tf.data.Dataset, seed: int, aug: Augment, size: int,
             img = shades_of_gray_tf(img, color_constancy_p)
         return (img, *item[1:])
 
-    return tf.data.Dataset.zip((ds, rand)).map(_map, num_parallel_calls=tf.data.AUTOTUNE,
-                                               deterministic=True)  # fmt: skip
+    return tf.data.Dataset.zip((ds, rand)).map(
+        _map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )

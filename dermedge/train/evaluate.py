@@ -61,8 +61,14 @@ def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "") ->
     for i in range(2):
         for j in range(2):
             pct = 100 * m[i, j] / rows[i, 0] if rows[i, 0] else 0
-            ax.text(j, i, f"{int(m[i, j])}\n{pct:.1f}%", ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}\n{pct:.1f}%",
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
     ax.set_xticks([0, 1], ["benign", "malignant"])
     ax.set_yticks([0, 1], ["benign", "malignant"])
     ax.set_xlabel("predicted")
@@ -71,8 +77,13 @@ def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "") ->
     return save_png(fig, Path(path))
 
 
-def plot_roc(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
-             operating: dict[str, float] | None = None, title: str = "") -> Path:  # fmt: skip
+def plot_roc(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    path: str | Path,
+    operating: dict[str, float] | None = None,
+    title: str = "",
+) -> Path:
     """ROC curve with its AUC, the operating threshold's point and the 0.5 point marked."""
     y, p = label_arrays(y_true, prob)
     fig = new_figure()
@@ -87,8 +98,13 @@ def plot_roc(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
         if thr is None:
             continue
         m = binary_metrics(y, p, thr)
-        ax.plot(1 - m["specificity"], m["recall"], style, ms=9,
-                label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}")  # fmt: skip
+        ax.plot(
+            1 - m["specificity"],
+            m["recall"],
+            style,
+            ms=9,
+            label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}",
+        )
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_xlim(-0.01, 1.01)
@@ -98,8 +114,13 @@ def plot_roc(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
     return save_png(fig, Path(path))
 
 
-def plot_pr(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
-            operating: dict[str, float] | None = None, title: str = "") -> Path:  # fmt: skip
+def plot_pr(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    path: str | Path,
+    operating: dict[str, float] | None = None,
+    title: str = "",
+) -> Path:
     """Precision-recall curve with average precision and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -116,8 +137,13 @@ def plot_pr(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
     ax.axhline(y.mean() if y.size else 0, ls="--", c="grey", lw=1, label="prevalence")
     if operating and operating.get("threshold") is not None:
         m = binary_metrics(y, p, operating["threshold"])
-        ax.plot(m["recall"], m["precision"], "o", ms=9,
-                label=f"operating t={operating['threshold']:.3f}")  # fmt: skip
+        ax.plot(
+            m["recall"],
+            m["precision"],
+            "o",
+            ms=9,
+            label=f"operating t={operating['threshold']:.3f}",
+        )
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision")
     ax.set_xlim(-0.01, 1.01)
@@ -133,10 +159,22 @@ def plot_reliability(cal: dict[str, Any], path: str | Path, title: str = "") -> 
     ax = fig.add_subplot(111)
     bins = [b for b in cal["bins"] if b["n"]]
     width = 1.0 / cal["n_bins"]
-    ax.bar([b["low"] for b in bins], [b["frac_malignant"] for b in bins], width=width, align="edge",
-           edgecolor="black", alpha=0.7, label="observed")  # fmt: skip
-    ax.plot([b["mean_prob"] for b in bins], [b["frac_malignant"] for b in bins], "o-", c="C1",
-            label="bin mean prob")  # fmt: skip
+    ax.bar(
+        [b["low"] for b in bins],
+        [b["frac_malignant"] for b in bins],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="observed",
+    )
+    ax.plot(
+        [b["mean_prob"] for b in bins],
+        [b["frac_malignant"] for b in bins],
+        "o-",
+        c="C1",
+        label="bin mean prob",
+    )
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
     ax.set_xlabel("predicted P(malignant)")
     ax.set_ylabel("fraction malignant")
@@ -154,8 +192,10 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     for i, key in enumerate(("loss", "auc")):
         ax = fig.add_subplot(1, 2, i + 1)
         for prefix, style in (("", "-"), ("val_", "--")):
-            vals = [float(r[prefix + key]) if r.get(prefix + key) not in (None, "") else np.nan
-                    for r in history]  # fmt: skip
+            vals = [
+                float(r[prefix + key]) if r.get(prefix + key) not in (None, "") else np.nan
+                for r in history
+            ]
             ax.plot(ep, vals, style, marker=".", label=(prefix or "train_") + key)
         phases = [r.get("phase") for r in history]
         for j in range(1, len(phases)):
@@ -184,8 +224,12 @@ def evaluate_predictions(
     """Metrics with bootstrap CIs at `threshold` and at 0.5, calibration, and (with `out_dir`)
     `metrics.json`, `predictions.csv`, and confusion/ROC/PR/reliability PNGs written there."""
     y, p = label_arrays(y_true, prob)
-    report: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum()),
-                              "negatives": int(y.size - y.sum()), "operating_threshold": float(threshold)}  # fmt: skip
+    report: dict[str, Any] = {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "negatives": int(y.size - y.sum()),
+        "operating_threshold": float(threshold),
+    }
     for key, thr in (("operating", float(threshold)), ("at_0.5", 0.5)):
         m = binary_metrics(y, p, thr)
         ci = bootstrap_ci(y, p, thr, n_boot=n_boot, seed=seed)
@@ -212,7 +256,7 @@ def evaluate_predictions(
                 confusion(y, p, threshold),
                 out / "confusion_matrix.png",
                 f"{title} confusion at t={threshold:.3f}".strip(),
-            ),  # fmt: skip
+            ),
             "roc": plot_roc(y, p, out / "roc.png", op, f"{title} ROC".strip()),
             "pr": plot_pr(y, p, out / "pr.png", op, f"{title} precision-recall".strip()),
             "reliability": plot_reliability(report["calibration"], out / "reliability.png"),
@@ -252,8 +296,13 @@ def report_table(report: dict[str, Any]) -> str:
                 _fmt_ci(half.get(k), half["ci95"].get(k)),
             ]
         )
-    rows.append(["tp / fp / tn / fn", f"{op['tp']} / {op['fp']} / {op['tn']} / {op['fn']}",
-                 f"{half['tp']} / {half['fp']} / {half['tn']} / {half['fn']}"])  # fmt: skip
+    rows.append(
+        [
+            "tp / fp / tn / fn",
+            f"{op['tp']} / {op['fp']} / {op['tn']} / {op['fn']}",
+            f"{half['tp']} / {half['fp']} / {half['tn']} / {half['fn']}",
+        ]
+    )
     rows.append(["ECE / Brier", f"{report['ece']:.4f} / {report['calibration']['brier']:.4f}", ""])
     headers = ["metric (95% CI)", f"operating t={op['threshold']:.4f}", "t=0.5"]
     return format_table(rows, headers)
@@ -285,8 +334,13 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     return float(thr[int(np.argmax(j))])
 
 
-def plot_roc_marked(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
-                    marks: Sequence[tuple[str, float]], title: str = "") -> Path:  # fmt: skip
+def plot_roc_marked(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    path: str | Path,
+    marks: Sequence[tuple[str, float]],
+    title: str = "",
+) -> Path:
     """ROC curve with its AUC and each named threshold's (1 - spec, sens) point marked."""
     y, p = label_arrays(y_true, prob)
     fig = new_figure()
@@ -298,8 +352,13 @@ def plot_roc_marked(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
         if thr is None or not math.isfinite(thr):
             continue
         m = binary_metrics(y, p, thr)
-        ax.plot(1 - m["specificity"], m["recall"], style, ms=9,
-                label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}")  # fmt: skip
+        ax.plot(
+            1 - m["specificity"],
+            m["recall"],
+            style,
+            ms=9,
+            label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}",
+        )
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_xlim(-0.01, 1.01)
@@ -309,8 +368,9 @@ def plot_roc_marked(y_true: ArrayLike, prob: ArrayLike, path: str | Path,
     return save_png(fig, Path(path))
 
 
-def group_referral_rates(groups: Sequence[str], labels: ArrayLike, prob: ArrayLike,
-                         threshold: float) -> list[dict[str, Any]]:  # fmt: skip
+def group_referral_rates(
+    groups: Sequence[str], labels: ArrayLike, prob: ArrayLike, threshold: float
+) -> list[dict[str, Any]]:
     """Per group (e.g. diagnosis): n, label, referred count/fraction at `threshold`, Wilson CI."""
     y, p = label_arrays(labels, prob)
     g = np.asarray(list(groups), dtype=object)
@@ -320,24 +380,43 @@ def group_referral_rates(groups: Sequence[str], labels: ArrayLike, prob: ArrayLi
         n, k = int(m.sum()), int((p[m] >= threshold).sum())
         pos = int(y[m].sum())
         label = "malignant" if pos == n else "benign" if pos == 0 else "mixed"
-        rows.append({"group": str(name), "label": label, "n": n, "referred": k,
-                     "referred_fraction": k / n, "ci95": list(wilson_ci(k, n))})  # fmt: skip
+        rows.append(
+            {
+                "group": str(name),
+                "label": label,
+                "n": n,
+                "referred": k,
+                "referred_fraction": k / n,
+                "ci95": list(wilson_ci(k, n)),
+            }
+        )
     return rows
 
 
-def plot_referral_rates(rows: Sequence[dict[str, Any]], path: str | Path, threshold: float,
-                        title: str = "") -> Path:  # fmt: skip
+def plot_referral_rates(
+    rows: Sequence[dict[str, Any]], path: str | Path, threshold: float, title: str = ""
+) -> Path:
     """Horizontal bars: the referred fraction of each group (Wilson 95% CI), red = malignant."""
     fig = new_figure((6.4, max(2.5, 0.34 * len(rows) + 1.2)))
     ax = fig.add_subplot(111)
     colours = {"malignant": "#c0392b", "benign": "#2e86c1", "mixed": "#7f8c8d"}
     pos = np.arange(len(rows))[::-1]
     frac = [r["referred_fraction"] for r in rows]
-    err = np.array([[f - r["ci95"][0] for f, r in zip(frac, rows, strict=True)],
-                    [r["ci95"][1] - f for f, r in zip(frac, rows, strict=True)]])  # fmt: skip
+    err = np.array(
+        [
+            [f - r["ci95"][0] for f, r in zip(frac, rows, strict=True)],
+            [r["ci95"][1] - f for f, r in zip(frac, rows, strict=True)],
+        ]
+    )
     err = np.clip(err, 0.0, None)  # rounding at 0 % / 100 %
-    ax.barh(pos, frac, xerr=err, color=[colours[r["label"]] for r in rows], alpha=0.85,
-            error_kw={"lw": 1, "capsize": 2})  # fmt: skip
+    ax.barh(
+        pos,
+        frac,
+        xerr=err,
+        color=[colours[r["label"]] for r in rows],
+        alpha=0.85,
+        error_kw={"lw": 1, "capsize": 2},
+    )
     ax.set_yticks(pos, [f"{r['group']} (n={r['n']})" for r in rows], fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"referred fraction at t={threshold:.3f} (red: malignant, blue: benign)")

@@ -58,8 +58,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def training_manifest(run_dir: Path | None, card: dict[str, Any] | None,
-                      explicit: str | None) -> tuple[Path | None, str]:  # fmt: skip
+def training_manifest(
+    run_dir: Path | None, card: dict[str, Any] | None, explicit: str | None
+) -> tuple[Path | None, str]:
     """The training manifest CSV (--train-manifest, RUN/manifest.csv, or the card's own data
     source when its sha256 matches the card's) and how it was found, or (None, why not)."""
     if explicit:
@@ -77,8 +78,10 @@ def training_manifest(run_dir: Path | None, card: dict[str, Any] | None,
         if cand.is_file() and _sha256(cand) == want:
             return cand, "the card's data source (sha256 matches the card)"
         if cand.is_file():
-            return None, (f"{cand} (named by the card) is not the manifest the model was trained "
-                          "on (sha256 differs)")  # fmt: skip
+            return None, (
+                f"{cand} (named by the card) is not the manifest the model was trained "
+                "on (sha256 differs)"
+            )
         return None, f"the card's training manifest {cand} is not here"
     return None, "the model has no run folder and its card names no training manifest"
 
@@ -109,16 +112,23 @@ class Overlap:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON view (metrics.json), examples capped at 20 of each kind."""
-        return {"checked": self.checked, "manifest": self.manifest, "how": self.how,
-                "train_images": self.train_images, "overlapping": len(self.images),
-                "exact": len({a for a, _ in self.exact}), "near": len({a for a, _, _ in self.near}),
-                "by_training_split": self.by_split(),
-                "examples_exact": [list(x) for x in self.exact[:20]],
-                "examples_near": [list(x) for x in self.near[:20]]}  # fmt: skip
+        return {
+            "checked": self.checked,
+            "manifest": self.manifest,
+            "how": self.how,
+            "train_images": self.train_images,
+            "overlapping": len(self.images),
+            "exact": len({a for a, _ in self.exact}),
+            "near": len({a for a, _, _ in self.near}),
+            "by_training_split": self.by_split(),
+            "examples_exact": [list(x) for x in self.exact[:20]],
+            "examples_near": [list(x) for x in self.near[:20]],
+        }
 
 
-def check_overlap(external: list[Record], train: list[Record], manifest: str, how: str,
-                  progress: bool = True) -> Overlap:  # fmt: skip
+def check_overlap(
+    external: list[Record], train: list[Record], manifest: str, how: str, progress: bool = True
+) -> Overlap:
     """Hash both sets (cached) and pair every external photo with training photos of same bytes
     or the same picture (pHash candidate confirmed by the thumbnail)."""
     from dermedge.data.dedup import hash_files, near_duplicates
@@ -141,15 +151,23 @@ def check_overlap(external: list[Record], train: list[Record], manifest: str, ho
     return ov
 
 
-def overlap_for(records: list[Record], run_dir: Path | None, card: dict[str, Any] | None,
-                explicit: str | None, allow: bool, progress: bool = True) -> Overlap:  # fmt: skip
+def overlap_for(
+    records: list[Record],
+    run_dir: Path | None,
+    card: dict[str, Any] | None,
+    explicit: str | None,
+    allow: bool,
+    progress: bool = True,
+) -> Overlap:
     """Check overlap with the training data; refuse (exit 2) on any, unless `allow` (warned)."""
     from dermedge.data.manifest import ManifestError, read_manifest
 
     path, how = training_manifest(run_dir, card, explicit)
     if path is None:
-        warn(f"overlap with the training data NOT CHECKED: {how}. The figures below may "
-             "include photos the model was trained on; pass --train-manifest PATH.")  # fmt: skip
+        warn(
+            f"overlap with the training data NOT CHECKED: {how}. The figures below may "
+            "include photos the model was trained on; pass --train-manifest PATH."
+        )
         return Overlap(False, None, how)
     try:
         train = read_manifest(path)
@@ -158,17 +176,23 @@ def overlap_for(records: list[Record], run_dir: Path | None, card: dict[str, Any
     ov = check_overlap(records, train, str(path), how, progress)
     n = len(ov.images)
     if n == 0:
-        click.echo(f"overlap check: none of {len(records)} external images is among the "
-                   f"{ov.train_images} images of {path} (sha256 + pHash/thumbnail)")  # fmt: skip
+        click.echo(
+            f"overlap check: none of {len(records)} external images is among the "
+            f"{ov.train_images} images of {path} (sha256 + pHash/thumbnail)"
+        )
         return ov
     d = ov.to_dict()
-    msg = (f"{n} of {len(records)} external images are in the model's training data {path} "
-           f"({d['exact']} byte-identical, {d['near']} near-duplicate; by split "
-           f"{d['by_training_split']})")  # fmt: skip
+    msg = (
+        f"{n} of {len(records)} external images are in the model's training data {path} "
+        f"({d['exact']} byte-identical, {d['near']} near-duplicate; by split "
+        f"{d['by_training_split']})"
+    )
     if not allow:
         raise ExternalError(f"refusing: {msg}; remove them, or pass --allow-overlap")
-    warn(f"--allow-overlap: {msg}. These figures are NOT an external evaluation: they are "
-         "inflated by photos the model has seen.")  # fmt: skip
+    warn(
+        f"--allow-overlap: {msg}. These figures are NOT an external evaluation: they are "
+        "inflated by photos the model has seen."
+    )
     return ov
 
 
@@ -211,8 +235,13 @@ def _predictor(model_path: Path, batch: int) -> Any:
     return lambda x: predict(model, x, batch)
 
 
-def predict_records(model_path: Path, card: dict[str, Any] | None, records: list[Record],
-                    batch: int = 64, progress: bool = True) -> Predictions:  # fmt: skip
+def predict_records(
+    model_path: Path,
+    card: dict[str, Any] | None,
+    records: list[Record],
+    batch: int = 64,
+    progress: bool = True,
+) -> Predictions:
     """Load the images through the card's contract and run the model on them in batches."""
     import numpy as np
 
@@ -222,12 +251,17 @@ def predict_records(model_path: Path, card: dict[str, Any] | None, records: list
     contract = _contract(model_path, card)
     run = _predictor(model_path, batch)
     paths = [r.path for r in records]
-    x, kept, bad = load_images(paths, contract, cache_dir=runs_root() / "cache",
-                               progress=progress, desc="external images")  # fmt: skip
+    x, kept, bad = load_images(
+        paths, contract, cache_dir=runs_root() / "cache", progress=progress, desc="external images"
+    )
     if not kept:
         raise ExternalError("no readable images to evaluate")
-    prob = np.concatenate([np.asarray(run(x[i : i + batch]), dtype=np.float64).ravel()
-                           for i in range(0, len(kept), batch)])  # fmt: skip
+    prob = np.concatenate(
+        [
+            np.asarray(run(x[i : i + batch]), dtype=np.float64).ravel()
+            for i in range(0, len(kept), batch)
+        ]
+    )
     recs = [records[i] for i in kept]
     y = np.asarray([1 if r.label == "malignant" else 0 for r in recs], dtype=np.int64)
     return Predictions(y, prob, [r.path for r in recs], [r.dx or r.label for r in recs], bad)
@@ -242,10 +276,17 @@ def _point(y: Any, p: Any, thr: float, n_boot: int, seed: int) -> dict[str, Any]
 
     m = ev.binary_metrics(y, p, thr)
     ci = ev.bootstrap_ci(y, p, thr, n_boot=n_boot, seed=seed, metrics=("recall", "specificity"))
-    return {"threshold": float(thr), "sensitivity": m["recall"], "specificity": m["specificity"],
-            "ci95": {"sensitivity": list(ci["recall"]), "specificity": list(ci["specificity"])},
-            "tp": m["tp"], "fn": m["fn"], "tn": m["tn"], "fp": m["fp"],
-            "referred_fraction": (m["tp"] + m["fp"]) / max(1, m["n"])}  # fmt: skip
+    return {
+        "threshold": float(thr),
+        "sensitivity": m["recall"],
+        "specificity": m["specificity"],
+        "ci95": {"sensitivity": list(ci["recall"]), "specificity": list(ci["specificity"])},
+        "tp": m["tp"],
+        "fn": m["fn"],
+        "tn": m["tn"],
+        "fp": m["fp"],
+        "referred_fraction": (m["tp"] + m["fp"]) / max(1, m["n"]),
+    }
 
 
 def dataset_name(source: str, records: list[Record]) -> str:
@@ -254,8 +295,9 @@ def dataset_name(source: str, records: list[Record]) -> str:
     return names.pop() if len(names) == 1 else Path(source).resolve().name
 
 
-def build_report(pred: Predictions, threshold: float, threshold_from: str, n_boot: int,
-                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def build_report(
+    pred: Predictions, threshold: float, threshold_from: str, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
     """Metrics of an external evaluation: evaluate_predictions' report plus the three operating
     points, referral rates per diagnosis and the date and tool version."""
     from dermedge.train import evaluate as ev
@@ -271,18 +313,28 @@ def build_report(pred: Predictions, threshold: float, threshold_from: str, n_boo
     if y.sum():
         st = ev.choose_threshold(y, p, SENS_TARGET)["threshold"]
         points["sensitivity_0.95"] = {**_point(y, p, st, n_boot, seed), "note": TEST_SET_NOTE}
-    report.update({"kind": KIND, "thresholds": points,
-                   "per_dx": ev.group_referral_rates(pred.dx, y, p, threshold),
-                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "tool": {"dermedge": __version__}, "skipped": pred.skipped})  # fmt: skip
+    report.update(
+        {
+            "kind": KIND,
+            "thresholds": points,
+            "per_dx": ev.group_referral_rates(pred.dx, y, p, threshold),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tool": {"dermedge": __version__},
+            "skipped": pred.skipped,
+        }
+    )
     return clean_json(report)
 
 
 def _model_info(model_path: Path, card: dict[str, Any] | None) -> dict[str, Any]:
     c = card or {}
-    return {"model": str(model_path), "model_sha256": _sha256(model_path),
-            "model_card": {k: c.get(k) for k in ("name", "arch", "quantization", "created",
-                                                  "threshold")}}  # fmt: skip
+    return {
+        "model": str(model_path),
+        "model_sha256": _sha256(model_path),
+        "model_card": {
+            k: c.get(k) for k in ("name", "arch", "quantization", "created", "threshold")
+        },
+    }
 
 
 def _pct(v: float | None) -> str:
@@ -299,13 +351,17 @@ def _ci(v: float | None, ci: list[float | None] | None, pct: bool = False) -> st
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """Rows of the printed summary: AUC, then sens/spec (CI, counts) at each threshold."""
     rows = [["ROC AUC", _ci(report["roc_auc"], report["roc_auc_ci95"]), "", ""]]
-    names = {"card": "card threshold", "youden": "Youden (test-set)",
-             "sensitivity_0.95": "sens 0.95 (test-set)"}  # fmt: skip
+    names = {
+        "card": "card threshold",
+        "youden": "Youden (test-set)",
+        "sensitivity_0.95": "sens 0.95 (test-set)",
+    }
     for key, pt in report["thresholds"].items():
         sens = f"{_ci(pt['sensitivity'], pt['ci95']['sensitivity'])} ({pt['tp']}/{pt['tp'] + pt['fn']})"
         spec = f"{_ci(pt['specificity'], pt['ci95']['specificity'])} ({pt['tn']}/{pt['tn'] + pt['fp']})"
-        rows.append([f"{names[key]} t={pt['threshold']:.4f}", sens, spec,
-                     _pct(pt["referred_fraction"])])  # fmt: skip
+        rows.append(
+            [f"{names[key]} t={pt['threshold']:.4f}", sens, spec, _pct(pt["referred_fraction"])]
+        )
     cal = report["calibration"]
     rows.append(["ECE / Brier", f"{report['ece']:.4f} / {cal['brier']:.4f}", "", ""])
     return rows
@@ -315,10 +371,19 @@ def summary_table(report: dict[str, Any]) -> str:
     """The printed tables: operating points, then referral rate per diagnosis."""
     from dermedge.runs import format_table
 
-    head = format_table(summary_rows(report),
-                        ["metric (95% CI)", "sensitivity", "specificity", "referred"])  # fmt: skip
-    dx = [[r["group"], r["label"], r["n"], r["referred"], _ci(r["referred_fraction"], r["ci95"], True)]
-          for r in report["per_dx"]]  # fmt: skip
+    head = format_table(
+        summary_rows(report), ["metric (95% CI)", "sensitivity", "specificity", "referred"]
+    )
+    dx = [
+        [
+            r["group"],
+            r["label"],
+            r["n"],
+            r["referred"],
+            _ci(r["referred_fraction"], r["ci95"], True),
+        ]
+        for r in report["per_dx"]
+    ]
     thr = report["thresholds"]["card"]["threshold"]
     tail = format_table(
         dx, ["diagnosis", "label", "n", "referred", f"referred at t={thr:.4f} [95% CI]"]
@@ -330,29 +395,41 @@ def _overlap_md(ov: dict[str, Any]) -> str:
     if not ov["checked"]:
         return f"**NOT CHECKED** ({ov['how']}): these images may include training photos."
     if ov["overlapping"]:
-        return (f"**{ov['overlapping']} overlapping images evaluated anyway (--allow-overlap)**: "
-                f"{ov['exact']} byte-identical, {ov['near']} near-duplicate, against "
-                f"`{ov['manifest']}`. Not an external evaluation.")  # fmt: skip
-    return (f"none: no image is among the {ov['train_images']} images of `{ov['manifest']}` "
-            f"({ov['how']}; sha256 + pHash/thumbnail near-duplicates)")  # fmt: skip
+        return (
+            f"**{ov['overlapping']} overlapping images evaluated anyway (--allow-overlap)**: "
+            f"{ov['exact']} byte-identical, {ov['near']} near-duplicate, against "
+            f"`{ov['manifest']}`. Not an external evaluation."
+        )
+    return (
+        f"none: no image is among the {ov['train_images']} images of `{ov['manifest']}` "
+        f"({ov['how']}; sha256 + pHash/thumbnail near-duplicates)"
+    )
 
 
 def report_markdown(report: dict[str, Any]) -> str:
     """report.md: what was evaluated, the overlap check, the tables and the plots."""
     mc = report["model_card"]
-    lines = [f"# External evaluation: {mc.get('name') or Path(report['model']).stem} on "
-             f"{report['dataset']}", "", f"> {DISCLAIMER}", "",
-             f"- model: `{report['model']}` ({mc.get('arch')}, {mc.get('quantization')}), "
-             f"sha256 `{report['model_sha256'][:16]}`",
-             f"- data: `{report['data']}` ({report['dataset']}), {report['n']} images, "
-             f"{report['positives']} malignant; {len(report['skipped'])} unreadable skipped",
-             f"- overlap with the training data: {_overlap_md(report['overlap'])}",
-             f"- card threshold {report['thresholds']['card']['threshold']:.4f} "
-             f"({report['thresholds']['card']['from']}); the Youden and sensitivity-0.95 "
-             f"thresholds are {TEST_SET_NOTE}",
-             f"- {report['bootstrap']['n_boot']} stratified bootstrap resamples; per-diagnosis "
-             "intervals are Wilson 95%", f"- {report['date']}, dermedge {report['tool']['dermedge']}",
-             "", summary_table(report), ""]  # fmt: skip
+    lines = [
+        f"# External evaluation: {mc.get('name') or Path(report['model']).stem} on "
+        f"{report['dataset']}",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        f"- model: `{report['model']}` ({mc.get('arch')}, {mc.get('quantization')}), "
+        f"sha256 `{report['model_sha256'][:16]}`",
+        f"- data: `{report['data']}` ({report['dataset']}), {report['n']} images, "
+        f"{report['positives']} malignant; {len(report['skipped'])} unreadable skipped",
+        f"- overlap with the training data: {_overlap_md(report['overlap'])}",
+        f"- card threshold {report['thresholds']['card']['threshold']:.4f} "
+        f"({report['thresholds']['card']['from']}); the Youden and sensitivity-0.95 "
+        f"thresholds are {TEST_SET_NOTE}",
+        f"- {report['bootstrap']['n_boot']} stratified bootstrap resamples; per-diagnosis "
+        "intervals are Wilson 95%",
+        f"- {report['date']}, dermedge {report['tool']['dermedge']}",
+        "",
+        summary_table(report),
+        "",
+    ]
     lines += [f"![{k}]({v})" for k, v in report.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -365,17 +442,28 @@ def write_outputs(report: dict[str, Any], pred: Predictions, out_dir: Path, titl
     out_dir.mkdir(parents=True, exist_ok=True)
     pts = report["thresholds"]
     marks = [("card", pts["card"]["threshold"])]
-    marks += [(n, pts[k]["threshold"]) for k, n in (("youden", "Youden"),
-                                                     ("sensitivity_0.95", "sens 0.95")) if k in pts]  # fmt: skip
-    plots = {"roc": ev.plot_roc_marked(pred.y, pred.prob, out_dir / "roc.png", marks, f"{title} ROC"),
-             "reliability": ev.plot_reliability(report["calibration"], out_dir / "reliability.png"),
-             "per_dx": ev.plot_referral_rates(report["per_dx"], out_dir / "per_dx.png",
-                                              pts["card"]["threshold"], f"{title}: referred per diagnosis")}  # fmt: skip
+    marks += [
+        (n, pts[k]["threshold"])
+        for k, n in (("youden", "Youden"), ("sensitivity_0.95", "sens 0.95"))
+        if k in pts
+    ]
+    plots = {
+        "roc": ev.plot_roc_marked(pred.y, pred.prob, out_dir / "roc.png", marks, f"{title} ROC"),
+        "reliability": ev.plot_reliability(report["calibration"], out_dir / "reliability.png"),
+        "per_dx": ev.plot_referral_rates(
+            report["per_dx"],
+            out_dir / "per_dx.png",
+            pts["card"]["threshold"],
+            f"{title}: referred per diagnosis",
+        ),
+    }
     report["plots"] = {k: v.name for k, v in plots.items()}
     rows = ["path,label,dx,prob_malignant,decision"]
     thr = pts["card"]["threshold"]
-    rows += [f"{q},{'malignant' if t else 'benign'},{d},{v:.6f},{'refer' if v >= thr else 'routine'}"
-             for q, t, d, v in zip(pred.paths, pred.y, pred.dx, pred.prob, strict=True)]  # fmt: skip
+    rows += [
+        f"{q},{'malignant' if t else 'benign'},{d},{v:.6f},{'refer' if v >= thr else 'routine'}"
+        for q, t, d, v in zip(pred.paths, pred.y, pred.dx, pred.prob, strict=True)
+    ]
     atomic_write_text(out_dir / "predictions.csv", "\n".join(rows) + "\n")
     atomic_write_text(out_dir / "report.md", report_markdown(report))
     atomic_write_text(
@@ -392,10 +480,20 @@ def default_out(model_path: Path, run_dir: Path | None, dataset: str) -> Path:
     return new_run_dir("eval", f"{model_path.stem}-{dataset}", exist_ok=True)
 
 
-def run_external(model_path: Path, run_dir: Path | None, card: dict[str, Any] | None,
-                 records: list[Record], source: str, out: str | None, threshold: float | None,
-                 train_manifest: str | None, allow_overlap: bool, n_boot: int, batch: int,
-                 progress: bool = True) -> tuple[dict[str, Any], Path]:  # fmt: skip
+def run_external(
+    model_path: Path,
+    run_dir: Path | None,
+    card: dict[str, Any] | None,
+    records: list[Record],
+    source: str,
+    out: str | None,
+    threshold: float | None,
+    train_manifest: str | None,
+    allow_overlap: bool,
+    n_boot: int,
+    batch: int,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Path]:
     """The whole stage: overlap check, predictions, report and files; (report, out folder)."""
     if not records:
         raise ExternalError(f"--data {source}: no labelled images")
@@ -410,8 +508,14 @@ def run_external(model_path: Path, run_dir: Path | None, card: dict[str, Any] | 
     report = build_report(
         pred, float(thr), "--threshold" if threshold is not None else "card", n_boot
     )
-    report.update({"dataset": dataset, "data": str(source), **_model_info(model_path, card),
-                   "overlap": overlap.to_dict()})  # fmt: skip
+    report.update(
+        {
+            "dataset": dataset,
+            "data": str(source),
+            **_model_info(model_path, card),
+            "overlap": overlap.to_dict(),
+        }
+    )
     out_dir = Path(out) if out else default_out(model_path, run_dir, dataset)
     write_outputs(
         report, pred, out_dir, f"{(card or {}).get('name', model_path.stem)} on {dataset}"
@@ -425,20 +529,36 @@ def run_external(model_path: Path, run_dir: Path | None, card: dict[str, Any] | 
 def card_entry(metrics: dict[str, Any], metrics_sha256: str) -> dict[str, Any]:
     """The compact summary stored under card["external"][dataset] from an external metrics.json."""
     if metrics.get("kind") != KIND or "thresholds" not in metrics:
-        raise ExternalError("not an external evaluation's metrics.json (run `dermedge evaluate "
-                            "MODEL --data ROOT --external`)")  # fmt: skip
+        raise ExternalError(
+            "not an external evaluation's metrics.json (run `dermedge evaluate "
+            "MODEL --data ROOT --external`)"
+        )
     pt = metrics["thresholds"]["card"]
     ov = metrics.get("overlap") or {}
-    return {"dataset": metrics["dataset"], "n": metrics["n"], "positives": metrics["positives"],
-            "auc": metrics["roc_auc"], "auc_ci95": metrics["roc_auc_ci95"],
-            "at_card_threshold": {"sensitivity": pt["sensitivity"], "specificity": pt["specificity"],
-                                  "sensitivity_ci95": pt["ci95"]["sensitivity"],
-                                  "specificity_ci95": pt["ci95"]["specificity"],
-                                  "tp": pt["tp"], "fn": pt["fn"], "tn": pt["tn"], "fp": pt["fp"]},
-            "threshold": pt["threshold"], "ece": metrics.get("ece"),
-            "overlap_checked": bool(ov.get("checked")), "overlapping": ov.get("overlapping", 0),
-            "date": metrics["date"], "tool_version": (metrics.get("tool") or {}).get("dermedge"),
-            "metrics_sha256": metrics_sha256}  # fmt: skip
+    return {
+        "dataset": metrics["dataset"],
+        "n": metrics["n"],
+        "positives": metrics["positives"],
+        "auc": metrics["roc_auc"],
+        "auc_ci95": metrics["roc_auc_ci95"],
+        "at_card_threshold": {
+            "sensitivity": pt["sensitivity"],
+            "specificity": pt["specificity"],
+            "sensitivity_ci95": pt["ci95"]["sensitivity"],
+            "specificity_ci95": pt["ci95"]["specificity"],
+            "tp": pt["tp"],
+            "fn": pt["fn"],
+            "tn": pt["tn"],
+            "fp": pt["fp"],
+        },
+        "threshold": pt["threshold"],
+        "ece": metrics.get("ece"),
+        "overlap_checked": bool(ov.get("checked")),
+        "overlapping": ov.get("overlapping", 0),
+        "date": metrics["date"],
+        "tool_version": (metrics.get("tool") or {}).get("dermedge"),
+        "metrics_sha256": metrics_sha256,
+    }
 
 
 def add_external(card: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -449,10 +569,20 @@ def add_external(card: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any] 
     return old
 
 
-def evaluate_external(model_path: Path, run_dir: Path | None, card: dict[str, Any] | None,
-                      records: list[Record], source: str, split: str | None,
-                      threshold: float | None, out: str | None, train_manifest: str | None,
-                      allow_overlap: bool, n_boot: int, batch: int) -> None:  # fmt: skip
+def evaluate_external(
+    model_path: Path,
+    run_dir: Path | None,
+    card: dict[str, Any] | None,
+    records: list[Record],
+    source: str,
+    split: str | None,
+    threshold: float | None,
+    out: str | None,
+    train_manifest: str | None,
+    allow_overlap: bool,
+    n_boot: int,
+    batch: int,
+) -> None:
     """`dermedge evaluate --external`: run the stage on every image (or `split`) and print it."""
     import sys
 
@@ -461,13 +591,26 @@ def evaluate_external(model_path: Path, run_dir: Path | None, card: dict[str, An
         if not records:
             raise ExternalError(f"--data {source}: no images in split {split!r}")
     try:
-        report, out_dir = run_external(model_path, run_dir, card, records, source, out, threshold,
-                                       train_manifest, allow_overlap, n_boot, batch,
-                                       progress=sys.stderr.isatty())  # fmt: skip
+        report, out_dir = run_external(
+            model_path,
+            run_dir,
+            card,
+            records,
+            source,
+            out,
+            threshold,
+            train_manifest,
+            allow_overlap,
+            n_boot,
+            batch,
+            progress=sys.stderr.isatty(),
+        )
     except (OSError, ValueError) as e:
         raise ExternalError(_one_line(e)) from e
-    click.echo(f"{model_path} on {report['dataset']} (external, {source}): {report['n']} images "
-               f"({report['positives']} malignant)")  # fmt: skip
+    click.echo(
+        f"{model_path} on {report['dataset']} (external, {source}): {report['n']} images "
+        f"({report['positives']} malignant)"
+    )
     click.echo(summary_table(report))
     click.echo(f"Youden and sens-0.95 thresholds: {TEST_SET_NOTE}")
     click.echo(

@@ -100,8 +100,12 @@ def _mobilenet(size: int, weights: str | None, dropout: float) -> keras.Model:
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
     imagenet = weights == "imagenet"
     try:
-        base = keras.applications.MobileNetV2(input_tensor=x, include_top=False, pooling=None,
-                                              weights="imagenet" if imagenet else None)  # fmt: skip
+        base = keras.applications.MobileNetV2(
+            input_tensor=x,
+            include_top=False,
+            pooling=None,
+            weights="imagenet" if imagenet else None,
+        )
     except Exception as e:  # noqa: BLE001 - the download fails in many ways offline
         if imagenet:
             raise WeightsError(
@@ -114,8 +118,9 @@ def _mobilenet(size: int, weights: str | None, dropout: float) -> keras.Model:
     return keras.Model(inputs, _head(x, dropout), name="mobilenet_v2")
 
 
-def build_model(arch: str, size: int = 224, weights: str | None = "imagenet",
-                dropout: float = 0.2) -> keras.Model:  # fmt: skip
+def build_model(
+    arch: str, size: int = 224, weights: str | None = "imagenet", dropout: float = 0.2
+) -> keras.Model:
     """A fresh model of `arch`. `weights`: "imagenet", None (random) or a path to weights
     (Keras `.weights.h5`/`.keras` of the same architecture; for Lite0 also a torch state_dict)."""
     if arch not in ARCHS:

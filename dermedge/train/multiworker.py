@@ -12,8 +12,16 @@ from typing import Any
 import numpy as np
 
 
-def fit_multiworker(model: Any, strategy: Any, train_ds: Any, val: Any, epochs: int,
-                    initial_epoch: int, run_state: Any, verbose: int | str) -> None:  # fmt: skip
+def fit_multiworker(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    val: Any,
+    epochs: int,
+    initial_epoch: int,
+    run_state: Any,
+    verbose: int | str,
+) -> None:
     """Train `model` (compiled, in `strategy.scope()`) on the distributed `train_ds`; each epoch
     ends with `run_state.end(model, epoch, logs)` like the Keras callback, then stops if asked."""
     import keras
@@ -59,5 +67,8 @@ def val_logs(model: Any, val: Any, batch: int = 64) -> dict[str, float]:
     p = np.clip(predict(model, val.x, batch), 1e-7, 1 - 1e-7)
     y = np.asarray(val.y, dtype=np.float64)
     loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return {"val_loss": loss, "val_auc": float(roc_auc(y, p)),
-            "val_accuracy": float(np.mean((p >= 0.5) == (y == 1)))}  # fmt: skip
+    return {
+        "val_loss": loss,
+        "val_auc": float(roc_auc(y, p)),
+        "val_accuracy": float(np.mean((p >= 0.5) == (y == 1))),
+    }

@@ -92,8 +92,14 @@ class TrainConfig:
             if self.epochs > 0:
                 out.append({"name": "frozen", "epochs": self.epochs, "unfreeze": 0, "lr": self.lr})
             if self.fine_tune_epochs > 0:
-                out.append({"name": "finetune", "epochs": self.fine_tune_epochs,
-                            "unfreeze": self.unfreeze_blocks, "lr": ft_lr})  # fmt: skip
+                out.append(
+                    {
+                        "name": "finetune",
+                        "epochs": self.fine_tune_epochs,
+                        "unfreeze": self.unfreeze_blocks,
+                        "lr": ft_lr,
+                    }
+                )
             return out
         return [{"name": "train", "epochs": self.epochs, "unfreeze": None, "lr": self.lr}]
 
@@ -154,8 +160,9 @@ def _is_manifest(p: Path) -> bool:
     return (p.is_file() and p.suffix == ".csv") or (p.is_dir() and (p / "manifest.csv").is_file())
 
 
-def resolve_records(data: str, run_dir: Path | None, seed: int = 0,
-                    split_dataset: bool = True) -> tuple[list[Record], Path | None]:  # fmt: skip
+def resolve_records(
+    data: str, run_dir: Path | None, seed: int = 0, split_dataset: bool = True
+) -> tuple[list[Record], Path | None]:
     """Records of a manifest (folder or CSV) or of a dataset folder.
 
     A dataset folder is split leakage-free on the fly (`split_dataset`), or else read as it is
@@ -223,8 +230,11 @@ def _strategy(name: str) -> Any:
 def _is_chief() -> bool:
     cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = cfg.get("task") or {}
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                    and "chief" not in cfg.get("cluster", {}))  # fmt: skip
+    return task.get("type", "chief") == "chief" or (
+        task.get("type") == "worker"
+        and task.get("index", 0) == 0
+        and "chief" not in cfg.get("cluster", {})
+    )
 
 
 def precision_policy(mixed: bool) -> str:
@@ -273,8 +283,16 @@ class RunState:
     """Per-epoch bookkeeping of a phase: history row, best weights on val AUC, a full checkpoint
     with state.json, and early stopping. A Keras callback (made by `_state_callback`)."""
 
-    def __init__(self, run_dir: Path, state: dict[str, Any], phase_idx: int,
-                 phase: dict[str, Any], patience: int, chief: bool, t_start: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        state: dict[str, Any],
+        phase_idx: int,
+        phase: dict[str, Any],
+        patience: int,
+        chief: bool,
+        t_start: float,
+    ) -> None:
         self.run_dir, self.ckpt = run_dir, run_dir / "checkpoints"
         self.state, self.phase_idx, self.phase = state, phase_idx, phase
         self.patience, self.chief, self.t_start = patience, chief, t_start
@@ -283,8 +301,10 @@ class RunState:
     def begin(self, epoch: int) -> None:
         """Log the epoch and start its clock."""
         self.t0 = time.time()
-        _log(f"phase {self.phase['name']}: epoch {epoch + 1}/{self.phase['epochs']} "
-             f"(run epoch {self.state['epochs_done'] + 1})")  # fmt: skip
+        _log(
+            f"phase {self.phase['name']}: epoch {epoch + 1}/{self.phase['epochs']} "
+            f"(run epoch {self.state['epochs_done'] + 1})"
+        )
 
     def end(self, model: Any, epoch: int, logs: dict[str, Any]) -> None:
         """Record the epoch, keep the best weights, checkpoint, and stop early if val AUC stalls."""
@@ -305,8 +325,11 @@ class RunState:
             self._checkpoint(model)
 
     def _history_row(self, model: Any, epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": self.state["epochs_done"] + 1, "phase": self.phase["name"],
-                               "phase_epoch": epoch + 1}  # fmt: skip
+        row: dict[str, Any] = {
+            "epoch": self.state["epochs_done"] + 1,
+            "phase": self.phase["name"],
+            "phase_epoch": epoch + 1,
+        }
         row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
         row["lr"] = float(np.asarray(model.optimizer.learning_rate))
         row["seconds"] = round(time.time() - self.t0, 2)
@@ -418,8 +441,13 @@ class _Data:
     steps: int
 
 
-def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False,
-          verbose: int | str = "auto", on_start: Callable[[Path], None] | None = None) -> TrainResult:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    exist_ok: bool = False,
+    verbose: int | str = "auto",
+    on_start: Callable[[Path], None] | None = None,
+) -> TrainResult:
     """Train per `cfg` (or continue the run `cfg.name` with `resume`) and evaluate on test:
     prepare the run -> load the data -> fit the phases -> finish (threshold, test, card)."""
     run = _resume_run(cfg) if resume else _new_run(cfg, exist_ok)
@@ -471,8 +499,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.balance not in BALANCES:
         raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
     if cfg.threshold_pool not in THRESHOLD_POOLS:
-        raise TrainError(f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
-                         f"{', '.join(THRESHOLD_POOLS)}")  # fmt: skip
+        raise TrainError(
+            f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
+            f"{', '.join(THRESHOLD_POOLS)}"
+        )
     if cfg.strategy not in STRATEGIES:
         raise TrainError(f"unknown strategy {cfg.strategy!r}")
     if cfg.cache not in CACHES:
@@ -519,7 +549,10 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
     cache = cfg.cache_dir or str(runs_root() / "cache")
     stream = _streams(cfg, run.records, contract.size)
-    splits = {s: load_split(run.records, s, contract, cache, stream=stream) for s in ("train", "val", "test")}  # fmt: skip
+    splits = {
+        s: load_split(run.records, s, contract, cache, stream=stream)
+        for s in ("train", "val", "test")
+    }
     for s in ("train", "val"):
         c = splits[s].counts()
         if min(c.values()) == 0:
@@ -527,9 +560,11 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     skipped = {p: r for s in splits.values() for p, r in s.skipped.items()}
     for p, r in list(skipped.items())[:10]:
         _log(f"skipped unreadable {p}: {r}")
-    _log(f"run {run.run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
-         f"val {splits['val'].counts()}, test {splits['test'].counts()}, "
-         f"pixels {'streamed from shards' if stream else 'in memory'}")  # fmt: skip
+    _log(
+        f"run {run.run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
+        f"val {splits['val'].counts()}, test {splits['test'].counts()}, "
+        f"pixels {'streamed from shards' if stream else 'in memory'}"
+    )
     weights, sample_w, per_source = _loss_weights(cfg, splits["train"])
     aug = augment_preset(cfg.augmentation if cfg.augment else "none")
     cc_p = contract.color_constancy_p if contract.color_constancy != "none" else None
@@ -570,7 +605,9 @@ def _distributed(strategy: Any, cfg: TrainConfig, train_input: Callable[..., Any
     return strategy.distribute_datasets_from_function(per_pipeline)
 
 
-def _loss_weights(cfg: TrainConfig, train_split: Any) -> tuple[dict[int, float], Any, dict[str, dict[str, float]]]:  # fmt: skip
+def _loss_weights(
+    cfg: TrainConfig, train_split: Any
+) -> tuple[dict[int, float], Any, dict[str, dict[str, float]]]:
     """(class weights, what the loss uses: class or per-image weights, per-source weights)."""
     from dermedge.train.data import class_weights, source_balanced_weights, source_class_weights
 
@@ -581,8 +618,10 @@ def _loss_weights(cfg: TrainConfig, train_split: Any) -> tuple[dict[int, float],
     per = source_class_weights(train_split.y, train_split.sources)
     per_source = {src or "-": {"benign": w[0], "malignant": w[1]} for src, w in per.items()}
     for src, w in per_source.items():
-        _log(f"class weights for source {src}: benign {w['benign']:.4f}, "
-             f"malignant {w['malignant']:.4f}")  # fmt: skip
+        _log(
+            f"class weights for source {src}: benign {w['benign']:.4f}, "
+            f"malignant {w['malignant']:.4f}"
+        )
     return weights, source_balanced_weights(train_split.y, train_split.sources), per_source
 
 
@@ -590,20 +629,33 @@ def _start_state(run: _Run) -> dict[str, Any]:
     """A fresh run state, or the saved one of a resumed run (one more resume counted)."""
     state = run.state
     if state is None:
-        state = {"epochs_done": 0, "phase": 0, "phase_epoch": 0, "phases_done": 0, "history": [],
-                 "best_val_auc": None, "best_epoch": None, "wait": 0, "stopped_early": [],
-                 "wall_seconds": 0.0, "resumes": 0}  # fmt: skip
+        state = {
+            "epochs_done": 0,
+            "phase": 0,
+            "phase_epoch": 0,
+            "phases_done": 0,
+            "history": [],
+            "best_val_auc": None,
+            "best_epoch": None,
+            "wait": 0,
+            "stopped_early": [],
+            "wall_seconds": 0.0,
+            "resumes": 0,
+        }
     else:
         state["resumes"] = state.get("resumes", 0) + 1
-        _log(f"resuming {run.run_dir} after {state['epochs_done']} epochs "
-             f"(phase {state['phase'] + 1}, epoch {state['phase_epoch']})")  # fmt: skip
+        _log(
+            f"resuming {run.run_dir} after {state['epochs_done']} epochs "
+            f"(phase {state['phase'] + 1}, epoch {state['phase_epoch']})"
+        )
     state["wall_before"] = state.get("wall_seconds", 0.0)
     run.ckpt.mkdir(exist_ok=True)
     return state
 
 
-def _fit_phases(run: _Run, data: _Data, strategy: Any, state: dict[str, Any],
-                verbose: int | str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def _fit_phases(
+    run: _Run, data: _Data, strategy: Any, state: dict[str, Any], verbose: int | str
+) -> tuple[Any, dict[str, Any]]:
     """Fit each phase not yet done (continuing a phase from its last checkpoint)."""
     from dermedge.train.multiworker import fit_multiworker
 
@@ -616,26 +668,47 @@ def _fit_phases(run: _Run, data: _Data, strategy: Any, state: dict[str, Any],
         with strategy.scope():
             model, initial = _phase_model(run, data, state, idx, phase, model)
         n_train = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        info[phase["name"]] = {"trainable_params": n_train, "total_params": model.count_params(),
-                               "lr": phase["lr"], "unfreeze_blocks": phase["unfreeze"]}  # fmt: skip
-        _log(f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, "
-             f"lr {phase['lr']:g}, {n_train:,} of {model.count_params():,} parameters trainable, "
-             f"{strategy.num_replicas_in_sync} replica(s)")  # fmt: skip
+        info[phase["name"]] = {
+            "trainable_params": n_train,
+            "total_params": model.count_params(),
+            "lr": phase["lr"],
+            "unfreeze_blocks": phase["unfreeze"],
+        }
+        _log(
+            f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, "
+            f"lr {phase['lr']:g}, {n_train:,} of {model.count_params():,} parameters trainable, "
+            f"{strategy.num_replicas_in_sync} replica(s)"
+        )
         run_state = RunState(run.run_dir, state, idx, phase, cfg.patience, _is_chief(), run.t_start)
         if cfg.strategy == "multiworker":
-            fit_multiworker(model, strategy, data.train_ds, data.splits["val"], phase["epochs"],
-                            initial, run_state, verbose)  # fmt: skip
+            fit_multiworker(
+                model,
+                strategy,
+                data.train_ds,
+                data.splits["val"],
+                phase["epochs"],
+                initial,
+                run_state,
+                verbose,
+            )
         else:
-            model.fit(data.train_ds, validation_data=data.val_ds, epochs=phase["epochs"],
-                      initial_epoch=initial, callbacks=[_state_callback(run_state)],
-                      verbose=verbose, shuffle=False)  # fmt: skip
+            model.fit(
+                data.train_ds,
+                validation_data=data.val_ds,
+                epochs=phase["epochs"],
+                initial_epoch=initial,
+                callbacks=[_state_callback(run_state)],
+                verbose=verbose,
+                shuffle=False,
+            )
         state["phase"], state["phase_epoch"] = idx + 1, 0
         state["phases_done"] = idx + 1
     return model, info
 
 
-def _phase_model(run: _Run, data: _Data, state: dict[str, Any], idx: int, phase: dict[str, Any],
-                 model: Any) -> tuple[Any, int]:  # fmt: skip
+def _phase_model(
+    run: _Run, data: _Data, state: dict[str, Any], idx: int, phase: dict[str, Any], model: Any
+) -> tuple[Any, int]:
     """(model, initial epoch) for phase `idx`: the mid-phase checkpoint, or the model of the last
     phase (built if none) with the best weights so far, its blocks unfrozen and compiled."""
     import keras
@@ -675,8 +748,9 @@ def _best_model(run: _Run, strategy: Any, model: Any) -> Any:
     return final
 
 
-def _finish(run: _Run, data: _Data, state: dict[str, Any], final: Any, info: dict[str, Any],
-            replicas: int) -> TrainResult:  # fmt: skip
+def _finish(
+    run: _Run, data: _Data, state: dict[str, Any], final: Any, info: dict[str, Any], replicas: int
+) -> TrainResult:
     """Threshold on val, metrics on test, the card; the run marked finished."""
     cfg = run.cfg
     batch = max(cfg.batch, 32)
@@ -685,12 +759,25 @@ def _finish(run: _Run, data: _Data, state: dict[str, Any], final: Any, info: dic
     )
     report = _test_metrics(run, data.splits["test"], final, thr["threshold"], metrics)
     training = _training_record(cfg, data, state, info, replicas, final.count_params())
-    card = make_card(cfg.name or run.run_dir.name, cfg.arch, data.contract, thr["threshold"], cfg.target_sensitivity,
-                     clean_json(metrics), _data_record(run, data), clean_json(training))  # fmt: skip
-    card["threshold_policy"].update({"margin_se": cfg.sensitivity_margin,
-                                     "effective_target": thr["effective_target"],
-                                     "pool": thr["pool"], "binding_source": thr.get("binding_source"),
-                                     "per_source": thr.get("per_source")})  # fmt: skip
+    card = make_card(
+        cfg.name or run.run_dir.name,
+        cfg.arch,
+        data.contract,
+        thr["threshold"],
+        cfg.target_sensitivity,
+        clean_json(metrics),
+        _data_record(run, data),
+        clean_json(training),
+    )
+    card["threshold_policy"].update(
+        {
+            "margin_se": cfg.sensitivity_margin,
+            "effective_target": thr["effective_target"],
+            "pool": thr["pool"],
+            "binding_source": thr.get("binding_source"),
+            "per_source": thr.get("per_source"),
+        }
+    )
     if _is_chief():
         write_card(card, run.run_dir)
         write_history(state["history"], run.run_dir)
@@ -706,44 +793,63 @@ def _finish(run: _Run, data: _Data, state: dict[str, Any], final: Any, info: dic
     return TrainResult(run.run_dir, card, report)
 
 
-def _choose_threshold(cfg: TrainConfig, val: Any, p_val: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def _choose_threshold(
+    cfg: TrainConfig, val: Any, p_val: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The operating threshold chosen on val (per source when pooled by worst source)."""
     val_sources = val.sources if cfg.threshold_pool == "worst-source" else None
     thr = ev.choose_threshold_across_sources(
         val.y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
     )
     for src, row in thr.get("per_source", {}).items():
-        _log(f"val {src}: n {row['n']} ({row['n_pos']} malignant), own threshold "
-             f"{row['own_threshold']}, at the chosen one sensitivity {row['sensitivity']:.3f}, "
-             f"specificity {row['specificity']:.3f}")  # fmt: skip
+        _log(
+            f"val {src}: n {row['n']} ({row['n_pos']} malignant), own threshold "
+            f"{row['own_threshold']}, at the chosen one sensitivity {row['sensitivity']:.3f}, "
+            f"specificity {row['specificity']:.3f}"
+        )
     val_auc = ev.roc_auc(val.y, p_val)
-    _log(f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
-         f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
-         f"+{cfg.sensitivity_margin} SE -> {thr['effective_target']:.4f}); val AUC {val_auc:.4f}")  # fmt: skip
+    _log(
+        f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
+        f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
+        f"+{cfg.sensitivity_margin} SE -> {thr['effective_target']:.4f}); val AUC {val_auc:.4f}"
+    )
     return thr, {"val": {"roc_auc": val_auc, "n": len(val), **thr}}
 
 
-def _test_metrics(run: _Run, test: Any, final: Any, threshold: float,
-                  metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _test_metrics(
+    run: _Run, test: Any, final: Any, threshold: float, metrics: dict[str, Any]
+) -> dict[str, Any]:
     """The test report (eval/ on the chief) and its summary added to `metrics`."""
     cfg = run.cfg
     if not (len(test) and min(test.counts().values()) > 0):
         _log("no usable test split (needs both classes): test metrics left out of the card")
         return {}
     p_test = predict(final, test.x, max(cfg.batch, 32))
-    extra = {"split": "test", "model": str(run.run_dir / "model.keras"),
-             "manifest_sha256": manifest_sha256(run.csv_path)}  # fmt: skip
-    report = ev.evaluate_predictions(test.y, p_test, threshold,
-                                     run.run_dir / "eval" if _is_chief() else None,
-                                     n_boot=cfg.n_boot, seed=cfg.seed, title=f"{cfg.name} test",
-                                     paths=test.paths, extra=extra)  # fmt: skip
+    extra = {
+        "split": "test",
+        "model": str(run.run_dir / "model.keras"),
+        "manifest_sha256": manifest_sha256(run.csv_path),
+    }
+    report = ev.evaluate_predictions(
+        test.y,
+        p_test,
+        threshold,
+        run.run_dir / "eval" if _is_chief() else None,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        title=f"{cfg.name} test",
+        paths=test.paths,
+        extra=extra,
+    )
     metrics["test"] = ev.summarize(report)
     metrics["test"]["at_0.5"] = {k: report["at_0.5"][k] for k in ev.METRICS}
     if len(set(test.sources)) > 1:
         metrics["test_per_source"] = ev.per_source_metrics(test.y, p_test, test.sources, threshold)
         for src, row in metrics["test_per_source"].items():
-            _log(f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
-                 f"specificity {row['specificity']:.4f} (n {row['n']})")  # fmt: skip
+            _log(
+                f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
+                f"specificity {row['specificity']:.4f} (n {row['n']})"
+            )
     return report
 
 
@@ -751,26 +857,45 @@ def _data_record(run: _Run, data: _Data) -> dict[str, Any]:
     """The card's `data`: which manifest, where its images live, the counts."""
     meta_path = run.csv_path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return {"manifest": "manifest.csv", "manifest_sha256": manifest_sha256(run.csv_path),
-            "source": run.cfg.data, "root": meta.get("root"), "mode": meta.get("mode"),
-            "linked_to": meta.get("linked_to"),
-            "counts": {s: v.counts() for s, v in data.splits.items()},
-            "skipped": len(data.skipped)}  # fmt: skip
+    return {
+        "manifest": "manifest.csv",
+        "manifest_sha256": manifest_sha256(run.csv_path),
+        "source": run.cfg.data,
+        "root": meta.get("root"),
+        "mode": meta.get("mode"),
+        "linked_to": meta.get("linked_to"),
+        "counts": {s: v.counts() for s, v in data.splits.items()},
+        "skipped": len(data.skipped),
+    }
 
 
-def _training_record(cfg: TrainConfig, data: _Data, state: dict[str, Any], info: dict[str, Any],
-                     replicas: int, params: int) -> dict[str, Any]:  # fmt: skip
+def _training_record(
+    cfg: TrainConfig,
+    data: _Data,
+    state: dict[str, Any],
+    info: dict[str, Any],
+    replicas: int,
+    params: int,
+) -> dict[str, Any]:
     """The card's `training`: the config, weights, phases and how the run went."""
-    return {"config": asdict(cfg),
-            "class_weights": {"benign": data.weights[0], "malignant": data.weights[1]},
-            "class_weights_per_source": data.per_source or None,
-            "phases": cfg.phases(), "phase_info": info,
-            "augmentation": data.augment.to_dict() if cfg.augment else None,
-            "epochs_run": state["epochs_done"], "best_epoch": state["best_epoch"],
-            "best_val_auc": state["best_val_auc"], "stopped_early": state["stopped_early"],
-            "strategy": cfg.strategy, "replicas": replicas,
-            "precision": precision_policy(cfg.mixed_precision), "resumes": state.get("resumes", 0),
-            "wall_seconds": round(state["wall_seconds"], 1), "params": params}  # fmt: skip
+    return {
+        "config": asdict(cfg),
+        "class_weights": {"benign": data.weights[0], "malignant": data.weights[1]},
+        "class_weights_per_source": data.per_source or None,
+        "phases": cfg.phases(),
+        "phase_info": info,
+        "augmentation": data.augment.to_dict() if cfg.augment else None,
+        "epochs_run": state["epochs_done"],
+        "best_epoch": state["best_epoch"],
+        "best_val_auc": state["best_val_auc"],
+        "stopped_early": state["stopped_early"],
+        "strategy": cfg.strategy,
+        "replicas": replicas,
+        "precision": precision_policy(cfg.mixed_precision),
+        "resumes": state.get("resumes", 0),
+        "wall_seconds": round(state["wall_seconds"], 1),
+        "params": params,
+    }
 
 
 def summary_table(card: dict[str, Any]) -> str:
@@ -784,16 +909,23 @@ def summary_table(card: dict[str, Any]) -> str:
             return "n/a"
         return f"{v:.4f} [{c[0]:.4f}, {c[1]:.4f}]" if c and c[0] is not None else f"{v:.4f}"
 
-    rows = [["run", card["name"]], ["arch / input", f"{card['arch']} {card['input']['size']}px"],
-            ["parameters", f"{t.get('params', 0):,}"],
-            ["epochs run / best", f"{t.get('epochs_run')} / {t.get('best_epoch')}"],
-            ["best val AUC", f"{t.get('best_val_auc') or float('nan'):.4f}"],
-            ["threshold (val, sens>=" + str(card['threshold_policy']['target_sensitivity']) + ")",
-             f"{card['threshold']:.4f}"],
-            ["test ROC AUC", ci("roc_auc")], ["test accuracy", ci("accuracy")],
-            ["test sensitivity", ci("recall")], ["test specificity", ci("specificity")],
-            ["test accuracy at 0.5", f"{m.get('accuracy_at_0.5') or float('nan'):.4f}"],
-            ["wall time", f"{t.get('wall_seconds', 0) / 60:.1f} min"]]  # fmt: skip
+    rows = [
+        ["run", card["name"]],
+        ["arch / input", f"{card['arch']} {card['input']['size']}px"],
+        ["parameters", f"{t.get('params', 0):,}"],
+        ["epochs run / best", f"{t.get('epochs_run')} / {t.get('best_epoch')}"],
+        ["best val AUC", f"{t.get('best_val_auc') or float('nan'):.4f}"],
+        [
+            "threshold (val, sens>=" + str(card["threshold_policy"]["target_sensitivity"]) + ")",
+            f"{card['threshold']:.4f}",
+        ],
+        ["test ROC AUC", ci("roc_auc")],
+        ["test accuracy", ci("accuracy")],
+        ["test sensitivity", ci("recall")],
+        ["test specificity", ci("specificity")],
+        ["test accuracy at 0.5", f"{m.get('accuracy_at_0.5') or float('nan'):.4f}"],
+        ["wall time", f"{t.get('wall_seconds', 0) / 60:.1f} min"],
+    ]
     return format_table(rows, ["summary", "value"])
 
 
@@ -818,10 +950,18 @@ def _load_for_eval(model_path: Path) -> tuple[Any, tuple]:
         ) from e
 
 
-def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[Record], split: str,
-                   out_dir: Path, threshold: float | None = None, n_boot: int = 2000,
-                   batch: int = 64, cache_dir: str | None = None, extra: dict[str, Any] | None = None,
-                   ) -> dict[str, Any]:  # fmt: skip
+def evaluate_model(
+    model_path: Path,
+    card: dict[str, Any] | None,
+    records: list[Record],
+    split: str,
+    out_dir: Path,
+    threshold: float | None = None,
+    n_boot: int = 2000,
+    batch: int = 64,
+    cache_dir: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Metrics and plots of a saved Keras model, or of a .tflite run through the edge runtime, on
     the labelled `records` (one split or all)."""
     from dermedge.train.data import load_split
@@ -855,11 +995,24 @@ def evaluate_model(model_path: Path, card: dict[str, Any] | None, records: list[
         if Path(model_path).suffix == ".tflite"
         else predict(model, data.x, batch)
     )
-    info = {"split": used, "model": str(model_path), "skipped": data.skipped,
-            "card_threshold": (card or {}).get("threshold"), **(extra or {})}  # fmt: skip
+    info = {
+        "split": used,
+        "model": str(model_path),
+        "skipped": data.skipped,
+        "card_threshold": (card or {}).get("threshold"),
+        **(extra or {}),
+    }
     name = (card or {}).get("name", Path(model_path).stem)
-    return ev.evaluate_predictions(data.y, prob, thr, out_dir, n_boot=n_boot, title=f"{name} {used}",
-                                   paths=data.paths, extra=info)  # fmt: skip
+    return ev.evaluate_predictions(
+        data.y,
+        prob,
+        thr,
+        out_dir,
+        n_boot=n_boot,
+        title=f"{name} {used}",
+        paths=data.paths,
+        extra=info,
+    )
 
 
 __all__ = [

@@ -189,12 +189,22 @@ def tiny_run(tmp_path_factory, request) -> Path:
     model.compile("adam", "binary_crossentropy")
     model.fit(x, y, epochs=3, batch_size=8, verbose=0)
     model.save(train / "model.keras")
-    card = {"schema": "dermedge.card/1", "name": "tiny", "arch": "tiny_cnn",
-            "classes": list(CLASSES), "positive_class": "malignant", "output": "sigmoid",
-            "input": contract.to_dict(), "threshold": 0.5,
-            "threshold_policy": {"target_sensitivity": 0.95, "chosen_on": "val"},
-            "metrics": {}, "data": {}, "versions": {}, "created": "2026-01-01T00:00:00+00:00",
-            "disclaimer": DISCLAIMER}  # fmt: skip
+    card = {
+        "schema": "dermedge.card/1",
+        "name": "tiny",
+        "arch": "tiny_cnn",
+        "classes": list(CLASSES),
+        "positive_class": "malignant",
+        "output": "sigmoid",
+        "input": contract.to_dict(),
+        "threshold": 0.5,
+        "threshold_policy": {"target_sensitivity": 0.95, "chosen_on": "val"},
+        "metrics": {},
+        "data": {},
+        "versions": {},
+        "created": "2026-01-01T00:00:00+00:00",
+        "disclaimer": DISCLAIMER,
+    }
     (train / "model_card.json").write_text(json.dumps(card))
     with open(train / "manifest.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -232,20 +242,45 @@ def _bench(
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **(env or {}),
     }
-    return subprocess.run([sys.executable, "-m", "dermedge.benchmark", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dermedge.benchmark", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_benchmark_end_to_end(tiny_run):
     root = tiny_run
-    proc = _bench(root, str(root / "runs" / "train" / "tiny"), "--threads", "1,2", "--runs", "6",
-                  "--warmup", "2", "--name", "e2e", "--camera-source", str(root / "clip.avi"),
-                  "--frames", "20")  # fmt: skip
+    proc = _bench(
+        root,
+        str(root / "runs" / "train" / "tiny"),
+        "--threads",
+        "1,2",
+        "--runs",
+        "6",
+        "--warmup",
+        "2",
+        "--name",
+        "e2e",
+        "--camera-source",
+        str(root / "clip.avi"),
+        "--frames",
+        "20",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = root / "runs" / "benchmark" / "e2e"
-    for name in ("results.csv", "results.json", "results.md", "pareto.png", "latency.png",
-                 "camera.png"):  # fmt: skip
+    for name in (
+        "results.csv",
+        "results.json",
+        "results.md",
+        "pareto.png",
+        "latency.png",
+        "camera.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     res = json.loads((out / "results.json").read_text())
     onnx_ok = core.onnx_status() is None
@@ -261,10 +296,26 @@ def test_benchmark_end_to_end(tiny_run):
     for r in res["rows"]:
         assert r["error"] is None, r
         assert r["n_runs"] == 6
-        for key in ("file_mb", "load_ms", "first_ms", "median_ms", "p90_ms", "p99_ms", "iqr_ms",
-                    "throughput_ips", "peak_rss_mb", "auc", "accuracy", "sensitivity",
-                    "specificity", "macs_m", "gmacs", "peak_gmacs", "frac_peak",
-                    "frac_machine_peak"):  # fmt: skip
+        for key in (
+            "file_mb",
+            "load_ms",
+            "first_ms",
+            "median_ms",
+            "p90_ms",
+            "p99_ms",
+            "iqr_ms",
+            "throughput_ips",
+            "peak_rss_mb",
+            "auc",
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "macs_m",
+            "gmacs",
+            "peak_gmacs",
+            "frac_peak",
+            "frac_machine_peak",
+        ):
             assert isinstance(r[key], (int, float)) and r[key] >= 0, (r["variant"], key, r[key])
         assert r["p99_ms"] >= r["p90_ms"] >= r["median_ms"] > 0
         assert r["n_test"] == 20 and 0 <= r["auc"] <= 1
@@ -317,8 +368,20 @@ def test_benchmark_edge_install_without_tensorflow(tiny_run, tmp_path):
     root = tiny_run
     (tmp_path / "sitecustomize.py").write_text(BLOCK_TF)
     env_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    proc = _bench(root, str(root / "runs" / "train" / "tiny"), "--threads", "1", "--runs", "3",
-                  "--warmup", "1", "--name", "edge", "--no-plots", env={"PYTHONPATH": env_path})  # fmt: skip
+    proc = _bench(
+        root,
+        str(root / "runs" / "train" / "tiny"),
+        "--threads",
+        "1",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--name",
+        "edge",
+        "--no-plots",
+        env={"PYTHONPATH": env_path},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((root / "runs" / "benchmark" / "edge" / "results.json").read_text())
     assert [r["variant"] for r in res["rows"]] == ["tflite-fp32", "tflite-int8"]

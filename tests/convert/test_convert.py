@@ -106,8 +106,11 @@ def _rec(i: int, label: str, split: str) -> SimpleNamespace:
 
 
 def test_calibration_sample_is_stratified_and_from_train_only():
-    recs = ([_rec(i, "benign", "train") for i in range(300)] + [_rec(i, "malignant", "train") for i in range(100)]
-            + [_rec(i, "malignant", "test") for i in range(100)])  # fmt: skip
+    recs = (
+        [_rec(i, "benign", "train") for i in range(300)]
+        + [_rec(i, "malignant", "train") for i in range(100)]
+        + [_rec(i, "malignant", "test") for i in range(100)]
+    )
     sample = calibration_sample(recs, 40, seed=0)
     assert len(sample) == 40 and all(r.split == "train" for r in sample)
     assert sum(r.label == "malignant" for r in sample) == 10
@@ -117,8 +120,10 @@ def test_calibration_sample_is_stratified_and_from_train_only():
 
 
 def test_convert_package_imports_without_tensorflow():
-    code = ("import sys; import dermedge.convert.cli, dermedge.convert.gate, dermedge.convert.inspect, "
-            "dermedge.convert.pipeline; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")  # fmt: skip
+    code = (
+        "import sys; import dermedge.convert.cli, dermedge.convert.gate, dermedge.convert.inspect, "
+        "dermedge.convert.pipeline; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

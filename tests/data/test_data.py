@@ -38,8 +38,12 @@ def test_class_names_map_case_insensitively():
 def test_class_folders_read_with_their_splits(isic_dir):
     index = read_dataset(isic_dir)
     counts = Counter((r.split, r.label) for r in index.records)
-    assert counts == {("train", "benign"): 1440, ("train", "malignant"): 1197,
-                      ("test", "benign"): 360, ("test", "malignant"): 300}  # fmt: skip
+    assert counts == {
+        ("train", "benign"): 1440,
+        ("train", "malignant"): 1197,
+        ("test", "benign"): 360,
+        ("test", "malignant"): 300,
+    }
     assert index.problems == []
 
 
@@ -91,15 +95,23 @@ def test_bad_files_in_class_folders_are_reported_not_fatal(isic_dir, tmp_path):
         )[:4]:
             shutil.copy(src, root / cls / src.name)
     (root / "Nevus" / "zero.jpg").write_bytes(b"")
-    (root / "Nevus" / "trunc.jpg").write_bytes((root / "Nevus" / src.name).read_bytes()[:1500]
-                                               if (root / "Nevus" / src.name).exists() else b"\xff\xd8")  # fmt: skip
+    (root / "Nevus" / "trunc.jpg").write_bytes(
+        (root / "Nevus" / src.name).read_bytes()[:1500]
+        if (root / "Nevus" / src.name).exists()
+        else b"\xff\xd8"
+    )
     (root / "Melanoma" / "notes.txt").write_text("hello")
     (root / "Melanoma" / "fake.jpg").write_text("not a jpeg")
     (root / "cats").mkdir()
     result = CliRunner().invoke(main, ["data", "inspect", str(root)])
     assert result.exit_code == 0, result.output
-    for needle in ("zero.jpg: empty file", "trunc.jpg: corrupt or truncated", "notes.txt: not an image",
-                   "fake.jpg: not an image", "unknown class folder 'cats'"):  # fmt: skip
+    for needle in (
+        "zero.jpg: empty file",
+        "trunc.jpg: corrupt or truncated",
+        "notes.txt: not an image",
+        "fake.jpg: not an image",
+        "unknown class folder 'cats'",
+    ):
         assert needle in result.output
     assert "8 readable images" in result.output
 
@@ -124,15 +136,27 @@ def test_linking_to_ham_reveals_more_same_lesion_leakage(isic, isic_linked):
 
 def test_shortcut_audit_warns_on_single_class_parts():
     recs = [Record(f"a/{i}.jpg", "malignant", "a", split="train") for i in range(25)]
-    recs += [Record(f"b/{i}.jpg", "benign" if i % 2 else "malignant", "b",
-                    split="train" if i < 30 else "test") for i in range(40)]  # fmt: skip
+    recs += [
+        Record(
+            f"b/{i}.jpg",
+            "benign" if i % 2 else "malignant",
+            "b",
+            split="train" if i < 30 else "test",
+        )
+        for i in range(40)
+    ]
     recs += [Record(f"c/{i}.jpg", "benign", "c") for i in range(19)]  # too few to warn about
     linked = {f"b/{i}.jpg" for i in range(40) if i % 2 or i < 4}  # b's benign + 2 malignant
     audit = shortcut_audit(recs, linked, "other", by_split=True)
     assert [(p["name"], p["images"], p["malignant"]) for p in audit["sources"]] == [
-        ("a", 25, 25), ("b", 40, 20), ("c", 19, 0)]  # fmt: skip
+        ("a", 25, 25),
+        ("b", 40, 20),
+        ("c", 19, 0),
+    ]
     assert [(p["name"], p["images"], p["benign"]) for p in audit["sub_sources"]] == [
-        ("b linked to other", 22, 20), ("b not linked to other", 18, 0)]  # fmt: skip
+        ("b linked to other", 22, 20),
+        ("b not linked to other", 18, 0),
+    ]
     assert [p["name"] for p in audit["source_splits"]] == ["a train", "b train", "b test", "c all"]
     assert audit["warnings"] == [
         "WARNING shortcut: a is 100% malignant (25 images): a model can learn where a photo "
@@ -145,16 +169,22 @@ def test_shortcut_audit_warns_on_single_class_parts():
 def test_isic_mvb_photos_not_in_ham_are_all_malignant(isic_linked, isic_dir, ham_dir, tmp_path):
     audit = summary(isic_linked)["shortcut_audit"]
     assert [(p["name"], p["benign"], p["malignant"]) for p in audit["sources"]] == [
-        ("isic-mvb", 1800, 1497)]  # fmt: skip
+        ("isic-mvb", 1800, 1497)
+    ]
     parts = {p["name"]: (p["benign"], p["malignant"]) for p in audit["sub_sources"]}
-    assert parts == {"isic-mvb linked to ham10000-thumbs": (1800, 688),  # mixed labels
-                     "isic-mvb not linked to ham10000-thumbs": (0, 809)}  # fmt: skip
-    warning = ("WARNING shortcut: isic-mvb not linked to ham10000-thumbs is 100% malignant "
-               "(809 images): a model can learn where a photo comes from instead of what the "
-               "lesion is")  # fmt: skip
+    assert parts == {
+        "isic-mvb linked to ham10000-thumbs": (1800, 688),  # mixed labels
+        "isic-mvb not linked to ham10000-thumbs": (0, 809),
+    }
+    warning = (
+        "WARNING shortcut: isic-mvb not linked to ham10000-thumbs is 100% malignant "
+        "(809 images): a model can learn where a photo comes from instead of what the "
+        "lesion is"
+    )
     assert audit["warnings"] == [warning]
-    r = CliRunner().invoke(main, ["data", "split", str(isic_dir), "--link", str(ham_dir),
-                                  "--out", str(tmp_path)])  # fmt: skip
+    r = CliRunner().invoke(
+        main, ["data", "split", str(isic_dir), "--link", str(ham_dir), "--out", str(tmp_path)]
+    )
     assert r.exit_code == 0, r.output
     assert "WARNING shortcut: isic-mvb not linked to ham10000-thumbs is 100% malignant" in r.output
     split_audit = json.loads((tmp_path / "inspect.json").read_text())["shortcut_audit"]
@@ -280,4 +310,8 @@ def test_extend_adds_ham_to_train_only_without_leakage(isic_linked, ham_dir, tmp
     audit = json.loads((out / "inspect.json").read_text())["shortcut_audit"]
     assert [p["name"] for p in audit["sources"]] == ["ham10000-thumbs", "isic-mvb"]
     assert [p["name"] for p in audit["source_splits"]] == [
-        "ham10000-thumbs train", "isic-mvb train", "isic-mvb val", "isic-mvb test"]  # fmt: skip
+        "ham10000-thumbs train",
+        "isic-mvb train",
+        "isic-mvb val",
+        "isic-mvb test",
+    ]

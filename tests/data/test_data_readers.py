@@ -71,18 +71,31 @@ def test_isic2019_one_hot_csvs_in_tmp(isic_dir, tmp_path):
     srcs = sorted((isic_dir / "train" / "malignant").glob("*.jpg"))[:7]
     names = [f"ISIC_00{i:05d}" for i in range(7)]
     for i, (src, name) in enumerate(zip(srcs, names, strict=True)):
-        shutil.copy(src, root / ("ISIC_2019_Test_Input" if i >= 5 else "ISIC_2019_Training_Input")
-                    / f"{name}.jpg")  # fmt: skip
+        shutil.copy(
+            src,
+            root
+            / ("ISIC_2019_Test_Input" if i >= 5 else "ISIC_2019_Training_Input")
+            / f"{name}.jpg",
+        )
     cols = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
 
     def row(name: str, code: str | None) -> list[str]:
         return [name] + ["1.0" if c == code else "0.0" for c in cols[1:]]
 
-    train = [cols, row(names[0], "MEL"), row(names[1], "NV"), row(names[2], "SCC"),
-             row(names[3], "UNK"), row(names[4], None), row("ISIC_0099999", "BCC")]  # fmt: skip
+    train = [
+        cols,
+        row(names[0], "MEL"),
+        row(names[1], "NV"),
+        row(names[2], "SCC"),
+        row(names[3], "UNK"),
+        row(names[4], None),
+        row("ISIC_0099999", "BCC"),
+    ]
     test = [cols, row(names[5], "BKL"), row(names[6], "AK")]
-    for name, rows in (("ISIC_2019_Training_GroundTruth.csv", train),
-                       ("ISIC_2019_Test_GroundTruth.csv", test)):  # fmt: skip
+    for name, rows in (
+        ("ISIC_2019_Training_GroundTruth.csv", train),
+        ("ISIC_2019_Test_GroundTruth.csv", test),
+    ):
         with open(root / name, "w", newline="") as fh:
             csv.writer(fh).writerows(rows)
     index = read_dataset(root)

@@ -81,8 +81,16 @@ def test_a_killed_decode_resumes(isic_dir, tmp_path, small_shards):
     (tmp_path / "decode.py").write_text(KILLED_DECODE)
     cache = tmp_path / "cache"
     folder = shard_dir(paths, C64, cache)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "decode.py"), str(tmp_path / "paths.txt"),
-                             str(PER_SHARD_BYTES), str(cache)], start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "decode.py"),
+            str(tmp_path / "paths.txt"),
+            str(PER_SHARD_BYTES),
+            str(cache),
+        ],
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while not (folder / "shard-00003.json").exists() and time.time() < deadline:
         assert proc.poll() is None, "the decode ended before it could be killed"

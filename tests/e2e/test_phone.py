@@ -171,9 +171,24 @@ def _calibrated(model: Path, tmp: Path) -> Path:
         for p in sorted((DATA / "isic-mvb" / "test" / label).glob("*.jpg"))[:25]:
             (site / label / p.name).symlink_to(p)
     out = tmp / "calibrated.tflite"
-    r = subprocess.run([sys.executable, "-m", "dermedge.cli", "calibrate", str(model), "--data",
-                        str(site), "--site", "e2e-clinic", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dermedge.cli",
+            "calibrate",
+            str(model),
+            "--data",
+            str(site),
+            "--site",
+            "e2e-clinic",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -291,8 +306,14 @@ def test_phone_page_gates_a_picture_unlike_the_training_images(browser_env, tmp_
     edge = EdgeModel(model)
     assert edge.guard is not None
     # the camera frame is the photo at 640x480; the page and Python see its centre square
-    frames = {n: np.asarray(Image.fromarray(getattr(skimage.data, n)()).convert("RGB")
-                            .resize((640, 480), Image.Resampling.BICUBIC)) for n in ("astronaut", "coffee", "chelsea")}  # fmt: skip
+    frames = {
+        n: np.asarray(
+            Image.fromarray(getattr(skimage.data, n)())
+            .convert("RGB")
+            .resize((640, 480), Image.Resampling.BICUBIC)
+        )
+        for n in ("astronaut", "coffee", "chelsea")
+    }
     flagged = [n for n, f in frames.items() if edge.classify(f[:, 80:560])["unfamiliar"]]
     assert flagged, "the Python guard flags none of the photos"
     video = tmp_path / "photo.y4m"

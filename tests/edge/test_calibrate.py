@@ -25,8 +25,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "DERMEDGE_RUNS": os.environ.get("DERMEDGE_RUNS", "/tmp/dermedge-test-runs"),
     }
-    return subprocess.run([sys.executable, "-m", "dermedge.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dermedge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _site(tmp: Path, n_benign: int, n_malignant: int) -> Path:
@@ -80,15 +86,36 @@ def test_calibrate_writes_a_model_at_the_sites_threshold(tmp_path: Path) -> None
     # every reader of the card shows it
     shown = _cli("card", str(out)).stdout
     assert "site 'clinic-a'" in shown and f"{card['threshold']:.3f}" in shown
-    verbose = subprocess.run([sys.executable, "-m", "dermedge.edge.cli", "-v", "--model", str(out),
-                              str(next((site / "benign").iterdir()))], capture_output=True,
-                             text=True, timeout=120)  # fmt: skip
+    verbose = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dermedge.edge.cli",
+            "-v",
+            "--model",
+            str(out),
+            str(next((site / "benign").iterdir())),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verbose.returncode == 0 and "calibrated: site 'clinic-a'" in verbose.stderr
 
     # calibrating a calibrated model replaces the calibration and says so; the trained one stays
     again = tmp_path / "again.tflite"
-    r2 = _cli("calibrate", str(out), "--data", str(site), "--site", "clinic-b", "--out", str(again),
-              "--target-sensitivity", "0.9")  # fmt: skip
+    r2 = _cli(
+        "calibrate",
+        str(out),
+        "--data",
+        str(site),
+        "--site",
+        "clinic-b",
+        "--out",
+        str(again),
+        "--target-sensitivity",
+        "0.9",
+    )
     assert r2.returncode == 0, r2.stderr
     assert "calibrated for 'clinic-a'" in r2.stderr and "replaced" in r2.stderr
     cal2 = read_card(again)["calibration"]
@@ -113,8 +140,10 @@ def test_calibrate_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
 
 
 def test_holdout_keeps_lesions_together_and_classes_balanced() -> None:
-    recs = [Record(f"/x/{i}.jpg", "malignant" if i % 4 == 0 else "benign", "s", group=f"g{i // 2}")
-            for i in range(200)]  # fmt: skip
+    recs = [
+        Record(f"/x/{i}.jpg", "malignant" if i % 4 == 0 else "benign", "s", group=f"g{i // 2}")
+        for i in range(200)
+    ]
     calib, held = holdout_split(recs, 0.5, seed=3)
     assert not (calib & held).any() and (calib | held).all()
     for g in {r.group for r in recs}:
@@ -146,9 +175,11 @@ def test_numpy_roc_curve_matches_scikit_learn() -> None:
 
 
 def test_calibrate_is_edge_only() -> None:
-    code = ("import sys, dermedge.edge.calibrate; "
-            "bad = [m for m in ('tensorflow', 'sklearn', 'matplotlib', 'keras', 'dermedge.train') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")  # fmt: skip
+    code = (
+        "import sys, dermedge.edge.calibrate; "
+        "bad = [m for m in ('tensorflow', 'sklearn', 'matplotlib', 'keras', 'dermedge.train') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -158,8 +189,18 @@ def test_derm7pt_half_calibration_holds_on_the_other_half(tmp_path: Path) -> Non
     other half that the new threshold keeps its sensitivity target (within the sample's noise)."""
     root = _need(DATA / "derm7pt")
     out = tmp_path / "tiny-derm7pt.tflite"
-    r = _cli("calibrate", str(TINY), "--data", str(root), "--holdout", "0.5", "--seed", "0",
-             "--out", str(out))  # fmt: skip
+    r = _cli(
+        "calibrate",
+        str(TINY),
+        "--data",
+        str(root),
+        "--holdout",
+        "0.5",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     cal = read_card(out)["calibration"]
     held = cal["holdout"]

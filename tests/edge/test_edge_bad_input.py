@@ -26,8 +26,12 @@ NOCARD = REPO / "tests" / "assets" / "tiny_fp32_nocard.tflite"
 def _run(
     *args: str, env: dict[str, str] | None = None, module: str = "dermedge.edge.cli"
 ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, timeout=60,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess, code: int | None = None) -> str:
@@ -51,12 +55,19 @@ def photo() -> Path:
     return sorted((_need(DATA / "isic-mvb") / "test" / "benign").glob("*.jpg"))[0]
 
 
-@pytest.mark.parametrize(("name", "edit", "says"), [
-    ("input_str", lambda c: {**c, "input": "x"}, "'input' must be a dict"),
-    ("size_null", lambda c: {**c, "input": {**c["input"], "size": None}}, "input size must be an integer"),
-    ("thr_list", lambda c: {**c, "threshold": [0.5]}, "'threshold' must be a int or float"),
-    ("classes_int", lambda c: {**c, "classes": 3}, "'classes' must be a list"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "edit", "says"),
+    [
+        ("input_str", lambda c: {**c, "input": "x"}, "'input' must be a dict"),
+        (
+            "size_null",
+            lambda c: {**c, "input": {**c["input"], "size": None}},
+            "input size must be an integer",
+        ),
+        ("thr_list", lambda c: {**c, "threshold": [0.5]}, "'threshold' must be a int or float"),
+        ("classes_int", lambda c: {**c, "classes": 3}, "'classes' must be a list"),
+    ],
+)
 def test_wrong_typed_cards(tmp_path: Path, photo: Path, name: str, edit, says: str) -> None:
     model = tmp_path / f"{name}.tflite"
     model.write_bytes(_with_raw_card(edit(read_card(TINY))))
@@ -96,16 +107,19 @@ def test_a_file_name_that_is_not_utf8(tmp_path: Path, photo: Path) -> None:
     assert row["disclaimer"] == DISCLAIMER
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--serve", "--camera", "0"], "not used with --serve: --camera"),
-    (["--serve", "--csv", "x.csv"], "not used with --serve: --csv"),
-    (["--serve", "--threshold", "0.3", "--size", "64"], "--threshold, --size"),
-    (["--port", "9000", "README.md"], "not used with classifying images: --port"),
-    (["--tls-cert", "c.pem", "README.md"], "--tls-cert"),
-    (["--camera", "0", "--picamera"], "--camera with --picamera"),
-    (["--camera", "0", "--csv", "a.csv"], "not used with --camera/--picamera: --csv"),
-    (["--save", "d", "README.md"], "not used with classifying images: --save"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--serve", "--camera", "0"], "not used with --serve: --camera"),
+        (["--serve", "--csv", "x.csv"], "not used with --serve: --csv"),
+        (["--serve", "--threshold", "0.3", "--size", "64"], "--threshold, --size"),
+        (["--port", "9000", "README.md"], "not used with classifying images: --port"),
+        (["--tls-cert", "c.pem", "README.md"], "--tls-cert"),
+        (["--camera", "0", "--picamera"], "--camera with --picamera"),
+        (["--camera", "0", "--csv", "a.csv"], "not used with --camera/--picamera: --csv"),
+        (["--save", "d", "README.md"], "not used with classifying images: --save"),
+    ],
+)
 def test_options_a_mode_does_not_use_are_refused(args: list[str], says: str) -> None:
     assert says in _one_line_error(_run(*args), 2)
 

@@ -483,14 +483,29 @@ def test_a_kill_during_save_leaves_whole_decisions_and_the_next_start_cleans(
     import time
 
     save = tmp_path / "save"
-    long = write_video(tmp_path / "long.avi", [frame_of(rgb, k) for _ in range(6) for rgb in lesions
-                                               for k in range(PER_LESION)])  # fmt: skip
-    cmd = [sys.executable, "-m", "dermedge.edge.cli", "-m", str(INT8), "--camera", str(long), "--save", str(save),
-           "--smooth", "2/3", "--json"]  # fmt: skip
+    long = write_video(
+        tmp_path / "long.avi",
+        [frame_of(rgb, k) for _ in range(6) for rgb in lesions for k in range(PER_LESION)],
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "dermedge.edge.cli",
+        "-m",
+        str(INT8),
+        "--camera",
+        str(long),
+        "--save",
+        str(save),
+        "--smooth",
+        "2/3",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while time.time() < deadline and not (save.is_dir() and any(
-            p.is_dir() and not p.name.startswith(".") for p in save.iterdir())):  # fmt: skip
+    while time.time() < deadline and not (
+        save.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in save.iterdir())
+    ):
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -504,8 +519,19 @@ def test_a_kill_during_save_leaves_whole_decisions_and_the_next_start_cleans(
     (save / ".staging-x").mkdir(exist_ok=True)
     (save / ".staging-x" / "x.jpg").write_bytes(b"half")
     (save / ".session.csv.abc.tmp").write_bytes(b"half")
-    result = CliRunner().invoke(main, ["-m", str(INT8), "--camera", str(videos["normal"]), "--save", str(save),
-                                       "--max-frames", "3"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "-m",
+            str(INT8),
+            "--camera",
+            str(videos["normal"]),
+            "--save",
+            str(save),
+            "--max-frames",
+            "3",
+        ],
+    )
     assert "unfinished file(s) of an interrupted session" in result.stderr, result.output
     assert not [
         p for p in save.iterdir() if p.name.startswith(".staging-") or p.name.endswith(".tmp")

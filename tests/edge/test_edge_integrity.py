@@ -71,8 +71,12 @@ def test_truncated_copies_are_refused_with_one_line(tmp_path: Path) -> None:
     for name, data in (("head", blob[: len(blob) // 2]), ("tail", blob[:-100]), ("empty", b"")):
         path = tmp_path / f"trunc_{name}.tflite"
         path.write_bytes(data)
-        r = subprocess.run([sys.executable, "-m", "dermedge.edge.cli", "-m", str(path), str(REPO / "README.md")],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "dermedge.edge.cli", "-m", str(path), str(REPO / "README.md")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 

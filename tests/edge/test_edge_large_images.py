@@ -41,10 +41,16 @@ def _png(path: Path, w: int, h: int, bit16: bool, rgb: bool) -> Path:
 
 def _peak_rss_mb(*args: str) -> tuple[int, str, float]:
     """(exit code, stderr, peak RSS in MB) of `edge-classify ARGS` in a fresh child process."""
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-             "sys.stderr.write(r.stdout + r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "dermedge.edge.cli", *args],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "sys.stderr.write(r.stdout + r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "dermedge.edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     code, kb = out.stdout.split()[-2:]
     return int(code), out.stderr, int(kb) / 1024
 
@@ -54,11 +60,24 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("big")
     photo = sorted((_need(DATA / "isic-mvb") / "test" / "benign").glob("*.jpg"))[0]
     jpeg = d / "big.jpg"
-    subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; "
-                    "Image.open(sys.argv[1]).convert('RGB').resize((9000, 6000)).save(sys.argv[2], quality=90)",
-                    str(photo), str(jpeg)], check=True, timeout=120)  # fmt: skip
-    return {"png16": _png(d / "big16.png", 12000, 12000, True, False),
-            "pngrgb": _png(d / "bigrgb.png", 12000, 12000, False, True), "jpeg": jpeg, "photo": photo}  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from PIL import Image; "
+            "Image.open(sys.argv[1]).convert('RGB').resize((9000, 6000)).save(sys.argv[2], quality=90)",
+            str(photo),
+            str(jpeg),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return {
+        "png16": _png(d / "big16.png", 12000, 12000, True, False),
+        "pngrgb": _png(d / "bigrgb.png", 12000, 12000, False, True),
+        "jpeg": jpeg,
+        "photo": photo,
+    }
 
 
 def test_peak_rss_stays_within_budget(big: dict[str, Path]) -> None:

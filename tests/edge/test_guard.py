@@ -73,9 +73,25 @@ def _strip_guard(src: Path, dst: Path) -> Path:
 
 
 def _add_guard(model: Path, manifest: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dermedge.cli", "convert", "--add-guard", str(model),
-                           "--data", str(manifest), "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dermedge.cli",
+            "convert",
+            "--add-guard",
+            str(model),
+            "--data",
+            str(manifest),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +164,22 @@ def test_edge_classify_reports_unfamiliar_inputs(guarded: Path, tmp_path: Path) 
         pics.append(p)
     lesion = _lesions("malignant", 1)[0]
     out_csv = tmp_path / "out.csv"
-    r = subprocess.run([sys.executable, "-m", "dermedge.edge.cli", "--model", str(guarded), "--csv",
-                        str(out_csv), *map(str, pics), str(lesion)], capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dermedge.edge.cli",
+            "--model",
+            str(guarded),
+            "--csv",
+            str(out_csv),
+            *map(str, pics),
+            str(lesion),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     rows = {Path(row["file"]).stem: row for row in csv.DictReader(out_csv.read_text().splitlines())}
     flagged = [n for n in PHOTOS if rows[n]["unfamiliar"] == "True"]
@@ -216,11 +245,18 @@ def test_phone_page_guard_matches_python() -> None:
     x, y = rng.normal(size=(500, 24)), rng.integers(0, 2, 500)
     guard = g.Guard.from_card(g.fit(x, y, rng.normal(size=(200, 24)), k=6).to_card())
     feats = rng.normal(size=(10, 24)) * 2
-    script = ("import { Guard } from '" + (REPO / "web" / "src" / "guard.js").as_uri() + "';"
-              "let s = ''; process.stdin.on('data', (c) => { s += c; }); process.stdin.on('end', () => {"
-              "const { spec, feats } = JSON.parse(s); const gd = new Guard(spec);"
-              "console.log(JSON.stringify(feats.map((f) => gd.score(f)))); });")  # fmt: skip
-    r = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
-                       input=json.dumps({"spec": guard.to_card(), "feats": feats.tolist()}), timeout=60)  # fmt: skip
+    script = (
+        "import { Guard } from '" + (REPO / "web" / "src" / "guard.js").as_uri() + "';"
+        "let s = ''; process.stdin.on('data', (c) => { s += c; }); process.stdin.on('end', () => {"
+        "const { spec, feats } = JSON.parse(s); const gd = new Guard(spec);"
+        "console.log(JSON.stringify(feats.map((f) => gd.score(f)))); });"
+    )
+    r = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        input=json.dumps({"spec": guard.to_card(), "feats": feats.tolist()}),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert np.allclose(json.loads(r.stdout), guard.score(feats), rtol=1e-9)

@@ -171,6 +171,11 @@ def test_host_header_must_name_this_server() -> None:
         port = srv.server_address[1]
         assert timed_get(srv, host=f"attacker.example:{port}")[0] == 421
         assert timed_get(srv, host="rebind.attacker.example")[0] == 421
-        for ok in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}",
-                   f"{socket.gethostname()}:{port}"):  # fmt: skip
+        for ok in (
+            f"127.0.0.1:{port}",
+            f"localhost:{port}",
+            "localhost",
+            f"[::1]:{port}",
+            f"{socket.gethostname()}:{port}",
+        ):
             assert timed_get(srv, host=ok)[0] == 200, ok

@@ -20,8 +20,10 @@ def _toy(n: int = 400, seed: int = 0, sep: float = 1.5) -> tuple[np.ndarray, np.
 
 
 def test_importing_evaluate_does_not_import_tensorflow():
-    code = ("import sys, dermedge.train.evaluate as e, dermedge.train.card, dermedge.train; "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, dermedge.train.evaluate as e, dermedge.train.card, dermedge.train; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -108,8 +110,9 @@ def test_calibration_and_ece():
 def test_evaluate_predictions_writes_everything(tmp_path):
     y, p = _toy(200)
     paths = [f"img{i}.jpg" for i in range(200)]
-    rep = ev.evaluate_predictions(y, p, 0.3, tmp_path, n_boot=200, title="toy", paths=paths,
-                                  extra={"split": "test"})  # fmt: skip
+    rep = ev.evaluate_predictions(
+        y, p, 0.3, tmp_path, n_boot=200, title="toy", paths=paths, extra={"split": "test"}
+    )
     for f in (
         "metrics.json",
         "predictions.csv",
@@ -143,7 +146,16 @@ def test_single_class_is_reported_not_crashing(tmp_path):
 
 
 def test_plot_history(tmp_path):
-    hist = [{"epoch": i + 1, "phase": "frozen" if i < 2 else "finetune", "loss": 1 / (i + 1),
-             "auc": 0.5 + i / 10, "val_loss": 1.1 / (i + 1), "val_auc": 0.5 + i / 11} for i in range(4)]  # fmt: skip
+    hist = [
+        {
+            "epoch": i + 1,
+            "phase": "frozen" if i < 2 else "finetune",
+            "loss": 1 / (i + 1),
+            "auc": 0.5 + i / 10,
+            "val_loss": 1.1 / (i + 1),
+            "val_auc": 0.5 + i / 11,
+        }
+        for i in range(4)
+    ]
     ev.plot_history(hist, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -25,8 +25,19 @@ def test_evaluate_a_tflite_through_the_edge_runtime(isic_dir, tmp_path):
             shutil.copy(src, tmp_path / "ds" / cls / src.name)
     out = tmp_path / "eval"
     model = ASSETS / "tiny_int8.tflite"
-    r = CliRunner().invoke(main, ["evaluate", str(model), "--data", str(tmp_path / "ds"),
-                                  "--out", str(out), "--bootstrap", "100"])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(model),
+            "--data",
+            str(tmp_path / "ds"),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "100",
+        ],
+    )
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
     from dermedge.edge.card import read_card

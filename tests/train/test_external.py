@@ -79,8 +79,10 @@ def _isic_manifest(root: Path, n: int = 12) -> tuple[Path, list[Path]]:
         for p in sorted((isic / "train" / cls).glob("*.jpg"))[: n // 2]
     ]
     lines = ["path,label,split,source"]
-    lines += [f"{p.relative_to(isic).as_posix()},{p.parent.name},{'val' if i % 4 == 3 else 'train'},isic-mvb"
-              for i, p in enumerate(imgs)]  # fmt: skip
+    lines += [
+        f"{p.relative_to(isic).as_posix()},{p.parent.name},{'val' if i % 4 == 3 else 'train'},isic-mvb"
+        for i, p in enumerate(imgs)
+    ]
     out = root / "trainset"
     out.mkdir(parents=True)
     (out / "manifest.csv").write_text("\n".join(lines) + "\n")
@@ -101,8 +103,22 @@ def evaluated(tmp_path_factory):
     ds = _derm7pt_subset(root)
     manifest, _ = _isic_manifest(root)
     out = root / "eval"
-    r = _run(["evaluate", str(TINY), "--data", str(ds), "--external", "--train-manifest",
-              str(manifest), "--out", str(out), "--bootstrap", "200"], root)  # fmt: skip
+    r = _run(
+        [
+            "evaluate",
+            str(TINY),
+            "--data",
+            str(ds),
+            "--external",
+            "--train-manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+        ],
+        root,
+    )
     assert r.exit_code == 0, r.output
     return root, ds, out, r
 
@@ -169,8 +185,19 @@ def test_overlap_is_refused_unless_allowed(tmp_path):
     _place(imgs[-1], ds / "malignant" / "copy_b.jpg")
     small = Image.open(imgs[1]).convert("RGB").resize((160, 160), Image.Resampling.LANCZOS)
     small.save(ds / "benign" / "resized.jpg", quality=85)  # same photo, other bytes
-    args = ["evaluate", str(TINY), "--data", str(ds), "--external", "--train-manifest", str(manifest),
-            "--bootstrap", "100", "--out", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "evaluate",
+        str(TINY),
+        "--data",
+        str(ds),
+        "--external",
+        "--train-manifest",
+        str(manifest),
+        "--bootstrap",
+        "100",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     r = _run(args, tmp_path)
     assert r.exit_code == 2, r.output
     assert "refusing: 3 of 15 external images" in r.output
@@ -211,8 +238,17 @@ def test_card_add_external_round_trips_into_the_tflite(evaluated, tmp_path):
     }
     np.testing.assert_array_equal(EdgeModel(model).predict(_pixels()), before)
     assert "derm7pt: n=60" in r.output
-    r = _run(["card", str(model), "--add-external", str(out / "metrics.json"), "--out",
-              str(tmp_path / "new.tflite")], root)  # fmt: skip
+    r = _run(
+        [
+            "card",
+            str(model),
+            "--add-external",
+            str(out / "metrics.json"),
+            "--out",
+            str(tmp_path / "new.tflite"),
+        ],
+        root,
+    )
     assert r.exit_code == 0 and "replaced the external entry for derm7pt" in r.output
     assert read_card(tmp_path / "new.tflite")["external"]["derm7pt"] == e
     r = _run(["card", str(_without_external(tmp_path / "bare.tflite"))], root)

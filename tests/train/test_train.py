@@ -95,8 +95,15 @@ def _card(run: Path) -> dict:
 
 
 def _check_run(run: Path, arch: str, mean: float, std: float, epochs: int, manifest: Path) -> dict:
-    for f in ("model.keras", "manifest.csv", "manifest.json", "history.csv", "curves.png",
-              "model_card.json", "config.json"):  # fmt: skip
+    for f in (
+        "model.keras",
+        "manifest.csv",
+        "manifest.json",
+        "history.csv",
+        "curves.png",
+        "model_card.json",
+        "config.json",
+    ):
         assert (run / f).is_file(), f
     for f in (
         "metrics.json",
@@ -167,8 +174,20 @@ def _check_model(model, size: int = 64) -> None:
 
 
 def test_train_simple_cnn_and_evaluate(env):
-    res = _cli(["train", "--data", str(env["manifest"]), "--arch", "simple_cnn", "--epochs", "2",
-                "--name", "simple", *COMMON])  # fmt: skip
+    res = _cli(
+        [
+            "train",
+            "--data",
+            str(env["manifest"]),
+            "--arch",
+            "simple_cnn",
+            "--epochs",
+            "2",
+            "--name",
+            "simple",
+            *COMMON,
+        ]
+    )
     assert "summary" in res.output and "class weights (balanced)" in res.output
     run = env["runs"] / "train" / "simple"
     card = _check_run(run, "simple_cnn", 127.0, 128.0, 2, env["manifest"])
@@ -186,8 +205,18 @@ def test_train_simple_cnn_and_evaluate(env):
     for f in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png"):
         assert (out / f).stat().st_size > 1000
     # the model file itself, on a labelled folder without splits, with another threshold
-    res = _cli(["evaluate", str(run / "model.keras"), "--data", str(env["folder"]), "--threshold", "0.5",
-                "--bootstrap", "200"])  # fmt: skip
+    res = _cli(
+        [
+            "evaluate",
+            str(run / "model.keras"),
+            "--data",
+            str(env["folder"]),
+            "--threshold",
+            "0.5",
+            "--bootstrap",
+            "200",
+        ]
+    )
     ev_dir = run / f"eval-{env['folder'].name}-test"
     m = json.loads((ev_dir / "metrics.json").read_text())
     assert m["n"] == 24 and m["split"] == "all" and m["operating_threshold"] == 0.5
@@ -198,8 +227,20 @@ def test_train_simple_cnn_and_evaluate(env):
 
 def test_training_is_deterministic(env):
     for name in ("det1", "det2"):
-        _cli(["train", "--data", str(env["manifest"]), "--arch", "simple_cnn", "--epochs", "1",
-              "--name", name, *COMMON])  # fmt: skip
+        _cli(
+            [
+                "train",
+                "--data",
+                str(env["manifest"]),
+                "--arch",
+                "simple_cnn",
+                "--epochs",
+                "1",
+                "--name",
+                name,
+                *COMMON,
+            ]
+        )
     h1 = (env["runs"] / "train" / "det1" / "history.csv").read_text().splitlines()
     h2 = (env["runs"] / "train" / "det2" / "history.csv").read_text().splitlines()
     drop = lambda lines: [",".join(c for c in ln.split(",")[:-1]) for ln in lines]  # noqa: E731 - seconds differ
@@ -210,8 +251,22 @@ def test_training_is_deterministic(env):
 
 
 def test_train_on_dataset_folder_writes_split_manifest(env):
-    _cli(["train", "--data", str(env["folder"]), "--arch", "simple_cnn", "--epochs", "1",
-          "--balance", "source", "--name", "fromdir", *COMMON])  # fmt: skip
+    _cli(
+        [
+            "train",
+            "--data",
+            str(env["folder"]),
+            "--arch",
+            "simple_cnn",
+            "--epochs",
+            "1",
+            "--balance",
+            "source",
+            "--name",
+            "fromdir",
+            *COMMON,
+        ]
+    )
     run = env["runs"] / "train" / "fromdir"
     meta = json.loads((run / "manifest.json").read_text())
     assert meta["mode"] == "resplit" and sum(sum(c.values()) for c in meta["counts"].values()) == 24
@@ -237,8 +292,24 @@ def test_train_efficientnet_lite0_two_phases(env):
     from dermedge.train.models import build_model
 
     ref = build_model("efficientnet_lite0", 64, "imagenet")
-    _cli(["train", "--data", str(env["manifest"]), "--arch", "efficientnet_lite0", "--epochs", "1",
-          "--fine-tune-epochs", "1", "--unfreeze-blocks", "2", "--name", "lite0", *COMMON])  # fmt: skip
+    _cli(
+        [
+            "train",
+            "--data",
+            str(env["manifest"]),
+            "--arch",
+            "efficientnet_lite0",
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "1",
+            "--unfreeze-blocks",
+            "2",
+            "--name",
+            "lite0",
+            *COMMON,
+        ]
+    )
     run = env["runs"] / "train" / "lite0"
     card = _check_run(run, "efficientnet_lite0", 127.0, 128.0, 2, env["manifest"])
     hist = _history(run)
@@ -264,9 +335,26 @@ def test_train_efficientnet_lite0_two_phases(env):
     )
 
     # continuing from the trained model: --epochs 0 skips the frozen phase, fine-tunes only
-    _cli(["train", "--data", str(env["manifest"]), "--arch", "efficientnet_lite0", "--weights",
-          str(run / "model.keras"), "--epochs", "0", "--fine-tune-epochs", "1", "--unfreeze-blocks", "1",
-          "--name", "lite0-more", *COMMON])  # fmt: skip
+    _cli(
+        [
+            "train",
+            "--data",
+            str(env["manifest"]),
+            "--arch",
+            "efficientnet_lite0",
+            "--weights",
+            str(run / "model.keras"),
+            "--epochs",
+            "0",
+            "--fine-tune-epochs",
+            "1",
+            "--unfreeze-blocks",
+            "1",
+            "--name",
+            "lite0-more",
+            *COMMON,
+        ]
+    )
     more = env["runs"] / "train" / "lite0-more"
     assert [r["phase"] for r in _history(more)] == ["finetune"]
     cont = _load(more)
@@ -281,13 +369,29 @@ def test_train_efficientnet_lite0_two_phases(env):
                 model.get_layer(name).get_weights(), cont.get_layer(name).get_weights(), strict=True
             )
         )
-    assert not np.array_equal(model.get_layer("block15_project_conv").get_weights()[0],
-                              cont.get_layer("block15_project_conv").get_weights()[0])  # fmt: skip
+    assert not np.array_equal(
+        model.get_layer("block15_project_conv").get_weights()[0],
+        cont.get_layer("block15_project_conv").get_weights()[0],
+    )
 
 
 def test_train_mobilenet_v2_from_scratch(env):
-    _cli(["train", "--data", str(env["manifest"]), "--arch", "mobilenet_v2", "--weights", "none",
-          "--epochs", "1", "--name", "mnv2", *COMMON])  # fmt: skip
+    _cli(
+        [
+            "train",
+            "--data",
+            str(env["manifest"]),
+            "--arch",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+            "--epochs",
+            "1",
+            "--name",
+            "mnv2",
+            *COMMON,
+        ]
+    )
     run = env["runs"] / "train" / "mnv2"
     card = _check_run(run, "mobilenet_v2", 127.5, 127.5, 1, env["manifest"])
     assert [p["name"] for p in card["training"]["phases"]] == ["train"]
@@ -298,14 +402,36 @@ def test_train_mobilenet_v2_from_scratch(env):
 
 def _run_cli(args: list[str], env_vars: dict[str, str], **kw) -> subprocess.Popen:
     code = "import sys; from dermedge.cli import main; main(sys.argv[1:])"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env_vars, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env_vars,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_after_kill_mid_epoch(env):
     e = {**os.environ, "DERMEDGE_RUNS": str(env["runs"]), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = ["train", "--data", str(env["manifest"]), "--arch", "simple_cnn", "--epochs", "4",
-            "--name", "resume", "--img-size", "64", "--batch", "4", "--bootstrap", "200"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(env["manifest"]),
+        "--arch",
+        "simple_cnn",
+        "--epochs",
+        "4",
+        "--name",
+        "resume",
+        "--img-size",
+        "64",
+        "--batch",
+        "4",
+        "--bootstrap",
+        "200",
+    ]
     proc = _run_cli(args, e)
     seen = []
     deadline = time.time() + 150
@@ -327,9 +453,25 @@ def test_resume_after_kill_mid_epoch(env):
     assert (run / "checkpoints" / state["last_checkpoint"]).is_file()
     assert not (run / "model.keras").exists()
     # resuming takes everything else from the run's config.json
-    done = subprocess.run([sys.executable, "-c", "import sys; from dermedge.cli import main; main(sys.argv[1:])",
-                           "train", "--data", "ignored", "--name", "resume", "--resume", "--quiet"],
-                          env=e, cwd=REPO, capture_output=True, text=True, timeout=150)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dermedge.cli import main; main(sys.argv[1:])",
+            "train",
+            "--data",
+            "ignored",
+            "--name",
+            "resume",
+            "--resume",
+            "--quiet",
+        ],
+        env=e,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resuming" in done.stdout and f"after {done_before} epochs" in done.stdout
     hist = _history(run)
@@ -352,10 +494,28 @@ def test_mirrored_strategy_on_two_logical_cpus(env):
         "main(sys.argv[1:])\n"
     )
     e = {**os.environ, "DERMEDGE_RUNS": str(env["runs"]), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = ["train", "--data", str(env["manifest"]), "--arch", "simple_cnn", "--epochs", "1",
-            "--name", "mirrored", "--strategy", "mirrored", *COMMON]  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code, *args], env=e, cwd=REPO, capture_output=True,
-                          text=True, timeout=170)  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(env["manifest"]),
+        "--arch",
+        "simple_cnn",
+        "--epochs",
+        "1",
+        "--name",
+        "mirrored",
+        "--strategy",
+        "mirrored",
+        *COMMON,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=e,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 replica(s)" in done.stdout
     card = _card(env["runs"] / "train" / "mirrored")
@@ -403,8 +563,20 @@ def test_bad_data_error_in_a_real_process(env, tmp_path):
     empty = tmp_path / "empty"
     (empty / "benign").mkdir(parents=True)
     e = {**os.environ, "DERMEDGE_RUNS": str(tmp_path / "runs")}
-    done = subprocess.run([sys.executable, "-c", "from dermedge.cli import main; main()", "train",
-                           "--data", str(empty)], env=e, capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dermedge.cli import main; main()",
+            "train",
+            "--data",
+            str(empty),
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(
         "Error:"

@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(
         not (DATA / "train" / "benign").is_dir(),
         reason=f"real images not found at {DATA} (set DERMEDGE_DATA)",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -41,8 +41,11 @@ def _photos(label: str, n: int, skip: int = 0, split: str = "train") -> list[Pat
 
 
 def _records(n_per_class: int) -> list[Record]:
-    return [Record(str(p), label, "isic-mvb", split="train")
-            for label in ("benign", "malignant") for p in _photos(label, n_per_class)]  # fmt: skip
+    return [
+        Record(str(p), label, "isic-mvb", split="train")
+        for label in ("benign", "malignant")
+        for p in _photos(label, n_per_class)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,10 @@ def test_streamed_pixels_equal_in_memory(splits):
 @pytest.mark.parametrize("which", [0, 1], ids=["in-memory", "streamed"])
 def test_each_worker_reads_its_own_part(splits, which):
     data = splits[which]
-    parts = [_examples(make_dataset(data, 8, True, seed=5, augment=Augment.none(), pipelines=(2, i)))
-             for i in (0, 1)]  # fmt: skip
+    parts = [
+        _examples(make_dataset(data, 8, True, seed=5, augment=Augment.none(), pipelines=(2, i)))
+        for i in (0, 1)
+    ]
     assert len(parts[0]) == len(parts[1]) == 50  # equal steps: 101 cut to 100
     assert not set(parts[0]) & set(parts[1])  # no example on both workers
     assert set(parts[0]) | set(parts[1]) <= set(_examples(make_dataset(data, 8, False)))
@@ -94,8 +99,11 @@ def test_each_worker_reads_its_own_part(splits, which):
 def _manifest(folder: Path) -> Path:
     """100 train / 30 val / 30 test real photos, balanced."""
     rows = []
-    for split, n, src, skip in (("train", 50, "train", 0), ("val", 15, "train", 50),
-                                ("test", 15, "test", 0)):  # fmt: skip
+    for split, n, src, skip in (
+        ("train", 50, "train", 0),
+        ("val", 15, "train", 50),
+        ("test", 15, "test", 0),
+    ):
         for label in ("benign", "malignant"):
             for p in _photos(label, n, skip, src):
                 sha = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -126,8 +134,24 @@ def _train(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-TRAIN = ["--arch", "simple_cnn", "--img-size", "64", "--batch", "32", "--epochs", "3",
-         "--augment", "none", "--bootstrap", "100", "--strategy", "multiworker", "--cache", "stream"]  # fmt: skip
+TRAIN = [
+    "--arch",
+    "simple_cnn",
+    "--img-size",
+    "64",
+    "--batch",
+    "32",
+    "--epochs",
+    "3",
+    "--augment",
+    "none",
+    "--bootstrap",
+    "100",
+    "--strategy",
+    "multiworker",
+    "--cache",
+    "stream",
+]
 
 
 def test_two_workers_train_as_one(tmp_path):
@@ -137,8 +161,12 @@ def test_two_workers_train_as_one(tmp_path):
     example to each worker), but BatchNormalization sees 16 images a replica instead of 32 and
     dropout draws differ, so their results agree within a tolerance, not bit for bit."""
     data = _manifest(tmp_path / "manifest")
-    env = {**os.environ, "DERMEDGE_RUNS": str(tmp_path / "runs"), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "DERMEDGE_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "DERMEDGE_RUNS": str(tmp_path / "runs"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DERMEDGE_CACHE": str(tmp_path / "cache"),
+    }
     args = [*TRAIN, "--data", str(data), "--cache-dir", str(tmp_path / "cache")]
     one = _train([*args, "--name", "one"], env, tmp_path / "one.log")
     assert one.wait(timeout=600) == 0, (tmp_path / "one.log").read_text()[-3000:]
@@ -148,16 +176,23 @@ def test_two_workers_train_as_one(tmp_path):
     scratch.mkdir()
     workers = []
     for i in (0, 1):
-        wenv = {**env, "TMPDIR": str(scratch),
-                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}  # fmt: skip
+        wenv = {
+            **env,
+            "TMPDIR": str(scratch),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        }
         workers.append(_train([*args, "--name", "two"], wenv, tmp_path / f"worker{i}.log"))
     codes = [w.wait(timeout=600) for w in workers]
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in (0, 1)]
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     for log in logs:  # both workers trained every epoch
         assert "epoch 3/3" in log and "2 replica(s)" in log
-    digests = [line.split("digest ")[1].split()[0] for log in logs
-               for line in log.splitlines() if "trainable weights digest" in line]  # fmt: skip
+    digests = [
+        line.split("digest ")[1].split()[0]
+        for log in logs
+        for line in log.splitlines()
+        if "trainable weights digest" in line
+    ]
     assert len(digests) == 2 and digests[0] == digests[1]  # kept in sync by all-reduce
     runs = tmp_path / "runs" / "train"
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]  # the chief's, and no other
@@ -180,9 +215,27 @@ def test_streamed_mixed_precision_run(tmp_path):
     """--cache stream --mixed-precision: trains on CPU (bfloat16 compute), saves a float32 model."""
     data = _manifest(tmp_path / "manifest")
     env = {**os.environ, "DERMEDGE_RUNS": str(tmp_path / "runs"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = ["--arch", "simple_cnn", "--img-size", "64", "--batch", "32", "--epochs", "1",
-            "--bootstrap", "100", "--cache", "stream", "--mixed-precision", "--data", str(data),
-            "--cache-dir", str(tmp_path / "cache"), "--name", "mp"]  # fmt: skip
+    args = [
+        "--arch",
+        "simple_cnn",
+        "--img-size",
+        "64",
+        "--batch",
+        "32",
+        "--epochs",
+        "1",
+        "--bootstrap",
+        "100",
+        "--cache",
+        "stream",
+        "--mixed-precision",
+        "--data",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--name",
+        "mp",
+    ]
     proc = _train(args, env, tmp_path / "mp.log")
     log = tmp_path / "mp.log"
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]

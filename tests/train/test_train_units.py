@@ -77,8 +77,17 @@ def test_augmentation_is_seeded_and_keeps_range():
     assert a.shape == (32, 32, 3) and a.dtype == np.float32
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.min() >= 0 and a.max() <= 255
-    off = Augment(flips=False, rot90=False, rotate_deg=0, zoom=0, shift=0, brightness=0,
-                  contrast=0, saturation=0, hue=0)  # fmt: skip
+    off = Augment(
+        flips=False,
+        rot90=False,
+        rotate_deg=0,
+        zoom=0,
+        shift=0,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        hue=0,
+    )
     assert np.allclose(augment_image(img, seed, off, 32).numpy(), img.numpy())
 
 
@@ -213,8 +222,12 @@ def test_threshold_meets_the_target_in_every_source():
     rng = np.random.default_rng(0)
     # source "a" scores its malignant lesions high, source "b" (another device) lower
     y = np.r_[np.ones(100), np.zeros(100), np.ones(40), np.zeros(40)]
-    p = np.r_[rng.uniform(0.5, 1, 100), rng.uniform(0, 0.5, 100),
-              rng.uniform(0.2, 0.7, 40), rng.uniform(0, 0.4, 40)]  # fmt: skip
+    p = np.r_[
+        rng.uniform(0.5, 1, 100),
+        rng.uniform(0, 0.5, 100),
+        rng.uniform(0.2, 0.7, 40),
+        rng.uniform(0, 0.4, 40),
+    ]
     src = ["a"] * 200 + ["b"] * 80
     pooled = choose_threshold(y, p, 0.95)
     worst = choose_threshold_across_sources(y, p, src, 0.95)
