@@ -214,32 +214,14 @@ def choose_threshold_across_sources(
     if len(names) < 2:
         return {**pooled, "pool": "pooled"}
     src = np.asarray(sources)
-    own: dict[str, float | None] = {}
-    for name in names:
-        m = src == name
-        n_pos = int(y[m].sum())
-        own[name] = (
-            choose_threshold(y[m], p[m], target_sensitivity, 0.0)["threshold"]
-            if n_pos >= MIN_SOURCE_POSITIVES
-            else None
-        )
-    binding = [n for n in names if own[n] is not None]
+    own = _source_thresholds(y, p, src, names, target_sensitivity)
+    binding = {n: t for n, t in own.items() if t is not None}
     if not binding:
         return {**pooled, "pool": "pooled"}
-    worst = min(binding, key=lambda n: own[n])  # type: ignore[arg-type, return-value]
-    thr = min(float(own[worst]), pooled["threshold"])  # type: ignore[arg-type]
+    worst = min(binding, key=binding.__getitem__)
+    thr = min(float(binding[worst]), pooled["threshold"])
     achieved = binary_metrics(y, p, thr)
-    per_source = {}
-    for name in names:
-        m = src == name
-        at = binary_metrics(y[m], p[m], thr)
-        per_source[name] = {
-            "n": int(m.sum()),
-            "n_pos": int(y[m].sum()),
-            "own_threshold": own[name],
-            "sensitivity": at["recall"],
-            "specificity": at["specificity"],
-        }
+    per_source = _per_source_at(y, p, src, own, thr)
     return {
         **pooled,
         "threshold": thr,
@@ -249,6 +231,40 @@ def choose_threshold_across_sources(
         "binding_source": worst if thr < pooled["threshold"] else "pooled",
         "per_source": per_source,
     }
+
+
+def _source_thresholds(
+    y: np.ndarray, p: np.ndarray, src: np.ndarray, names: Sequence[str], target: float
+) -> dict[str, float | None]:
+    """Each source's own threshold for the point target, None where it has too few positives."""
+    own: dict[str, float | None] = {}
+    for name in names:
+        m = src == name
+        n_pos = int(y[m].sum())
+        own[name] = (
+            choose_threshold(y[m], p[m], target, 0.0)["threshold"]
+            if n_pos >= MIN_SOURCE_POSITIVES
+            else None
+        )
+    return own
+
+
+def _per_source_at(
+    y: np.ndarray, p: np.ndarray, src: np.ndarray, own: dict[str, float | None], thr: float
+) -> dict[str, dict[str, Any]]:
+    """Size, own threshold, sensitivity and specificity at `thr` of each source in `own`."""
+    per_source = {}
+    for name in own:
+        m = src == name
+        at = binary_metrics(y[m], p[m], thr)
+        per_source[name] = {
+            "n": int(m.sum()),
+            "n_pos": int(y[m].sum()),
+            "own_threshold": own[name],
+            "sensitivity": at["recall"],
+            "specificity": at["specificity"],
+        }
+    return per_source
 
 
 def per_source_metrics(

@@ -17,11 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dermedge.benchmark.core import Settings, latency_stats, log
+
+if TYPE_CHECKING:
+    from dermedge.edge.camera import Session
+    from dermedge.edge.runtime import EdgeModel
 
 STAGES = {
     "decode": ("read",),
@@ -113,19 +117,7 @@ def camera_benchmark(
     threads = min(max(settings.threads), os.cpu_count() or 1)
     model = EdgeModel(row["path"], threads=threads)
     timers = _Timers()
-    source = camera.OpenCVSource(str(video))
-    source.read = timers.wrap("read", source.read)  # type: ignore[method-assign]
-    session = camera.Session(
-        _TimedModel(model, timers),  # type: ignore[arg-type]
-        source,
-        camera.SessionOptions(max_frames=frames),
-        emit=lambda event: None,
-    )
-    missing = []
-    if hasattr(session, "_crop"):
-        session._crop = timers.wrap("_crop", session._crop)  # type: ignore[method-assign]
-    else:
-        missing.append("_crop")
+    session, missing = _timed_session(model, timers, video, frames)
     log(f"camera loop: {video} through {row['model']}/{row['variant']} at {threads} thread(s)")
     wrapped = {
         n: timers.wrap(n, getattr(camera, n, lambda *a, **k: None))
@@ -134,13 +126,6 @@ def camera_benchmark(
     with _patched(camera, wrapped) as absent:
         summary = session.run()
     missing += absent
-    stages = {}
-    for stage, names in STAGES.items():
-        per_frame = timers.stage(names)
-        st = latency_stats(per_frame)
-        st.pop("warnings", None)
-        st["mean_per_frame_ms"] = 1e3 * sum(per_frame) / max(1, summary.frames)
-        stages[stage] = st
     out = {
         "source": str(video),
         "model": f"{row['model']}/{row['variant']}",
@@ -155,8 +140,43 @@ def camera_benchmark(
         "seconds": summary.elapsed_s,
         "fps": summary.fps,
         "frame_period_ms": 1e3 * summary.elapsed_s / max(1, summary.frames),
-        "stages": stages,
+        "stages": _stage_stats(timers, summary.frames),
     }
     if missing:
         out["untimed"] = missing  # the camera module changed: these stages could not be timed
     return out
+
+
+def _timed_session(
+    model: EdgeModel, timers: _Timers, video: Path, frames: int
+) -> tuple[Session, list[str]]:
+    """A camera session over `video` with its decode, crop and inference timed; the names of
+    the session's functions that could not be wrapped (the camera module changed)."""
+    from dermedge.edge import camera
+
+    source = camera.OpenCVSource(str(video))
+    source.read = timers.wrap("read", source.read)  # type: ignore[method-assign]
+    session = camera.Session(
+        _TimedModel(model, timers),  # type: ignore[arg-type]
+        source,
+        camera.SessionOptions(max_frames=frames),
+        emit=lambda event: None,
+    )
+    missing = []
+    if hasattr(session, "_crop"):
+        session._crop = timers.wrap("_crop", session._crop)  # type: ignore[method-assign]
+    else:
+        missing.append("_crop")
+    return session, missing
+
+
+def _stage_stats(timers: _Timers, frames: int) -> dict[str, dict[str, Any]]:
+    """Latency statistics of each stage in STAGES, with its mean time per frame."""
+    stages = {}
+    for stage, names in STAGES.items():
+        per_frame = timers.stage(names)
+        st = latency_stats(per_frame)
+        st.pop("warnings", None)
+        st["mean_per_frame_ms"] = 1e3 * sum(per_frame) / max(1, frames)
+        stages[stage] = st
+    return stages

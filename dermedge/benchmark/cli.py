@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dermedge import DISCLAIMER
+
+if TYPE_CHECKING:
+    from dermedge.benchmark.core import Settings
+
+# options passed to Settings unchanged (the others are parsed or checked first)
+_SETTINGS_AS_GIVEN = ("runs", "warmup", "block", "data", "limit", "batch", "include_rejected")
 
 
 def _ints(value: str) -> list[int]:
@@ -76,25 +83,7 @@ def _ints(value: str) -> list[int]:
     help="Also benchmark variants the converter's accuracy gate refused (rejected/).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def benchmark(
-    sources: tuple[Path, ...],
-    threads: str,
-    runs: int,
-    warmup: int,
-    block: int,
-    runtimes: str,
-    variants: str | None,
-    data: str | None,
-    limit: int | None,
-    batch: int,
-    camera_source: Path | None,
-    frames: int,
-    camera_variant: str | None,
-    name: str | None,
-    exist_ok: bool,
-    include_rejected: bool,
-    no_plots: bool,
-) -> None:
+def benchmark(sources: tuple[Path, ...], **opts: Any) -> None:
     """Latency vs accuracy of every variant of SOURCES (train runs, convert runs, folders of
     .tflite files, or model files) under each runtime and thread count.
 
@@ -106,10 +95,25 @@ def benchmark(
     Writes runs/benchmark/<name>/: results.csv, results.json (with the machine's facts),
     results.md and pareto.png / latency.png, and prints the table.
     """
-    from dermedge.benchmark import core, report
     from dermedge.runs import new_run_dir
 
-    wanted = tuple(r.strip() for r in runtimes.split(",") if r.strip())
+    settings = _settings(opts)
+    try:
+        out = new_run_dir("benchmark", opts["name"], exist_ok=opts["exist_ok"])
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        results = _measure(sources, out, settings, opts)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    _report(results, out, plots=not opts["no_plots"])
+
+
+def _runtimes(value: str) -> tuple[str, ...]:
+    """The --runtime names, each checked against the known runtimes."""
+    from dermedge.benchmark import core
+
+    wanted = tuple(r.strip() for r in value.split(",") if r.strip())
     unknown = set(wanted) - set(core.RUNTIMES)
     if unknown:
         raise click.BadParameter(
@@ -117,35 +121,46 @@ def benchmark(
             f"choose from {', '.join(core.RUNTIMES)}",
             param_hint="--runtime",
         )
-    if runs < 1 or warmup < 0 or block < 1:
+    return wanted
+
+
+def _settings(opts: dict[str, Any]) -> Settings:
+    """The benchmark settings the command-line options ask for, after checking them."""
+    from dermedge.benchmark import core
+
+    wanted = _runtimes(opts["runtimes"])
+    if opts["runs"] < 1 or opts["warmup"] < 0 or opts["block"] < 1:
         raise click.BadParameter("--runs and --block must be >= 1, --warmup >= 0")
-    settings = core.Settings(
-        threads=_ints(threads),
-        runs=runs,
-        warmup=warmup,
-        block=block,
+    variants = opts["variants"]
+    return core.Settings(
+        threads=_ints(opts["threads"]),
         runtimes=wanted,
         variants=tuple(v.strip() for v in variants.split(",")) if variants else None,
-        data=data,
-        limit=limit,
-        batch=batch,
-        include_rejected=include_rejected,
+        **{k: opts[k] for k in _SETTINGS_AS_GIVEN},
     )
-    try:
-        out = new_run_dir("benchmark", name, exist_ok=exist_ok)
-    except FileExistsError as e:
-        raise click.ClickException(str(e)) from e
-    try:
-        results = core.run([str(s) for s in sources], out, settings)
-        if camera_source is not None:
-            from dermedge.benchmark.camera import camera_benchmark
 
-            results["camera"] = camera_benchmark(
-                results, camera_source, frames, settings, camera_variant
-            )
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
-    paths = report.write(results, out, plots=not no_plots)
+
+def _measure(
+    sources: tuple[Path, ...], out: Path, settings: Settings, opts: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the benchmark, and the camera loop when --camera-source names a video."""
+    from dermedge.benchmark import core
+
+    results = core.run([str(s) for s in sources], out, settings)
+    if opts["camera_source"] is not None:
+        from dermedge.benchmark.camera import camera_benchmark
+
+        results["camera"] = camera_benchmark(
+            results, opts["camera_source"], opts["frames"], settings, opts["camera_variant"]
+        )
+    return results
+
+
+def _report(results: dict[str, Any], out: Path, plots: bool) -> None:
+    """Write the result files and print the table, camera summary, notes and where they went."""
+    from dermedge.benchmark import report
+
+    paths = report.write(results, out, plots=plots)
     click.echo(report.table(results["rows"]))
     if results.get("camera"):
         click.echo("\n" + report.camera_markdown(results["camera"]))

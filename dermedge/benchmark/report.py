@@ -118,74 +118,82 @@ def fmt_number(v: Any, nd: int = 1) -> str:
     return f"{v:.{nd}f}"
 
 
+TABLE_HEADERS = (
+    "model",
+    "variant",
+    "runtime",
+    "thr",
+    "MB",
+    "load ms",
+    "1st ms",
+    "median ms",
+    "p90 ms",
+    "p99 ms",
+    "IQR %",
+    "img/s",
+    "RSS MB",
+    "AUC",
+    "acc",
+    "sens",
+    "spec",
+    "MMAC",
+    "GMAC/s",
+    "% peak",
+    "% machine",
+    "front",
+    "flags",
+)
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The markdown table printed at the end and written to results.md."""
-    headers = [
-        "model",
-        "variant",
-        "runtime",
-        "thr",
-        "MB",
-        "load ms",
-        "1st ms",
-        "median ms",
-        "p90 ms",
-        "p99 ms",
-        "IQR %",
-        "img/s",
-        "RSS MB",
-        "AUC",
-        "acc",
-        "sens",
-        "spec",
-        "MMAC",
-        "GMAC/s",
-        "% peak",
-        "% machine",
-        "front",
-        "flags",
+    return format_table([_table_row(r) for r in rows], TABLE_HEADERS)
+
+
+def _row_flags(r: dict[str, Any]) -> list[str]:
+    """The flags column of one row: failure, gate refusal, the short name of each warning."""
+    flags = []
+    if r.get("error"):
+        flags.append("FAILED")
+    if r.get("rejected"):
+        flags.append("refused by convert gate")
+    for w in r.get("warnings") or []:
+        flags.append(w.split(":")[0])
+    return flags
+
+
+def _fmt_percent(r: dict[str, Any], key: str, nd: int) -> str:
+    """Row field `key` (a fraction) as a percentage with `nd` decimals, or '-'."""
+    return fmt_number(100 * r[key], nd) if is_finite_number(r.get(key)) else "-"
+
+
+def _table_row(r: dict[str, Any]) -> list[str]:
+    """One result row as the cells of `TABLE_HEADERS`."""
+    return [
+        r["model"],
+        r["variant"],
+        short_runtime(r.get("runtime")),
+        str(r["threads"]),
+        fmt_number(r.get("file_mb"), 2),
+        fmt_number(r.get("load_ms"), 0),
+        fmt_number(r.get("first_ms"), 1),
+        fmt_number(r.get("median_ms"), 2),
+        fmt_number(r.get("p90_ms"), 2),
+        fmt_number(r.get("p99_ms"), 2),
+        _fmt_percent(r, "iqr_rel", 0),
+        fmt_number(r.get("throughput_ips"), 1),
+        fmt_number(r.get("peak_rss_mb"), 0),
+        fmt_number(r.get("auc"), 3),
+        fmt_number(r.get("accuracy"), 3),
+        fmt_number(r.get("sensitivity"), 3),
+        fmt_number(r.get("specificity"), 3),
+        fmt_number(r.get("macs_m"), 1),
+        fmt_number(r.get("gmacs"), 1),
+        _fmt_percent(r, "frac_peak", 1),
+        _fmt_percent(r, "frac_machine_peak", 1),
+        "*" if r.get("pareto") else "",
+        ", ".join(_row_flags(r)),
     ]
-    body = []
-    for r in rows:
-        flags = []
-        if r.get("error"):
-            flags.append("FAILED")
-        if r.get("rejected"):
-            flags.append("refused by convert gate")
-        for w in r.get("warnings") or []:
-            flags.append(w.split(":")[0])
-        body.append(
-            [
-                r["model"],
-                r["variant"],
-                short_runtime(r.get("runtime")),
-                str(r["threads"]),
-                fmt_number(r.get("file_mb"), 2),
-                fmt_number(r.get("load_ms"), 0),
-                fmt_number(r.get("first_ms"), 1),
-                fmt_number(r.get("median_ms"), 2),
-                fmt_number(r.get("p90_ms"), 2),
-                fmt_number(r.get("p99_ms"), 2),
-                fmt_number(100 * r["iqr_rel"], 0) if is_finite_number(r.get("iqr_rel")) else "-",
-                fmt_number(r.get("throughput_ips"), 1),
-                fmt_number(r.get("peak_rss_mb"), 0),
-                fmt_number(r.get("auc"), 3),
-                fmt_number(r.get("accuracy"), 3),
-                fmt_number(r.get("sensitivity"), 3),
-                fmt_number(r.get("specificity"), 3),
-                fmt_number(r.get("macs_m"), 1),
-                fmt_number(r.get("gmacs"), 1),
-                fmt_number(100 * r["frac_peak"], 1)
-                if is_finite_number(r.get("frac_peak"))
-                else "-",
-                fmt_number(100 * r["frac_machine_peak"], 1)
-                if is_finite_number(r.get("frac_machine_peak"))
-                else "-",
-                "*" if r.get("pareto") else "",
-                ", ".join(flags),
-            ]
-        )
-    return format_table(body, headers)
 
 
 def _peak_lines(peak: dict[str, Any]) -> list[str]:
@@ -368,8 +376,6 @@ MARKERS = "oDs^vP*Xh"
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Median latency (log x, IQR as error bars) vs ROC AUC; marker area proportional to file size,
     colour = variant, shape = model, label = threads; the Pareto front drawn as a step line."""
-    from matplotlib.lines import Line2D
-
     fig = new_figure((9.0, 6.0))
     ax = fig.add_subplot(111)
     pts = [
@@ -379,56 +385,81 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     max_mb = max((r["file_mb"] for r in pts), default=1.0) or 1.0
     scale = 900.0 / max_mb  # points^2 per MB: the largest file gets 900 pt^2
     for r in pts:
-        c = COLORS.get(r["variant"].split(":")[0], "#bcbd22")
-        mk = MARKERS[models.index(r["model"]) % len(MARKERS)]
-        area = max(scale * r["file_mb"], 6.0)
-        ax.errorbar(
-            r["median_ms"],
-            r["auc"],
-            xerr=[[r["median_ms"] - r["q25_ms"]], [r["q75_ms"] - r["median_ms"]]],
-            fmt="none",
-            ecolor=c,
-            alpha=0.6,
-            lw=1,
-        )
-        ax.scatter(
-            r["median_ms"],
-            r["auc"],
-            s=area,
-            c=c,
-            marker=mk,
-            alpha=0.55,
-            edgecolors="black" if r.get("pareto") else c,
-            linewidths=1.2,
-        )
-        ax.annotate(
-            f"t{r['threads']}",
-            (r["median_ms"], r["auc"]),
-            fontsize=6,
-            xytext=(3, -8),
-            textcoords="offset points",
-        )
-    front = [rows[i] for i in pareto_front(rows)]
-    if front:
-        xs, ys = [front[0]["median_ms"]], [front[0]["auc"]]
-        for r in front[1:]:
-            xs += [r["median_ms"], r["median_ms"]]
-            ys += [ys[-1], r["auc"]]
-        ax.plot(xs, ys, "k--", lw=1, label="Pareto front")
-        for r in front:
-            ax.annotate(
-                f"{r['model']}/{r['variant']} t{r['threads']}",
-                (r["median_ms"], r["auc"]),
-                fontsize=7,
-                xytext=(5, 5),
-                textcoords="offset points",
-            )
+        _plot_point(ax, r, MARKERS[models.index(r["model"]) % len(MARKERS)], scale)
+    _plot_front(ax, [rows[i] for i in pareto_front(rows)])
     ax.set_xscale("log")
     ax.set_xlabel("median latency per image, ms (log; bars: IQR)")
     ax.set_ylabel("ROC AUC on the test split")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(handles=_pareto_legend(pts, models), fontsize=7, loc="best")
+    ax.set_title(
+        f"latency vs accuracy (marker area proportional to file size; largest {max_mb:.1f} MB)",
+        fontsize=9,
+    )
+    return save_png(fig, path)
+
+
+def _variant_color(variant: str) -> str:
+    """The plot colour of a variant (its name before any ':'), olive for unknown ones."""
+    return COLORS.get(variant.split(":")[0], "#bcbd22")
+
+
+def _plot_point(ax: Any, r: dict[str, Any], marker: str, scale: float) -> None:
+    """One row on the Pareto plot: IQR error bar, marker sized by file MB, thread label."""
+    c = _variant_color(r["variant"])
+    ax.errorbar(
+        r["median_ms"],
+        r["auc"],
+        xerr=[[r["median_ms"] - r["q25_ms"]], [r["q75_ms"] - r["median_ms"]]],
+        fmt="none",
+        ecolor=c,
+        alpha=0.6,
+        lw=1,
+    )
+    ax.scatter(
+        r["median_ms"],
+        r["auc"],
+        s=max(scale * r["file_mb"], 6.0),
+        c=c,
+        marker=marker,
+        alpha=0.55,
+        edgecolors="black" if r.get("pareto") else c,
+        linewidths=1.2,
+    )
+    ax.annotate(
+        f"t{r['threads']}",
+        (r["median_ms"], r["auc"]),
+        fontsize=6,
+        xytext=(3, -8),
+        textcoords="offset points",
+    )
+
+
+def _plot_front(ax: Any, front: Sequence[dict[str, Any]]) -> None:
+    """The Pareto front (rows fastest first) as a dashed step line with a label per row."""
+    if not front:
+        return
+    xs, ys = [front[0]["median_ms"]], [front[0]["auc"]]
+    for r in front[1:]:
+        xs += [r["median_ms"], r["median_ms"]]
+        ys += [ys[-1], r["auc"]]
+    ax.plot(xs, ys, "k--", lw=1, label="Pareto front")
+    for r in front:
+        ax.annotate(
+            f"{r['model']}/{r['variant']} t{r['threads']}",
+            (r["median_ms"], r["auc"]),
+            fontsize=7,
+            xytext=(5, 5),
+            textcoords="offset points",
+        )
+
+
+def _pareto_legend(pts: Sequence[dict[str, Any]], models: Sequence[str]) -> list[Any]:
+    """Legend handles: one colour per plotted variant, one marker shape per model, the front."""
+    from matplotlib.lines import Line2D
+
     handles = [
-        Line2D([], [], ls="", marker="o", color=COLORS.get(v.split(":")[0], "#bcbd22"), label=v)
+        Line2D([], [], ls="", marker="o", color=_variant_color(v), label=v)
         for v in dict.fromkeys(r["variant"] for r in pts)
     ]
     handles += [
@@ -436,12 +467,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         for i, m in enumerate(models)
     ]
     handles += [Line2D([], [], ls="--", color="black", label="Pareto front")]
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_title(
-        f"latency vs accuracy (marker area proportional to file size; largest {max_mb:.1f} MB)",
-        fontsize=9,
-    )
-    return save_png(fig, path)
+    return handles
 
 
 def plot_latency(results: dict[str, Any], path: Path) -> Path:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dermedge.convert import VARIANTS, ConvertError, parse_quant
 from dermedge.edge.runtime import EdgeError
 
+if TYPE_CHECKING:
+    from dermedge.convert import pipeline
+
 EXIT_GATE_FAILED = 3
+# gate.Tolerances' fields, in order, as command-line option names
+_TOLERANCES = ("max_auc_drop", "max_acc_drop", "max_sens_drop", "min_agreement")
+# options passed to pipeline.Options unchanged
+_OPTIONS_AS_GIVEN = (
+    "calib_images",
+    "allow_float_fallback",
+    "data",
+    "card",
+    "out",
+    "threads",
+    "seed",
+    "rethreshold",
+)
 
 
 @click.command("convert")
@@ -116,28 +133,7 @@ EXIT_GATE_FAILED = 3
     is_flag=True,
     help="With --add-guard: fit on a split other than the one the card records.",
 )
-def convert(
-    run_or_model: str | None,
-    quant: str,
-    io_type: str,
-    calib_images: int,
-    max_auc_drop: float,
-    max_acc_drop: float,
-    max_sens_drop: float,
-    min_agreement: float,
-    allow_float_fallback: bool,
-    data: str | None,
-    card: str | None,
-    out: str | None,
-    rethreshold: bool,
-    threads: int | None,
-    seed: int,
-    inspect_path: str | None,
-    as_json: bool,
-    guard_path: str | None,
-    no_guard: bool,
-    force: bool,
-) -> None:
+def convert(run_or_model: str | None, **opts: Any) -> None:
     """Convert a trained model to TFLite (fp32, fp16, dynamic, int8) behind an accuracy gate.
 
     \b
@@ -151,34 +147,16 @@ def convert(
     dermedge convert --inspect runs/convert/lite0-isic/model_int8.tflite
     """
     try:
-        if inspect_path:
-            _inspect(inspect_path, as_json)
-            return
-        if guard_path:
-            _add_guard(guard_path, data, out, seed, force)
-            return
-        if not run_or_model:
+        if opts["inspect_path"]:
+            _inspect(opts["inspect_path"], opts["as_json"])
+        elif opts["guard_path"]:
+            _add_guard(opts["guard_path"], opts["data"], opts["out"], opts["seed"], opts["force"])
+        elif not run_or_model:
             raise ConvertError(
                 "give a training run folder or a .keras model (or --inspect FILE.tflite)"
             )
-        _convert(
-            run_or_model,
-            quant,
-            io_type,
-            calib_images,
-            max_auc_drop,
-            max_acc_drop,
-            max_sens_drop,
-            min_agreement,
-            allow_float_fallback,
-            data,
-            card,
-            out,
-            threads,
-            seed,
-            rethreshold,
-            not no_guard,
-        )
+        else:
+            _convert(run_or_model, opts)
     except ConvertError as e:
         raise click.ClickException(str(e)) from None
     except (ValueError, EdgeError) as e:  # a card or model file the edge code refuses
@@ -211,46 +189,12 @@ def _inspect(path: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspect(info))
 
 
-def _convert(
-    arg: str,
-    quant: str,
-    io_type: str,
-    calib_images: int,
-    max_auc_drop: float,
-    max_acc_drop: float,
-    max_sens_drop: float,
-    min_agreement: float,
-    allow_float_fallback: bool,
-    data: str | None,
-    card: str | None,
-    out: str | None,
-    threads: int | None,
-    seed: int,
-    rethreshold: bool = True,
-    guard: bool = True,
-) -> None:
+def _convert(arg: str, opts: dict[str, Any]) -> None:
+    """Convert and gate `arg` with the command's options; print the report and any failures."""
     from dermedge import DISCLAIMER
-    from dermedge.convert import gate, pipeline
+    from dermedge.convert import pipeline
 
-    try:
-        tol = gate.Tolerances(max_auc_drop, max_acc_drop, max_sens_drop, min_agreement)
-    except ValueError as e:
-        raise ConvertError(str(e)) from None
-    opts = pipeline.Options(
-        quant=parse_quant(quant),
-        io=io_type,
-        calib_images=calib_images,
-        tolerances=tol,
-        allow_float_fallback=allow_float_fallback,
-        data=data,
-        card=card,
-        out=out,
-        threads=threads,
-        seed=seed,
-        rethreshold=rethreshold,
-        guard=guard,
-    )
-    res = pipeline.run(arg, opts)
+    res = pipeline.run(arg, _pipeline_options(opts))
     click.echo(res.markdown)
     click.echo(
         f"written to {res.out_dir}/ (report.md, report.json"
@@ -259,15 +203,39 @@ def _convert(
     )
     click.echo(DISCLAIMER)
     if not res.passed:
-        contract = res.report.get("contract_failures", [])
-        for f in contract:
-            click.echo(f"GATE FAILED (every variant): {f}", err=True)
-        if contract:
-            click.echo(f"  try: {gate.advice('', contract)}", err=True)
-        for r in res.rows:
-            own = [f for f in r.get("failures", []) if f not in contract]
-            for f in own:
-                click.echo(f"GATE FAILED {r['variant']}: {f}", err=True)
-            if own and r.get("advice"):
-                click.echo(f"  try: {r['advice']}", err=True)
+        _echo_gate_failures(res)
         click.get_current_context().exit(EXIT_GATE_FAILED)
+
+
+def _pipeline_options(opts: dict[str, Any]) -> pipeline.Options:
+    """The conversion options the command line asks for (gate tolerances checked first)."""
+    from dermedge.convert import gate, pipeline
+
+    try:
+        tol = gate.Tolerances(*(opts[k] for k in _TOLERANCES))
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    return pipeline.Options(
+        quant=parse_quant(opts["quant"]),
+        io=opts["io_type"],
+        tolerances=tol,
+        guard=not opts["no_guard"],
+        **{k: opts[k] for k in _OPTIONS_AS_GIVEN},
+    )
+
+
+def _echo_gate_failures(res: pipeline.Result) -> None:
+    """Print to stderr why the gate refused: contract failures, then each variant's own."""
+    from dermedge.convert import gate
+
+    contract = res.report.get("contract_failures", [])
+    for f in contract:
+        click.echo(f"GATE FAILED (every variant): {f}", err=True)
+    if contract:
+        click.echo(f"  try: {gate.advice('', contract)}", err=True)
+    for r in res.rows:
+        own = [f for f in r.get("failures", []) if f not in contract]
+        for f in own:
+            click.echo(f"GATE FAILED {r['variant']}: {f}", err=True)
+        if own and r.get("advice"):
+            click.echo(f"  try: {r['advice']}", err=True)

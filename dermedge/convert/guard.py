@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dermedge.convert import FEATURES, ConvertError
 from dermedge.convert.quantize import op_names, schema
 from dermedge.data.split import split_counts
+
+if TYPE_CHECKING:
+    from dermedge.edge.guard import Guard
 
 _PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "LOGISTIC", "SOFTMAX", "RESHAPE"}
 
@@ -159,49 +162,22 @@ def add_guard(
 ) -> dict[str, Any]:
     """Write `<out_dir>/<model name>` with the guard and `guard.json`; return the summary. A
     guarded model is guarded again in place of its old guard."""
-    from dermedge.convert.pipeline import load_split  # the gate's loader: reports bad files
     from dermedge.data.io import atomic_write_bytes, atomic_write_text
-    from dermedge.data.manifest import read_manifest
     from dermedge.edge import guard as g
     from dermedge.edge.card import embed_card, read_card
-    from dermedge.edge.runtime import EdgeModel
 
     src = Path(model_path)
     card = read_card(src)
     if not card:
         raise ConvertError(f"{src}: no model card: convert it with dermedge first")
-    records = read_manifest(manifest)
-    mismatch = split_mismatch(card, records, manifest)
-    if mismatch and not force:
-        raise ConvertError(f"{mismatch}: give the model's own split (or --force)")
-    train = _sample([r for r in records if r.split == "train"], max_train, seed)
-    val = [r for r in records if r.split == "val"]
+    train, val, mismatch = _guard_split(card, manifest, max_train, seed, force)
     data, dim = add_feature_output(src.read_bytes())
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (src.stem + ".features.tflite")
     atomic_write_bytes(tmp, data)
-    model = EdgeModel(tmp)
-    xt, yt, _ = load_split(train, "train", model.contract, "guard: train images")
-    xv, yv, _ = load_split(val, "val", model.contract, "guard: val images")
-    _, ft = model.predict_features(xt)
-    pv, fv = model.predict_features(xv)
-    if ft is None or fv is None:  # add_feature_output gave the model one: it did not load
-        raise ConvertError(f"{tmp.name}: the edge runtime finds no feature output in it")
-    same = np.array_equal(pv, EdgeModel(src).predict(xv))
-    if not same:
-        raise ConvertError("the guarded model's probabilities differ from the source model's")
+    ft, yt, fv, yv = _split_features(tmp, src, train, val)
     guard = g.fit(ft, yt, fv)
-    summary = {
-        "train_images": len(yt),
-        "val_images": len(yv),
-        "dim": dim,
-        "k": guard.components.shape[0],
-        "cutoff": guard.cutoff,
-        "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
-        "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
-        "probabilities_identical_on_val": same,
-        "manifest": str(manifest),
-    }
+    summary = _guard_summary(guard, ft, fv, len(yt), len(yv), dim, manifest)
     if mismatch:
         summary["warning"] = f"forced: {mismatch}"
     if "guard" in card:
@@ -212,3 +188,56 @@ def add_guard(
     tmp.unlink()
     atomic_write_text(out_dir / "guard.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "model": str(out)}
+
+
+def _guard_split(
+    card: dict[str, Any], manifest: str, max_train: int, seed: int, force: bool
+) -> tuple[list[Any], list[Any], str | None]:
+    """The manifest's train sample and val records, and why it is not the card's split (or None);
+    refused unless `force` when it is not."""
+    from dermedge.data.manifest import read_manifest
+
+    records = read_manifest(manifest)
+    mismatch = split_mismatch(card, records, manifest)
+    if mismatch and not force:
+        raise ConvertError(f"{mismatch}: give the model's own split (or --force)")
+    train = _sample([r for r in records if r.split == "train"], max_train, seed)
+    val = [r for r in records if r.split == "val"]
+    return train, val, mismatch
+
+
+def _split_features(
+    tmp: Path, src: Path, train: list[Any], val: list[Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train and val features and labels through the feature model `tmp`, after checking that
+    its val probabilities are those of the source model, bit for bit."""
+    from dermedge.convert.pipeline import load_split  # the gate's loader: reports bad files
+    from dermedge.edge.runtime import EdgeModel
+
+    model = EdgeModel(tmp)
+    xt, yt, _ = load_split(train, "train", model.contract, "guard: train images")
+    xv, yv, _ = load_split(val, "val", model.contract, "guard: val images")
+    _, ft = model.predict_features(xt)
+    pv, fv = model.predict_features(xv)
+    if ft is None or fv is None:  # add_feature_output gave the model one: it did not load
+        raise ConvertError(f"{tmp.name}: the edge runtime finds no feature output in it")
+    if not np.array_equal(pv, EdgeModel(src).predict(xv)):
+        raise ConvertError("the guarded model's probabilities differ from the source model's")
+    return ft, yt, fv, yv
+
+
+def _guard_summary(
+    guard: Guard, ft: np.ndarray, fv: np.ndarray, n_train: int, n_val: int, dim: int, manifest: str
+) -> dict[str, Any]:
+    """What guard.json and the card record about the fit."""
+    return {
+        "train_images": n_train,
+        "val_images": n_val,
+        "dim": dim,
+        "k": guard.components.shape[0],
+        "cutoff": guard.cutoff,
+        "val_pass_rate": float(np.mean(guard.score(fv) <= guard.cutoff)),
+        "train_pass_rate": float(np.mean(guard.score(ft) <= guard.cutoff)),
+        "probabilities_identical_on_val": True,  # _split_features refuses any difference
+        "manifest": str(manifest),
+    }

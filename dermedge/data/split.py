@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dermedge.data.analysis import Analysis, leakage
-from dermedge.data.dedup import hash_files, near_duplicates
+from dermedge.data.dedup import FileHash, hash_files, near_duplicates
 from dermedge.data.index import Index, Record
 from dermedge.data.io import atomic_write_text
 
@@ -146,6 +146,27 @@ def extend_split(
         raise ValueError(
             f"{len(bad)} images of the base manifest are unreadable, e.g. {next(iter(bad))}"
         )
+    added, dropped = _screen_extras(base, base_hashes, extra)
+    if own_splits:
+        groups: dict[str, list[Record]] = defaultdict(list)
+        for r in added:
+            groups[r.group or r.path].append(r)
+        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
+    records = [Record(r.path, r.label, r.source, r.group, r.split, r.dx) for r in base] + added
+    fractions: dict[str, float | str] = (
+        {"train": "base+extra", "val": f"base+extra {val}", "test": f"base+extra {test}"}
+        if own_splits
+        else {"train": "base+extra", "val": "base", "test": "base"}
+    )
+    return Split(
+        records, "extend-splits" if own_splits else "extend", seed, fractions, dropped
+    ), _combined_analysis(base, extra, records, base_hashes)
+
+
+def _screen_extras(
+    base: list[Record], base_hashes: dict[str, FileHash], extra: Analysis
+) -> tuple[list[Record], list[dict[str, str]]]:
+    """The extra records that may join the base (as train), and those left out with the reason."""
     extras = list(extra.records)
     pairs = near_duplicates(
         [extra.hashes[r.path] for r in extras], [base_hashes[r.path] for r in base]
@@ -156,7 +177,6 @@ def extend_split(
     for i, j, _ in pairs:
         split_of_group[extras[i].group or extras[i].path].add(base[j].split or "train")
         twin[extras[i].path] = base[j]
-    records = [Record(r.path, r.label, r.source, r.group, r.split, r.dx) for r in base]
     added: list[Record] = []
     dropped: list[dict[str, str]] = []
     conflicted = {p for paths in extra.label_conflicts for p in paths}
@@ -173,27 +193,20 @@ def extend_split(
         else:
             group = f"{extra.index.layout}:{r.group}" if r.group and ":" not in r.group else r.group
             added.append(Record(r.path, r.label, r.source, group, "train", r.dx))
-    if own_splits:
-        groups: dict[str, list[Record]] = defaultdict(list)
-        for r in added:
-            groups[r.group or r.path].append(r)
-        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
-    records += added
+    return added, dropped
+
+
+def _combined_analysis(
+    base: list[Record], extra: Analysis, records: list[Record], base_hashes: dict[str, FileHash]
+) -> Analysis:
+    """An Analysis of base + extra records, rooted at the two datasets' common folder."""
     roots = [Path(os.path.commonpath([r.path for r in base])), Path(extra.index.root)]
-    combined = Analysis(
+    return Analysis(
         Index(os.path.commonpath([str(p) for p in roots]), "combined"),
         records,
         {**base_hashes, **extra.hashes},
         link_source=extra.index.root,
     )
-    fractions: dict[str, float | str] = (
-        {"train": "base+extra", "val": f"base+extra {val}", "test": f"base+extra {test}"}
-        if own_splits
-        else {"train": "base+extra", "val": "base", "test": "base"}
-    )
-    return Split(
-        records, "extend-splits" if own_splits else "extend", seed, fractions, dropped
-    ), combined
 
 
 def _relative(path: str, root: Path) -> str:

@@ -12,7 +12,7 @@ import click
 
 from dermedge.data.contract import COLOR_CONSTANCY, CROPS
 from dermedge.train.choices import ARCHS, AUGMENTS
-from dermedge.train.trainer import BALANCES, CACHES, STRATEGIES, THRESHOLD_POOLS, TrainConfig
+from dermedge.train.config import BALANCES, CACHES, STRATEGIES, THRESHOLD_POOLS, TrainConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -192,40 +192,7 @@ def _fail(e: BaseException) -> click.ClickException:
     help="float16 compute on GPUs (bfloat16 on CPUs), float32 weights; the saved model is float32.",
 )
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
-def train(
-    data: str,
-    arch: str,
-    weights: str,
-    img_size: int,
-    crop: str,
-    color_constancy: str,
-    epochs: int,
-    fine_tune_epochs: int,
-    unfreeze_blocks: int,
-    batch: int,
-    lr: float,
-    fine_tune_lr: float | None,
-    seed: int,
-    name: str | None,
-    exist_ok: bool,
-    resume: bool,
-    strategy: str,
-    target_sensitivity: float,
-    sensitivity_margin: float,
-    patience: int,
-    augmentation: str,
-    no_augment: bool,
-    threshold_pool: str,
-    no_deterministic: bool,
-    dropout: float,
-    label_smoothing: float,
-    balance: str,
-    n_boot: int,
-    cache: str,
-    cache_dir: str | None,
-    mixed_precision: bool,
-    quiet: bool,
-) -> None:
+def train(**opts: Any) -> None:
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.
 
     Writes runs/train/NAME/: model.keras, manifest.csv/json, history.csv, curves.png,
@@ -234,42 +201,23 @@ def train(
     from dermedge.train.trainer import TrainError
     from dermedge.train.trainer import train as run_train
 
-    cfg = TrainConfig(
-        data=data,
-        arch=arch,
-        weights=None if weights.lower() == "none" else weights,
-        img_size=img_size,
-        crop=crop,
-        color_constancy=color_constancy,
-        epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        unfreeze_blocks=unfreeze_blocks,
-        batch=batch,
-        lr=lr,
-        fine_tune_lr=fine_tune_lr,
-        seed=seed,
-        name=name,
-        strategy=strategy,
-        target_sensitivity=target_sensitivity,
-        sensitivity_margin=sensitivity_margin,
-        patience=patience,
-        augment=not no_augment,
-        augmentation=augmentation,
-        threshold_pool=threshold_pool,
-        deterministic=not no_deterministic,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        balance=balance,
-        n_boot=n_boot,
-        cache=cache,
-        cache_dir=cache_dir,
-        mixed_precision=mixed_precision,
-    )
+    resume, exist_ok, quiet = opts.pop("resume"), opts.pop("exist_ok"), opts.pop("quiet")
     try:
-        res = run_train(cfg, resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1)
+        res = run_train(
+            _train_config(opts), resume=resume, exist_ok=exist_ok, verbose=2 if quiet else 1
+        )
     except (TrainError, FileNotFoundError, ValueError, OSError) as e:
         raise _fail(e) from e
     click.echo(f"run folder: {res.run_dir}")
+
+
+def _train_config(opts: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of `train`'s options (each option is a TrainConfig field, or its negation)."""
+    weights = opts.pop("weights")
+    opts["weights"] = None if weights.lower() == "none" else weights
+    opts["augment"] = not opts.pop("no_augment")
+    opts["deterministic"] = not opts.pop("no_deterministic")
+    return TrainConfig(**opts)
 
 
 def _resolve_model(target: str) -> tuple[Path, Path | None]:
@@ -365,25 +313,7 @@ def evaluate(
     except TrainError as e:
         raise _fail(e) from e
     if external:
-        from click.core import ParameterSource
-
-        from dermedge.train.external import evaluate_external
-
-        split_given = ctx.get_parameter_source("split") == ParameterSource.COMMANDLINE
-        evaluate_external(
-            model_path,
-            run_dir,
-            card,
-            records,
-            source,
-            split if split_given else None,
-            threshold,
-            out,
-            train_manifest,
-            allow_overlap,
-            n_boot,
-            batch,
-        )
+        _evaluate_external(ctx, model_path, run_dir, card, records, source)
         return
     out_dir = _eval_dir(out, run_dir, model_path, data, split, source)
     extra = {"data": source, "manifest_sha256": manifest_sha256(csv_path) if csv_path else None}
@@ -394,6 +324,37 @@ def evaluate(
     except (TrainError, ValueError, OSError) as e:
         raise _fail(e) from e
     _echo_report(report, model_path, source, out_dir, card is None)
+
+
+def _evaluate_external(
+    ctx: click.Context,
+    model_path: Path,
+    run_dir: Path | None,
+    card: dict[str, Any] | None,
+    records: list[Any],
+    source: str,
+) -> None:
+    """`evaluate --external`: the rest of its options are read from the command's parameters."""
+    from click.core import ParameterSource
+
+    from dermedge.train.external import evaluate_external
+
+    p = ctx.params
+    split_given = ctx.get_parameter_source("split") == ParameterSource.COMMANDLINE
+    evaluate_external(
+        model_path,
+        run_dir,
+        card,
+        records,
+        source,
+        p["split"] if split_given else None,
+        p["threshold"],
+        p["out"],
+        p["train_manifest"],
+        p["allow_overlap"],
+        p["n_boot"],
+        p["batch"],
+    )
 
 
 def _model_card(model_path: Path, run_dir: Path | None) -> dict[str, Any] | None:

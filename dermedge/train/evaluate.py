@@ -224,6 +224,25 @@ def evaluate_predictions(
     """Metrics with bootstrap CIs at `threshold` and at 0.5, calibration, and (with `out_dir`)
     `metrics.json`, `predictions.csv`, and confusion/ROC/PR/reliability PNGs written there."""
     y, p = label_arrays(y_true, prob)
+    report = _metrics_report(y, p, threshold, n_boot, seed)
+    if extra:
+        report.update(extra)
+    report = clean_json(report)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = _report_plots(y, p, threshold, report["calibration"], out, title)
+        report["plots"] = {k: v.name for k, v in plots.items()}
+        if paths is not None:
+            atomic_write_text(out / "predictions.csv", _predictions_csv(paths, y, p))
+        atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
+    return report
+
+
+def _metrics_report(
+    y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Counts, metrics with bootstrap CIs at `threshold` and at 0.5, and calibration."""
     report: dict[str, Any] = {
         "n": int(y.size),
         "positives": int(y.sum()),
@@ -244,33 +263,33 @@ def evaluate_predictions(
         "seed": int(seed),
         "method": "percentile, stratified",
     }
-    if extra:
-        report.update(extra)
-    report = clean_json(report)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        op = {"threshold": float(threshold)}
-        plots = {
-            "confusion_matrix": plot_confusion(
-                confusion(y, p, threshold),
-                out / "confusion_matrix.png",
-                f"{title} confusion at t={threshold:.3f}".strip(),
-            ),
-            "roc": plot_roc(y, p, out / "roc.png", op, f"{title} ROC".strip()),
-            "pr": plot_pr(y, p, out / "pr.png", op, f"{title} precision-recall".strip()),
-            "reliability": plot_reliability(report["calibration"], out / "reliability.png"),
-        }
-        report["plots"] = {k: v.name for k, v in plots.items()}
-        if paths is not None:
-            lines = ["path,label,prob_malignant"]
-            lines += [
-                f"{q},{'malignant' if t else 'benign'},{v:.6f}"
-                for q, t, v in zip(paths, y, p, strict=True)
-            ]
-            atomic_write_text(out / "predictions.csv", "\n".join(lines) + "\n")
-        atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
     return report
+
+
+def _report_plots(
+    y: np.ndarray, p: np.ndarray, threshold: float, cal: dict[str, Any], out: Path, title: str
+) -> dict[str, Path]:
+    """The confusion, ROC, PR and reliability PNGs of the report, written under `out`."""
+    op = {"threshold": float(threshold)}
+    return {
+        "confusion_matrix": plot_confusion(
+            confusion(y, p, threshold),
+            out / "confusion_matrix.png",
+            f"{title} confusion at t={threshold:.3f}".strip(),
+        ),
+        "roc": plot_roc(y, p, out / "roc.png", op, f"{title} ROC".strip()),
+        "pr": plot_pr(y, p, out / "pr.png", op, f"{title} precision-recall".strip()),
+        "reliability": plot_reliability(cal, out / "reliability.png"),
+    }
+
+
+def _predictions_csv(paths: Sequence[str], y: np.ndarray, p: np.ndarray) -> str:
+    """predictions.csv: each image's path, true label and P(malignant)."""
+    lines = ["path,label,prob_malignant"]
+    lines += [
+        f"{q},{'malignant' if t else 'benign'},{v:.6f}" for q, t, v in zip(paths, y, p, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt_ci(v: float | None, ci: Sequence[float | None] | None) -> str:

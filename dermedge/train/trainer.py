@@ -11,9 +11,7 @@ Every file is written atomically, so killing the process at any point leaves a r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,134 +24,44 @@ import numpy as np
 
 from dermedge.data.contract import InputContract
 from dermedge.data.index import Record
-from dermedge.data.io import atomic_write_bytes, atomic_write_text
+from dermedge.data.io import atomic_write_bytes
 from dermedge.data.manifest import ManifestError, manifest_sha256, read_manifest
 from dermedge.metrics import clean_json
 from dermedge.runs import format_table, new_run_dir, runs_root
 from dermedge.train import evaluate as ev
 from dermedge.train.card import make_card, write_card
-
-STRATEGIES = ("default", "mirrored", "multiworker")
-THRESHOLD_POOLS = ("worst-source", "pooled")
-BALANCES = ("class", "source")
-CACHES = ("auto", "memory", "stream")
-STREAM_ABOVE_BYTES = 2 * 2**30  # cache "auto" streams a train split whose pixels exceed this
-STATE = "state.json"
-
-
-class TrainError(RuntimeError):
-    """A user-facing training problem (bad data, bad flags, nothing to resume); one-line message."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as config.json and reused by --resume."""
-
-    data: str
-    arch: str = "efficientnet_lite0"  # train/choices.py ARCHS
-    weights: str | None = "imagenet"
-    img_size: int = 224
-    crop: str = "squash"
-    color_constancy: str = "none"  # contract.COLOR_CONSTANCY; old config.json files mean "none"
-    epochs: int = 10  # frozen-backbone phase for pretrained backbones, else all epochs
-    fine_tune_epochs: int = 10
-    unfreeze_blocks: int = 6
-    batch: int = 32
-    lr: float = 1e-3
-    fine_tune_lr: float | None = None  # default lr / 10
-    seed: int = 0
-    name: str | None = None
-    strategy: str = "default"
-    target_sensitivity: float = 0.95
-    sensitivity_margin: float = 1.0  # binomial SEs added to the target when choosing on val
-    patience: int = 5
-    augment: bool = True
-    augmentation: str = "basic"  # basic | field | none (train/data.py AUGMENTS)
-    threshold_pool: str = "worst-source"  # worst-source: the target met in every val source; pooled
-    deterministic: bool = True
-    dropout: float = 0.2
-    label_smoothing: float = 0.0
-    balance: str = (
-        "class"  # class: one global class balance; source: classes balanced per source dataset
-    )
-    n_boot: int = 2000
-    cache_dir: str | None = None
-    cache: str = "auto"  # CACHES: decoded pixels in memory, streamed from shards, or auto by size
-    mixed_precision: bool = False  # float16 compute on GPUs (bfloat16 on CPU); weights float32
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def phases(self) -> list[dict[str, Any]]:
-        """[{name, epochs, unfreeze, lr}]: frozen + fine-tune for a pretrained backbone, else one."""
-        from dermedge.train.models import PRETRAINED
-
-        ft_lr = self.fine_tune_lr if self.fine_tune_lr is not None else self.lr / 10
-        if self.arch in PRETRAINED and self.weights not in (None, "none"):
-            out = []  # epochs 0: no frozen phase (continuing from trained weights)
-            if self.epochs > 0:
-                out.append({"name": "frozen", "epochs": self.epochs, "unfreeze": 0, "lr": self.lr})
-            if self.fine_tune_epochs > 0:
-                out.append(
-                    {
-                        "name": "finetune",
-                        "epochs": self.fine_tune_epochs,
-                        "unfreeze": self.unfreeze_blocks,
-                        "lr": ft_lr,
-                    }
-                )
-            return out
-        return [{"name": "train", "epochs": self.epochs, "unfreeze": None, "lr": self.lr}]
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def _log(msg: str) -> None:
-    print(f"[dermedge] {msg}", flush=True)
-
-
-def _save_keras(model: Any, path: Path) -> None:
-    """model.save into a temporary `.keras` beside `path`, then one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp) if path.suffix == ".keras" else model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _load_weights(model: Any, path: Path) -> None:
-    """Load model weights saved by `_save_keras`; the optimizer slots they carry are not needed."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
-        model.load_weights(path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(clean_json(obj), indent=2) + "\n")
-
-
-def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
-    """history.csv (one row per epoch, all phases) and curves.png."""
-    if not history:
-        return
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    lines = [",".join(keys)]
-    for row in history:
-        cells = []
-        for k in keys:
-            v = row.get(k, "")
-            cells.append(f"{v:.6g}" if isinstance(v, float) else str(v))
-        lines.append(",".join(cells))
-    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
-    ev.plot_history(history, run_dir / "curves.png")
+from dermedge.train.config import (
+    BALANCES,
+    CACHES,
+    STRATEGIES,
+    STREAM_ABOVE_BYTES,
+    THRESHOLD_POOLS,
+    TrainConfig,
+    TrainError,
+    check_config,
+)
+from dermedge.train.distributed import (
+    distributed_input,
+    fit_multiworker,
+    is_chief,
+    make_strategy,
+    precision,
+    precision_policy,
+    weights_digest,
+    worker_dir,
+)
+from dermedge.train.model_eval import evaluate_model, predict
+from dermedge.train.run_state import (
+    STATE,
+    RunState,
+    load_weights,
+    log,
+    save_keras,
+    state_callback,
+    write_history,
+    write_json,
+    write_state,
+)
 
 
 def _is_manifest(p: Path) -> bool:
@@ -185,7 +93,7 @@ def resolve_records(
             if meta.is_file():
                 atomic_write_bytes(run_dir / "manifest.json", meta.read_bytes())
             else:  # keep the data root findable from the copy
-                _write_json(run_dir / "manifest.json", {"root": str(csv_path.parent.resolve())})
+                write_json(run_dir / "manifest.json", {"root": str(csv_path.parent.resolve())})
             csv_path = run_dir / "manifest.csv"
         return records, csv_path
     if not p.is_dir():
@@ -202,7 +110,7 @@ def resolve_records(
         raise TrainError(f"--data {data}: {e}") from e
     if not split_dataset:
         return index.records, None
-    _log(f"{data} is a dataset folder: analysing it and writing a leakage-free split (seed {seed})")
+    log(f"{data} is a dataset folder: analysing it and writing a leakage-free split (seed {seed})")
     analysis = analyse(index)
     try:
         split = make_split(analysis, seed=seed)
@@ -211,59 +119,6 @@ def resolve_records(
     out = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="dermedge-split-"))
     csv_path = write_manifest(split, analysis, out)
     return read_manifest(csv_path), csv_path
-
-
-def _strategy(name: str) -> Any:
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise TrainError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
-
-
-def _is_chief() -> bool:
-    cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = cfg.get("task") or {}
-    return task.get("type", "chief") == "chief" or (
-        task.get("type") == "worker"
-        and task.get("index", 0) == 0
-        and "chief" not in cfg.get("cluster", {})
-    )
-
-
-def precision_policy(mixed: bool) -> str:
-    """The Keras dtype policy of a run: mixed float16 on GPUs, mixed bfloat16 on CPUs (which
-    have no fast float16), else float32. Weights stay float32 in every case."""
-    if not mixed:
-        return "float32"
-    import tensorflow as tf
-
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-
-
-@contextlib.contextmanager
-def _precision(mixed: bool) -> Any:
-    """Train under the run's dtype policy; the saved model is rebuilt in float32 afterwards (so it
-    converts to TFLite as any other), since only the compute dtype differed."""
-    import keras
-
-    before = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(precision_policy(mixed))
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(before)
-
-
-def _worker_dir() -> Path:
-    """A non-chief worker's scratch run folder (the chief alone writes the run; TF's rule)."""
-    return Path(tempfile.mkdtemp(prefix="dermedge-worker-"))
 
 
 def _set_determinism(seed: int, deterministic: bool) -> None:
@@ -276,105 +131,6 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
             tf.config.experimental.enable_op_determinism()
 
 
-# --- the training loop --------------------------------------------------------------------------
-
-
-class RunState:
-    """Per-epoch bookkeeping of a phase: history row, best weights on val AUC, a full checkpoint
-    with state.json, and early stopping. A Keras callback (made by `_state_callback`)."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        state: dict[str, Any],
-        phase_idx: int,
-        phase: dict[str, Any],
-        patience: int,
-        chief: bool,
-        t_start: float,
-    ) -> None:
-        self.run_dir, self.ckpt = run_dir, run_dir / "checkpoints"
-        self.state, self.phase_idx, self.phase = state, phase_idx, phase
-        self.patience, self.chief, self.t_start = patience, chief, t_start
-        self.t0 = time.time()
-
-    def begin(self, epoch: int) -> None:
-        """Log the epoch and start its clock."""
-        self.t0 = time.time()
-        _log(
-            f"phase {self.phase['name']}: epoch {epoch + 1}/{self.phase['epochs']} "
-            f"(run epoch {self.state['epochs_done'] + 1})"
-        )
-
-    def end(self, model: Any, epoch: int, logs: dict[str, Any]) -> None:
-        """Record the epoch, keep the best weights, checkpoint, and stop early if val AUC stalls."""
-        row = self._history_row(model, epoch, logs)
-        self.state["history"].append(row)
-        self.state["epochs_done"] += 1
-        self.state["phase"], self.state["phase_epoch"] = self.phase_idx, epoch + 1
-        self._track_best(model, logs.get("val_auc"), row["epoch"])
-        last = self.phase["epochs"] == epoch + 1
-        if self.state["wait"] >= self.patience and not last:
-            _log(f"early stop: val AUC has not improved for {self.patience} epochs")
-            self.state["stopped_early"].append(self.phase["name"])
-            model.stop_training = True
-        if last or model.stop_training:
-            self.state["phases_done"] = self.phase_idx + 1
-        self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.time() - self.t_start
-        if self.chief:
-            self._checkpoint(model)
-
-    def _history_row(self, model: Any, epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "epoch": self.state["epochs_done"] + 1,
-            "phase": self.phase["name"],
-            "phase_epoch": epoch + 1,
-        }
-        row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
-        row["lr"] = float(np.asarray(model.optimizer.learning_rate))
-        row["seconds"] = round(time.time() - self.t0, 2)
-        return row
-
-    def _track_best(self, model: Any, auc: float | None, epoch: int) -> None:
-        best = self.state.get("best_val_auc")
-        if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
-            self.state.update(best_val_auc=float(auc), best_epoch=epoch, wait=0)
-            if self.chief:
-                _save_keras(model, self.ckpt / "best.weights.h5")
-        else:
-            self.state["wait"] = self.state.get("wait", 0) + 1
-
-    def _checkpoint(self, model: Any) -> None:
-        """epoch-N.keras, then state.json naming it, then the previous checkpoint is removed."""
-        name = f"epoch-{self.state['epochs_done']}.keras"
-        _save_keras(model, self.ckpt / name)
-        old = self.state.get("last_checkpoint")
-        self.state["last_checkpoint"] = name
-        _write_state(self.ckpt, self.state)
-        if old and old != name:
-            with contextlib.suppress(OSError):
-                (self.ckpt / old).unlink()
-        write_history(self.state["history"], self.run_dir)
-
-
-def _state_callback(run_state: RunState) -> Any:
-    """`run_state` as a Keras callback (Keras is imported only when training)."""
-    import keras
-
-    class _Callback(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            run_state.begin(epoch)
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            run_state.end(self.model, epoch, dict(logs or {}))
-
-    return _Callback()
-
-
-def _write_state(ckpt: Path, state: dict[str, Any]) -> None:
-    _write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})
-
-
 def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
     import keras
 
@@ -384,23 +140,6 @@ def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
-
-
-def weights_digest(model: Any) -> str:
-    """A short digest of the trainable weights: workers kept in sync by all-reduce agree on it."""
-    digest = hashlib.sha256()
-    for w in model.trainable_weights:
-        digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def predict(model: Any, x: Any, batch: int = 64) -> np.ndarray:
-    """P(malignant) for uint8 (N, S, S, 3) images (an array, or a lazy one read in slices)."""
-    out = np.empty(len(x), dtype=np.float64)
-    for i in range(0, len(x), batch):
-        chunk = np.asarray(x[i : i + batch], dtype=np.float32)
-        out[i : i + batch] = np.asarray(model(chunk, training=False)).reshape(-1)
-    return out
 
 
 @dataclass
@@ -456,20 +195,20 @@ def train(
     cfg = run.cfg
     if cfg.weights == "none":
         cfg.weights = None
-    strategy = _strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
+    strategy = make_strategy(cfg.strategy)  # first: multi-worker collectives configure at startup
     _set_determinism(cfg.seed, cfg.deterministic)
     data = _load_data(run, strategy)
     state = _start_state(run)
-    with _precision(cfg.mixed_precision):
+    with precision(cfg.mixed_precision):
         model, info = _fit_phases(run, data, strategy, state, verbose)
     if cfg.strategy == "multiworker" and model is not None:
-        _log(f"trainable weights digest {weights_digest(model)} (the same on every worker)")
+        log(f"trainable weights digest {weights_digest(model)} (the same on every worker)")
     final = _best_model(run, strategy, model)
-    if _is_chief():
-        _save_keras(final, run.run_dir / "model.keras")
+    if is_chief():
+        save_keras(final, run.run_dir / "model.keras")
     state["wall_seconds"] = state["wall_before"] + time.time() - run.t_start
     result = _finish(run, data, state, final, info, strategy.num_replicas_in_sync)
-    if not _is_chief():
+    if not is_chief():
         shutil.rmtree(run.run_dir, ignore_errors=True)
     return result
 
@@ -490,42 +229,11 @@ def _resume_run(cfg: TrainConfig) -> _Run:
     return _Run(saved, run_dir, records, run_dir / "manifest.csv", state)
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse a config that cannot train, before a run folder exists (one-line TrainError)."""
-    from dermedge.train.models import ARCHS, input_contract
-
-    if cfg.arch not in ARCHS:
-        raise TrainError(f"unknown arch {cfg.arch!r}; expected one of {', '.join(ARCHS)}")
-    if cfg.balance not in BALANCES:
-        raise TrainError(f"unknown balance {cfg.balance!r}; expected class or source")
-    if cfg.threshold_pool not in THRESHOLD_POOLS:
-        raise TrainError(
-            f"unknown threshold pool {cfg.threshold_pool!r}; expected one of "
-            f"{', '.join(THRESHOLD_POOLS)}"
-        )
-    if cfg.strategy not in STRATEGIES:
-        raise TrainError(f"unknown strategy {cfg.strategy!r}")
-    if cfg.cache not in CACHES:
-        raise TrainError(f"unknown cache {cfg.cache!r}; expected one of {', '.join(CACHES)}")
-    try:
-        input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
-    except ValueError as e:
-        raise TrainError(str(e)) from e
-    if not any(ph["epochs"] > 0 for ph in cfg.phases()):
-        raise TrainError("nothing to train: every phase has 0 epochs")
-    if not Path(cfg.data).exists():
-        raise TrainError(f"--data {cfg.data}: no such file or folder")
-    if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
-        raise TrainError(f"--weights {cfg.weights}: no such file")
-
-
 def _new_run(cfg: TrainConfig, exist_ok: bool) -> _Run:
     """A checked config, a new run folder with the manifest and config.json in it."""
     check_config(cfg)
     try:
-        run_dir = (
-            new_run_dir("train", cfg.name, exist_ok=exist_ok) if _is_chief() else _worker_dir()
-        )
+        run_dir = new_run_dir("train", cfg.name, exist_ok=exist_ok) if is_chief() else worker_dir()
     except FileExistsError as e:
         raise TrainError(f"{e} (or --resume to continue it)") from e
     cfg.name = run_dir.name
@@ -536,7 +244,7 @@ def _new_run(cfg: TrainConfig, exist_ok: bool) -> _Run:
             run_dir.rmdir()
         raise
     assert csv_path is not None  # a split is always written for training
-    _write_json(run_dir / "config.json", asdict(cfg))
+    write_json(run_dir / "config.json", asdict(cfg))
     return _Run(cfg, run_dir, records, csv_path, None)
 
 
@@ -559,8 +267,8 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
             raise TrainError(f"the {s} split needs both classes; it has {c} ({run.csv_path})")
     skipped = {p: r for s in splits.values() for p, r in s.skipped.items()}
     for p, r in list(skipped.items())[:10]:
-        _log(f"skipped unreadable {p}: {r}")
-    _log(
+        log(f"skipped unreadable {p}: {r}")
+    log(
         f"run {run.run_dir}: {cfg.arch} {cfg.img_size}px, train {splits['train'].counts()}, "
         f"val {splits['val'].counts()}, test {splits['test'].counts()}, "
         f"pixels {'streamed from shards' if stream else 'in memory'}"
@@ -572,7 +280,7 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     def train_input(batch: int, pipelines: tuple[int, int] = (1, 0)) -> Any:
         return make_dataset(splits["train"], batch, True, cfg.seed, sample_w, aug, cc_p, pipelines)
 
-    train_ds = _distributed(strategy, cfg, train_input)
+    train_ds = distributed_input(strategy, cfg, train_input)
     val_ds = make_dataset(splits["val"], cfg.batch, False)
     steps = int(np.ceil(len(splits["train"]) / cfg.batch))
     return _Data(contract, splits, skipped, weights, per_source, aug, train_ds, val_ds, steps)
@@ -587,24 +295,6 @@ def _streams(cfg: TrainConfig, records: list[Record], size: int) -> bool:
     return n_train * size * size * 3 > STREAM_ABOVE_BYTES
 
 
-def _distributed(strategy: Any, cfg: TrainConfig, train_input: Callable[..., Any]) -> Any:
-    """The training input: one dataset; or, under a distribution strategy, one per input pipeline
-    (worker), each reading its own part of every epoch at the per-replica batch size.
-
-    Sharded by us (`make_dataset(pipelines=...)`, before augmentation), not by tf.data's
-    auto-sharding: with the FILE policy a handful of shard files split unevenly across workers,
-    and the DATA policy makes every worker augment every image and then discard most of them.
-    """
-    if cfg.strategy == "default":
-        return train_input(cfg.batch)
-
-    def per_pipeline(ctx: Any) -> Any:
-        batch = ctx.get_per_replica_batch_size(cfg.batch)
-        return train_input(batch, (ctx.num_input_pipelines, ctx.input_pipeline_id))
-
-    return strategy.distribute_datasets_from_function(per_pipeline)
-
-
 def _loss_weights(
     cfg: TrainConfig, train_split: Any
 ) -> tuple[dict[int, float], Any, dict[str, dict[str, float]]]:
@@ -612,13 +302,13 @@ def _loss_weights(
     from dermedge.train.data import class_weights, source_balanced_weights, source_class_weights
 
     weights = class_weights(train_split.y)
-    _log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
+    log(f"class weights (balanced): benign {weights[0]:.4f}, malignant {weights[1]:.4f}")
     if cfg.balance != "source":
         return weights, weights, {}
     per = source_class_weights(train_split.y, train_split.sources)
     per_source = {src or "-": {"benign": w[0], "malignant": w[1]} for src, w in per.items()}
     for src, w in per_source.items():
-        _log(
+        log(
             f"class weights for source {src}: benign {w['benign']:.4f}, "
             f"malignant {w['malignant']:.4f}"
         )
@@ -644,7 +334,7 @@ def _start_state(run: _Run) -> dict[str, Any]:
         }
     else:
         state["resumes"] = state.get("resumes", 0) + 1
-        _log(
+        log(
             f"resuming {run.run_dir} after {state['epochs_done']} epochs "
             f"(phase {state['phase'] + 1}, epoch {state['phase_epoch']})"
         )
@@ -657,8 +347,6 @@ def _fit_phases(
     run: _Run, data: _Data, strategy: Any, state: dict[str, Any], verbose: int | str
 ) -> tuple[Any, dict[str, Any]]:
     """Fit each phase not yet done (continuing a phase from its last checkpoint)."""
-    from dermedge.train.multiworker import fit_multiworker
-
     cfg, phases = run.cfg, run.cfg.phases()
     info: dict[str, Any] = {}
     model = None
@@ -674,12 +362,12 @@ def _fit_phases(
             "lr": phase["lr"],
             "unfreeze_blocks": phase["unfreeze"],
         }
-        _log(
+        log(
             f"phase {phase['name']} ({idx + 1}/{len(phases)}): {phase['epochs']} epochs, "
             f"lr {phase['lr']:g}, {n_train:,} of {model.count_params():,} parameters trainable, "
             f"{strategy.num_replicas_in_sync} replica(s)"
         )
-        run_state = RunState(run.run_dir, state, idx, phase, cfg.patience, _is_chief(), run.t_start)
+        run_state = RunState(run.run_dir, state, idx, phase, cfg.patience, is_chief(), run.t_start)
         if cfg.strategy == "multiworker":
             fit_multiworker(
                 model,
@@ -697,7 +385,7 @@ def _fit_phases(
                 validation_data=data.val_ds,
                 epochs=phase["epochs"],
                 initial_epoch=initial,
-                callbacks=[_state_callback(run_state)],
+                callbacks=[state_callback(run_state)],
                 verbose=verbose,
                 shuffle=False,
             )
@@ -724,7 +412,7 @@ def _phase_model(
         except WeightsError as e:
             raise TrainError(str(e)) from e
     if idx > 0 and (ckpt / "best.weights.h5").is_file():
-        _load_weights(model, ckpt / "best.weights.h5")
+        load_weights(model, ckpt / "best.weights.h5")
     set_trainable(model, cfg.arch, phase["unfreeze"])
     _compile(model, phase["lr"], data.steps * phase["epochs"], cfg.label_smoothing)
     state["wait"] = 0
@@ -740,7 +428,7 @@ def _best_model(run: _Run, strategy: Any, model: Any) -> Any:
         with strategy.scope():
             model = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)
     if (run.ckpt / "best.weights.h5").is_file():
-        _load_weights(model, run.ckpt / "best.weights.h5")
+        load_weights(model, run.ckpt / "best.weights.h5")
     final = build_model(cfg.arch, cfg.img_size, None, cfg.dropout)
     final.set_weights(model.get_weights())
     for mine, trained in zip(final.layers, model.layers, strict=True):
@@ -778,12 +466,12 @@ def _finish(
             "per_source": thr.get("per_source"),
         }
     )
-    if _is_chief():
+    if is_chief():
         write_card(card, run.run_dir)
         write_history(state["history"], run.run_dir)
         state["finished"] = True
         last = state.pop("last_checkpoint", None)
-        _write_state(run.ckpt, state)
+        write_state(run.ckpt, state)
         if last:
             with contextlib.suppress(OSError):
                 (run.ckpt / last).unlink()
@@ -802,13 +490,13 @@ def _choose_threshold(
         val.y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
     )
     for src, row in thr.get("per_source", {}).items():
-        _log(
+        log(
             f"val {src}: n {row['n']} ({row['n_pos']} malignant), own threshold "
             f"{row['own_threshold']}, at the chosen one sensitivity {row['sensitivity']:.3f}, "
             f"specificity {row['specificity']:.3f}"
         )
     val_auc = ev.roc_auc(val.y, p_val)
-    _log(
+    log(
         f"operating threshold {thr['threshold']:.4f}: val sensitivity {thr['sensitivity']:.4f}, "
         f"specificity {thr['specificity']:.4f} (target {cfg.target_sensitivity}, "
         f"+{cfg.sensitivity_margin} SE -> {thr['effective_target']:.4f}); val AUC {val_auc:.4f}"
@@ -822,7 +510,7 @@ def _test_metrics(
     """The test report (eval/ on the chief) and its summary added to `metrics`."""
     cfg = run.cfg
     if not (len(test) and min(test.counts().values()) > 0):
-        _log("no usable test split (needs both classes): test metrics left out of the card")
+        log("no usable test split (needs both classes): test metrics left out of the card")
         return {}
     p_test = predict(final, test.x, max(cfg.batch, 32))
     extra = {
@@ -834,7 +522,7 @@ def _test_metrics(
         test.y,
         p_test,
         threshold,
-        run.run_dir / "eval" if _is_chief() else None,
+        run.run_dir / "eval" if is_chief() else None,
         n_boot=cfg.n_boot,
         seed=cfg.seed,
         title=f"{cfg.name} test",
@@ -846,7 +534,7 @@ def _test_metrics(
     if len(set(test.sources)) > 1:
         metrics["test_per_source"] = ev.per_source_metrics(test.y, p_test, test.sources, threshold)
         for src, row in metrics["test_per_source"].items():
-            _log(
+            log(
                 f"test {src}: AUC {row['roc_auc']:.4f}, sensitivity {row['recall']:.4f}, "
                 f"specificity {row['specificity']:.4f} (n {row['n']})"
             )
@@ -929,96 +617,15 @@ def summary_table(card: dict[str, Any]) -> str:
     return format_table(rows, ["summary", "value"])
 
 
-# --- evaluation of a saved model ----------------------------------------------------------------
-
-
-def _load_for_eval(model_path: Path) -> tuple[Any, tuple]:
-    """A Keras model, or an EdgeModel for a .tflite; and its input shape."""
-    try:
-        if Path(model_path).suffix == ".tflite":
-            from dermedge.edge.runtime import EdgeModel
-
-            edge = EdgeModel(model_path)
-            return edge, (None, edge.contract.size, edge.contract.size, 3)
-        import keras
-
-        model = keras.models.load_model(model_path, compile=False)
-        return model, model.input_shape
-    except Exception as e:  # noqa: BLE001
-        raise TrainError(
-            f"cannot load model {model_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from e
-
-
-def evaluate_model(
-    model_path: Path,
-    card: dict[str, Any] | None,
-    records: list[Record],
-    split: str,
-    out_dir: Path,
-    threshold: float | None = None,
-    n_boot: int = 2000,
-    batch: int = 64,
-    cache_dir: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Metrics and plots of a saved Keras model, or of a .tflite run through the edge runtime, on
-    the labelled `records` (one split or all)."""
-    from dermedge.train.data import load_split
-
-    model, shape = _load_for_eval(model_path)
-    if card is not None:
-        contract = InputContract.from_dict(card["input"])
-    else:
-        contract = InputContract(size=int(shape[1]))
-    if shape[1] is not None and int(shape[1]) != contract.size:
-        raise TrainError(f"model input is {shape[1]}px but its card says {contract.size}px")
-    thr = float(threshold if threshold is not None else (card or {}).get("threshold", 0.5))
-    recs = [r for r in records if r.split == split]
-    used = split
-    if not recs:
-        if any(r.split in ("train", "val", "test") for r in records):
-            raise TrainError(
-                f"no images in split {split!r} (have: {sorted({str(r.split) for r in records})})"
-            )
-        recs, used = (
-            [Record(r.path, r.label, r.source, r.group, "all", r.dx) for r in records],
-            "all",
-        )
-    data = load_split(recs, used, contract, cache_dir or str(runs_root() / "cache"))
-    if len(data) == 0:
-        raise TrainError("no readable images to evaluate")
-    if min(data.counts().values()) == 0:
-        _log(f"warning: only one class present {data.counts()}: AUC and some metrics are undefined")
-    prob = (
-        model.predict(data.x)
-        if Path(model_path).suffix == ".tflite"
-        else predict(model, data.x, batch)
-    )
-    info = {
-        "split": used,
-        "model": str(model_path),
-        "skipped": data.skipped,
-        "card_threshold": (card or {}).get("threshold"),
-        **(extra or {}),
-    }
-    name = (card or {}).get("name", Path(model_path).stem)
-    return ev.evaluate_predictions(
-        data.y,
-        prob,
-        thr,
-        out_dir,
-        n_boot=n_boot,
-        title=f"{name} {used}",
-        paths=data.paths,
-        extra=info,
-    )
-
-
 __all__ = [
+    "BALANCES",
+    "CACHES",
+    "STRATEGIES",
+    "THRESHOLD_POOLS",
     "TrainConfig",
     "TrainError",
     "TrainResult",
+    "check_config",
     "evaluate_model",
     "predict",
     "resolve_records",
