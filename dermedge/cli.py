@@ -24,9 +24,11 @@ class LazyGroup(click.Group):
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands and the lazy verbs, sorted, without importing any of them."""
         return sorted([*super().list_commands(ctx), *self.lazy])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Command `name`, a lazy verb's module imported now; a stand-in saying why if it fails."""
         if name in self.lazy:
             module, attr = self.lazy[name]
             try:
@@ -42,10 +44,13 @@ class LazyGroup(click.Group):
 
 
 def _unavailable(name: str, err: Exception) -> click.Command:
+    """A stand-in command that fails, saying why the verb is unavailable (and what to install)."""
+
     @click.command(
         name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
     )
     def cmd() -> None:
+        """Fail with the reason the verb cannot run here."""
         hint = (
             " (install the training extra: pip install 'dermedge[train]')"
             if "tensorflow" in str(err)

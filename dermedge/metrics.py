@@ -40,6 +40,7 @@ def roc_auc(y_true: ArrayLike, prob: ArrayLike) -> float:
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC of checked 0/1 labels and probabilities from average ranks; NaN with one class."""
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -55,6 +56,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _safe_div(a: float, b: float) -> float:
+    """a / b, or NaN when b is 0."""
     return float(a / b) if b else float("nan")
 
 
@@ -71,6 +73,7 @@ def confusion(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str,
 
 
 def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    """Accuracy, precision, recall (= sensitivity), specificity and F1 from counts; NaN for 0/0."""
     precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, tp + fn)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)

@@ -31,6 +31,7 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
     """A GitHub-markdown table, readable in a terminal as it is."""
 
     def cell(v: object) -> str:
+        """A float with 4 decimals (1 decimal from 10 up); anything else as str."""
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
@@ -41,6 +42,7 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> st
     ]
 
     def line(cells: Sequence[str]) -> str:
+        """One table line: each cell padded to its column's width."""
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

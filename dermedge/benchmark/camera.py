@@ -44,7 +44,10 @@ class _Timers:
         self.lock = threading.Lock()
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` wrapped so that the duration of each of its calls is recorded under `name`."""
+
         def timed(*args: Any, **kwargs: Any) -> Any:
+            """Call the wrapped function and record how long it took, even when it raises."""
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -90,6 +93,7 @@ def _patched(module: Any, names: dict[str, Callable[..., Any]]) -> Iterator[list
 
 
 def _pick(results: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """The loaded .tflite row for the camera loop: `variant`, else tflite-int8, else the first."""
     rows = [r for r in results["rows"] if r["variant"].startswith("tflite") and not r.get("error")]
     if variant:
         rows = [r for r in rows if r["variant"] == variant]

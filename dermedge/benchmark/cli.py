@@ -17,6 +17,7 @@ _SETTINGS_AS_GIVEN = ("runs", "warmup", "block", "data", "limit", "batch", "incl
 
 
 def _ints(value: str) -> list[int]:
+    """Comma-separated thread counts as ints; click.BadParameter unless some, all >= 1."""
     try:
         out = [int(x) for x in value.split(",") if x.strip()]
     except ValueError as e:

@@ -35,6 +35,7 @@ OPERATOR_INPUTS, OPERATOR_OUTPUTS = 1, 2
 
 
 def _prod(xs: Any) -> int:
+    """Product of the dimensions, dynamic (-1) and zero ones counted as 1."""
     out = 1
     for x in xs:
         out *= max(int(x), 1)
@@ -65,6 +66,7 @@ def _op_macs(code: int, ins: list[list[int]], outs: list[list[int]]) -> int:
 
 
 def _count(buf: Any) -> dict[str, Any]:
+    """Per-image MACs of the main subgraph's compute-heavy ops: total, by op, and ops counted."""
     model = fb.model_root(buf)
     codes = []
     for code in model.tables(fb.MODEL_OPCODES):
@@ -109,6 +111,7 @@ FC_OPTIONS = 8  # BuiltinOptions.FullyConnectedOptions
 
 
 def _vector(b: Builder, values: Any, flags: Any, prepend: Any) -> int:
+    """Write a vector of `flags`-typed scalars with `prepend`; return its offset."""
     values = list(values)
     b.StartVector(flags.bytewidth, len(values), flags.bytewidth)
     for v in reversed(values):
@@ -117,6 +120,7 @@ def _vector(b: Builder, values: Any, flags: Any, prepend: Any) -> int:
 
 
 def _offsets(b: Builder, offs: list[int]) -> int:
+    """Write a vector of offsets to already written tables; return its offset."""
     b.StartVector(4, len(offs), 4)
     for o in reversed(offs):
         b.PrependUOffsetTRelative(o)

@@ -62,6 +62,7 @@ _T0 = time.monotonic()
 
 
 def log(msg: str) -> None:
+    """Print a progress line to stderr, stamped with the seconds since this module was imported."""
     print(f"[benchmark {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
@@ -69,10 +70,12 @@ def log(msg: str) -> None:
 
 
 def _python() -> list[str]:
+    """The command line that runs `python -m dermedge.benchmark` with this interpreter."""
     return [sys.executable, "-m", "dermedge.benchmark"]
 
 
 def _worker_env() -> dict[str, str]:
+    """A worker's environment: TensorFlow quieter, output unbuffered, this package importable."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -86,6 +89,7 @@ class Worker:
     """A `python -m dermedge.benchmark --worker` process; JSON lines both ways."""
 
     def __init__(self, spec: dict[str, Any], log_path: Path, timeout: float) -> None:
+        """Start the worker process, its stderr appended to `log_path`, and read its hello."""
         self.spec = spec
         self.timeout = timeout
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
@@ -102,6 +106,7 @@ class Worker:
         self.error: str | None = None if self.hello.get("ok") else self.hello.get("error", "failed")
 
     def _read(self) -> dict[str, Any]:
+        """The next reply; an {"ok": False} error if the worker times out (killed) or exits."""
         import selectors
 
         assert self.proc.stdout is not None
@@ -121,6 +126,7 @@ class Worker:
         return reply
 
     def ask(self, **cmd: Any) -> dict[str, Any]:
+        """Send a command and return the reply; a failed worker answers its error at once."""
         if self.error:
             return {"error": self.error}
         assert self.proc.stdin is not None
@@ -148,6 +154,7 @@ class Worker:
             pass
 
     def close(self) -> None:
+        """Ask the worker to quit, wait a minute (then kill it), and close its pipe and log."""
         self.quit()
         try:
             self.proc.wait(timeout=60)
@@ -163,6 +170,7 @@ class Worker:
 
 
 def _records(group: Group, data: str | None) -> list[Any]:
+    """Test records from `data` (a manifest or a dataset), else from the group's split manifest."""
     from dermedge.data.manifest import read_manifest
 
     if data:
@@ -196,6 +204,7 @@ def _subset(recs: list[Any], limit: int | None, seed: int) -> list[Any]:
 
 
 def _contract(group: Group) -> Any:
+    """The card's input contract, else one sized by a .tflite's input tensor, else the default."""
     from dermedge.data.contract import InputContract
 
     card = group.card or {}
@@ -221,6 +230,7 @@ class TestSet:
 
 
 def load_test_set(group: Group, settings: Settings, tmp: Path) -> TestSet:
+    """Preprocess the group's test images (and 16 timing samples) into .npy files under `tmp`."""
     from dermedge.data.images import load_images
     from dermedge.runs import runs_root
 
@@ -451,6 +461,7 @@ def _machine_peak(runtimes: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def _spec(v: Variant, threads: int, test: TestSet) -> dict[str, Any]:
+    """The worker spec of a variant at `threads`: backend, files, contract, threshold, I/O."""
     card = v.card or {}
     spec: dict[str, Any] = {
         "backend": v.backend,
@@ -467,6 +478,7 @@ def _spec(v: Variant, threads: int, test: TestSet) -> dict[str, Any]:
 
 
 def _select(groups: list[Group], settings: Settings, notes: list[str]) -> None:
+    """Keep the variants of the chosen runtimes and names that can run here; note the others."""
     runtimes = set(settings.runtimes)
     tf_missing = "tensorflow" if _missing("tensorflow") else None
     for g in groups:

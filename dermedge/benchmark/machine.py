@@ -46,6 +46,7 @@ PACKAGES = (
 
 
 def _cpuinfo() -> dict[str, Any]:
+    """The first CPU's /proc/cpuinfo facts (model, flags, MHz, cores, cache) and the CPU count."""
     info: dict[str, Any] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -75,6 +76,7 @@ def _cpuinfo() -> dict[str, Any]:
 
 
 def _cache_sizes() -> dict[str, str]:
+    """CPU 0's cache sizes from sysfs by level and kind (L1d, L1i, L2, ...); empty elsewhere."""
     out = {}
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     for idx in sorted(base.glob("index*")) if base.is_dir() else []:
@@ -90,6 +92,7 @@ def _cache_sizes() -> dict[str, str]:
 
 
 def _mem_total_gb() -> float | None:
+    """Total memory in GiB from /proc/meminfo, or None where it cannot be read."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -100,6 +103,7 @@ def _mem_total_gb() -> float | None:
 
 
 def _governor() -> str | None:
+    """CPU 0's cpufreq scaling governor (e.g. performance), or None where unknown."""
     try:
         return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
     except OSError:
@@ -115,6 +119,7 @@ def loadavg() -> list[float] | None:
 
 
 def versions() -> dict[str, str]:
+    """The Python version and the version of each installed package of PACKAGES."""
     out = {"python": sys.version.split()[0]}
     for pkg in PACKAGES:
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 
 def _keras(src: str, dst: str, opset: int) -> str:
+    """Export a .keras with tf2onnx (from_keras, else a traced function); the method used."""
     import keras
     import tensorflow as tf
     import tf2onnx
@@ -40,6 +41,7 @@ def _keras(src: str, dst: str, opset: int) -> str:
 
 
 def _tflite(src: str, dst: str, opset: int) -> str:
+    """Export a .tflite through tf2onnx's TFLite front end; the method used."""
     import tf2onnx
 
     tf2onnx.convert.from_tflite(src, opset=opset, output_path=dst)

@@ -91,6 +91,7 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
 
 
 def mark_pareto(results: dict[str, Any]) -> None:
+    """Set each row's `pareto` flag: whether it is on the latency-vs-AUC Pareto front."""
     rows = results["rows"]
     front = set(pareto_front(rows))
     for i, r in enumerate(rows):
@@ -98,6 +99,7 @@ def mark_pareto(results: dict[str, Any]) -> None:
 
 
 def short_runtime(name: str | None) -> str:
+    """A runtime name shortened for the table (e.g. `litert 2.3.0`), or '-' when unknown."""
     if not name:
         return "-"
     for long, short in (
@@ -197,6 +199,7 @@ def _table_row(r: dict[str, Any]) -> list[str]:
 
 
 def _peak_lines(peak: dict[str, Any]) -> list[str]:
+    """The results.md lines on the measured peaks: the matrix multiply and GMAC/s per runtime."""
     if not peak.get("runtimes"):
         return ["- peak: not measured"]
     m, k, n = peak["shape"]
@@ -214,6 +217,7 @@ def _peak_lines(peak: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The results.md text: machine, method, table, summary, camera loop and notes."""
     mach, s = results["machine"], results["settings"]
     la = results.get("load_average", {})
     lines = [
@@ -302,6 +306,7 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def camera_markdown(cam: dict[str, Any]) -> str:
+    """The camera-loop section of results.md: frames/s and a table of the time per stage."""
     lines = [
         f"## Camera loop ({cam.get('source')})",
         "",

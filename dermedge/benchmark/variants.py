@@ -45,6 +45,7 @@ class Variant:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of the model file, or of all files under it for a SavedModel folder."""
         return _size(self.path)
 
     @property
@@ -53,6 +54,7 @@ class Variant:
         return self.name.split(":")[0]
 
     def order(self) -> int:
+        """Place of the variant's kind in VARIANT_ORDER (unknown kinds last), for sorting."""
         return VARIANT_ORDER.index(self.base) if self.base in VARIANT_ORDER else len(VARIANT_ORDER)
 
     @property
@@ -83,12 +85,14 @@ class Group:
 
 
 def _size(path: Path) -> int:
+    """Bytes of a file, or of all the files under a folder (a SavedModel)."""
     if path.is_dir():  # a SavedModel folder
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
 
 
 def _quant_of(path: Path, card: dict[str, Any] | None) -> str:
+    """The quantization the card records, else guessed from the file name (default fp32)."""
     q = (card or {}).get("quantization")
     if q in QUANT_ORDER:
         return str(q)
@@ -105,6 +109,7 @@ def _quant_of(path: Path, card: dict[str, Any] | None) -> str:
 
 
 def _json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -113,12 +118,14 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def tflite_variant(group: str, path: Path) -> Variant:
+    """The LiteRT variant of a .tflite, with its embedded card or the `<file>.json` beside it."""
     card = read_card(path) or _json(path.with_name(path.name + ".json"))
     q = _quant_of(path, card)
     return Variant(group, f"tflite-{q}", "litert", path, q, card, macs_from=path)
 
 
 def _keras_variant(group: str, path: Path) -> Variant:
+    """The Keras variant of a model.keras, with the `model_card.json` beside it as its card."""
     card = _json(path.parent / "model_card.json")
     return Variant(group, "keras", "keras", path, "fp32", card)
 
@@ -131,6 +138,7 @@ def onnx_variant(
     macs_from: Path | None,
     extra: dict[str, Any] | None = None,
 ) -> Variant:
+    """An ONNX Runtime variant named `onnx-<quantization>`."""
     return Variant(
         group,
         f"onnx-{quantization}",
@@ -165,11 +173,13 @@ def _convert_dir_for(train_dir: Path) -> Path | None:
 
 
 def _train_dir_for(folder: Path) -> Path | None:
+    """`runs/train/<name>` beside `runs/convert/<name>`, when it holds a model.keras."""
     cand = folder.parent.parent / "train" / folder.name
     return cand if (cand / "model.keras").is_file() else None
 
 
 def _group_name(folder: Path, card: dict[str, Any] | None) -> str:
+    """The folder's name, else the card's model name, else "model"."""
     return folder.name if folder.name not in ("", ".") else str((card or {}).get("name") or "model")
 
 
@@ -241,6 +251,7 @@ def discover(sources: list[str | Path], include_rejected: bool = False) -> list[
 
 
 def _find_manifest(group: Group, folder: Path) -> None:
+    """Give the group the manifest.csv of `folder` or of its train run, unless it has one."""
     if group.manifest is not None:
         return
     for cand in (

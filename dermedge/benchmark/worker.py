@@ -49,6 +49,7 @@ def _maxrss_kb() -> int:
 
 
 def _cpu_s() -> float:
+    """User plus system CPU seconds this process has used so far."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return float(r.ru_utime + r.ru_stime)
 
@@ -59,6 +60,7 @@ class LiteRT:
     dtypes = ("fp32", "int8")
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        """Load the .tflite as an EdgeModel with the spec's threads, contract and threshold."""
         from dermedge.data.contract import InputContract
         from dermedge.edge.runtime import EdgeModel
 
@@ -73,6 +75,7 @@ class LiteRT:
         self.threads = int(spec["threads"])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """P(malignant) of a uint8 batch through the edge runtime's EdgeModel."""
         return self.model.predict(x)
 
     def peak(self, dtype: str, shape: tuple[int, int, int], path: str | None) -> Callable[[], Any]:
@@ -95,6 +98,7 @@ class Keras:
     dtypes = ("fp32",)
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        """Load the model with the spec's intra-op threads and trace its call as a tf.function."""
         import tensorflow as tf
 
         threads = int(spec["threads"])
@@ -112,6 +116,7 @@ class Keras:
         self.runtime = f"tensorflow {tf.__version__} / keras {keras.__version__}"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """P(malignant) of a batch: the model's last output column as float64, clipped to 0..1."""
         out = self.fn(self.tf.constant(x.astype(np.float32))).numpy()
         return np.clip(out.reshape(out.shape[0], -1)[:, -1].astype(np.float64), 0.0, 1.0)
 
@@ -132,6 +137,7 @@ class Onnx:
     dtypes = ("fp32", "int8")
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        """Open a session on the spec's model; keep its input and any quantized-I/O parameters."""
         import onnxruntime as ort
 
         self.ort = ort
@@ -143,6 +149,7 @@ class Onnx:
         self.runtime = f"onnxruntime {ort.__version__}"
 
     def _session(self, model: str | bytes) -> Any:
+        """A CPU session on a model path or bytes: the variant's threads, sequential, no spin."""
         ort = self.ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -153,6 +160,7 @@ class Onnx:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """P(malignant) of a batch, (de)quantizing the input and output for quantized I/O."""
         if self.in_q:
             scale, zero, dtype = self.in_q
             info = np.iinfo(dtype)
@@ -215,13 +223,17 @@ BACKENDS = {"litert": LiteRT, "keras": Keras, "onnx": Onnx}
 
 
 def _import_litert() -> None:
+    """Import the interpreter module the edge runtime picks, so its start-up is timed apart."""
     from dermedge.edge.runtime import load_runtime
 
     load_runtime()  # imports the interpreter module the runtime picks (LiteRT, tflite_runtime..)
 
 
 def _import(*modules: str) -> Callable[[], None]:
+    """A callable that imports `modules`, so a runtime's start-up is timed apart from its load."""
+
     def run() -> None:
+        """Import each of the modules in turn."""
         for m in modules:
             importlib.import_module(m)
 
@@ -236,6 +248,7 @@ IMPORTS: dict[str, Callable[[], None]] = {
 
 
 def _timed(fn: Any, n: int) -> list[float]:
+    """Seconds taken by each of `n` calls of `fn`."""
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -245,6 +258,7 @@ def _timed(fn: Any, n: int) -> list[float]:
 
 
 def _error_text(e: BaseException) -> str:
+    """`Type: message` of an exception, cut to 500 characters for a reply."""
     return f"{type(e).__name__}: {e}".strip()[:500]
 
 
@@ -339,6 +353,7 @@ def serve(spec: dict[str, Any], inp: Any, out: Any) -> int:
     of input; a failure is replied as {"error"} (a failed load also ends the worker, code 1)."""
 
     def reply(obj: dict[str, Any]) -> None:
+        """Write `obj` to the parent as one JSON line and flush it."""
         out.write(json.dumps(obj) + "\n")
         out.flush()
 

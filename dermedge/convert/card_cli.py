@@ -19,6 +19,7 @@ from dermedge.train.external import ExternalError, add_external, card_entry, war
 
 
 def _fmt(v: Any) -> str:
+    """n/a for None, a float with 4 decimals, anything else as str."""
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 

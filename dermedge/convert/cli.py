@@ -169,6 +169,7 @@ def convert(run_or_model: str | None, **opts: Any) -> None:
 
 
 def _add_guard(path: str, data: str | None, out: str | None, seed: int, force: bool) -> None:
+    """`--add-guard`: fit the guard on `data`'s split, write the guarded model, print the fit."""
     from pathlib import Path
 
     from dermedge.convert.guard import add_guard
@@ -183,6 +184,7 @@ def _add_guard(path: str, data: str | None, out: str | None, seed: int, force: b
 
 
 def _inspect(path: str, as_json: bool) -> None:
+    """`--inspect`: print what a .tflite holds, as text or JSON."""
     from dermedge.convert.inspect import format_inspect, inspect_file
 
     info = inspect_file(path)

@@ -40,6 +40,7 @@ class Tolerances:
     min_agreement: float = 0.98
 
     def __post_init__(self) -> None:
+        """ValueError, naming the flag, for a drop or agreement limit outside 0..1."""
         for k in ("max_auc_drop", "max_acc_drop", "max_sens_drop"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"--{k.replace('_', '-')} must be in 0..1, got {getattr(self, k)}")
@@ -47,6 +48,7 @@ class Tolerances:
             raise ValueError(f"--min-agreement must be in 0..1, got {self.min_agreement}")
 
     def to_dict(self) -> dict[str, float]:
+        """The tolerances as a plain dict."""
         return asdict(self)
 
 
@@ -92,6 +94,7 @@ def output_step(prob: Any, threshold: float) -> float | None:
 
 
 def _drop(ref: float, var: float) -> float:
+    """How much the variant lost (`ref - var`); NaN on one side only is an infinite drop."""
     if math.isnan(ref) or math.isnan(var):
         return 0.0 if math.isnan(ref) and math.isnan(var) else math.inf
     return ref - var
@@ -137,6 +140,7 @@ def check_normalization(card_input: dict[str, Any], layer_norm: dict[str, Any] |
         return []
 
     def fmt(a: np.ndarray) -> str:
+        """One number when the three channels agree, else the list of all three."""
         same = np.allclose(a, a[0])
         return f"{a[0]:g}" if same else "[" + ", ".join(f"{v:g}" for v in a) + "]"
 
@@ -149,6 +153,7 @@ def check_normalization(card_input: dict[str, Any], layer_norm: dict[str, Any] |
 
 
 def check_size(card_size: int, model_size: int | None) -> list[str]:
+    """A mismatch line when the card's input size is not the model's, else nothing."""
     if model_size is None or int(card_size) == int(model_size):
         return []
     return [
@@ -245,6 +250,7 @@ COLUMNS = (
 
 
 def human_size(n: int | None) -> str:
+    """A byte count in MB, KB (binary, 2 decimals) or B, or '-' for None."""
     if n is None:
         return "-"
     for unit, div in (("MB", 1 << 20), ("KB", 1 << 10)):
@@ -254,7 +260,10 @@ def human_size(n: int | None) -> str:
 
 
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
+    """The gate rows as the cells of COLUMNS, missing or NaN numbers shown as '-'."""
+
     def num(v: Any) -> object:
+        """'-' for a missing or NaN value, else the value as a float."""
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     return [
@@ -275,4 +284,5 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The gate rows as a markdown table under the COLUMNS headers."""
     return format_table(table_rows(rows), COLUMNS)

@@ -28,6 +28,7 @@ _PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "LOGISTIC", "SOFTMAX", "RESHAPE"}
 
 
 def _op_name(fb: Any, model: Any, op: Any) -> str:
+    """The builtin operator name of `op` (its code number when the name is unknown)."""
     code = model.operatorCodes[op.opcodeIndex]
     value = max(code.builtinCode, code.deprecatedBuiltinCode)
     return op_names().get(value, str(value))
@@ -130,6 +131,7 @@ def add_feature_output(data: bytes) -> tuple[bytes, int]:
 
 
 def _sample(records: list[Any], n: int, seed: int) -> list[Any]:
+    """At most `n` of the records, drawn at random with `seed`, kept in their order."""
     if len(records) <= n:
         return records
     idx = np.random.default_rng(seed).choice(len(records), n, replace=False)

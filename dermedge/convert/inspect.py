@@ -30,6 +30,7 @@ def inspect_file(path: str) -> dict[str, Any]:
 
 
 def _tensor(t: dict[str, Any]) -> str:
+    """One tensor as `name: dtype [shape]`, with its scale and zero point or channel count."""
     shape = t.get("shape_signature") or t.get("shape") or []
     q = t.get("quantization")
     qs = ""
@@ -44,6 +45,7 @@ def _tensor(t: dict[str, Any]) -> str:
 
 
 def format_inspect(info: dict[str, Any]) -> str:
+    """The `--inspect` report as aligned lines: file, tensors, ops, metadata and the card."""
     lines = [
         f"file      {info['path']}  ({human_size(info['size_bytes'])}, {info['size_bytes']} bytes)",
         f"schema    v{info.get('schema_version')}, {info.get('subgraphs')} subgraph(s)",

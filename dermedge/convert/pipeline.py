@@ -63,10 +63,12 @@ class Result:
 
 
 def _log(msg: str) -> None:
+    """Print a progress line to stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
 def _versions() -> dict[str, str]:
+    """Versions of dermedge, Python and the installed TensorFlow, Keras, LiteRT and numpy."""
     out = {"dermedge": __version__, "python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "ai-edge-litert", "numpy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -127,6 +129,7 @@ def _variant_card(
     conversion: dict[str, Any],
     gate_info: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """The variant's card: the run's card with its quantization, source, conversion and gate."""
     card = copy.deepcopy(base)
     card["quantization"] = variant
     card.setdefault("schema", "dermedge.card/1")
@@ -147,6 +150,7 @@ def _variant_card(
 
 
 def _embed(tflite: bytes, card: dict[str, Any]) -> bytes:
+    """The .tflite with `card` embedded (read back and checked by `embed_card`)."""
     from dermedge.edge.card import embed_card
 
     data = embed_card(tflite, card)  # read back and checked there
@@ -463,12 +467,14 @@ def _report(
 
 
 def _counts(y: np.ndarray) -> dict[str, int]:
+    """How many benign (0) and malignant (1) labels there are."""
     return {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
 
 
 def _load_calib(
     recs: list[Any], contract: InputContract
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pixels, labels and paths of the int8 calibration images; ConvertError on one class."""
     paths = [r.path for r in recs]
     x, kept, bad = load_images(
         paths, contract, cache_dir=str(runs_root() / "cache"), desc="calibration images"
@@ -682,6 +688,7 @@ def _deliver(work: Path, out_dir: Path, produced: list[str], requested: list[str
 
 
 def _markdown(report: dict[str, Any], opts: Options) -> str:
+    """report.md: the gate table, tolerances, failures with advice, int8 I/O, notes and verdict."""
     rows = report["rows"]
     lines = [
         f"# dermedge convert: {report['source']['name']}",

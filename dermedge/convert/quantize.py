@@ -157,6 +157,7 @@ def convert(
             raise ConvertError("int8 needs calibration images")
 
         def representative() -> Iterator[list[np.ndarray]]:
+            """Each calibration image as a one-image float32 batch, as the converter asks for."""
             for i in range(len(calib)):
                 yield [calib[i : i + 1].astype(np.float32)]
 
@@ -248,6 +249,7 @@ def io_details(tflite: bytes) -> dict[str, Any]:
     g = model.Subgraphs(0)
 
     def info(idx: int) -> dict[str, Any]:
+        """dtype, shape (its signature if any) and first scale/zero point of tensor `idx`."""
         t = g.Tensors(idx)
         q = t.Quantization()
         d: dict[str, Any] = {

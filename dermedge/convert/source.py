@@ -39,11 +39,13 @@ class Source:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file's object; ConvertError naming `what` if unreadable or not an object."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -54,6 +56,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _manifest_csv(p: Path) -> Path:
+    """The manifest.csv of a folder, or the path itself for a file."""
     return p / MANIFEST_FILE if p.is_dir() else p
 
 
@@ -117,6 +120,7 @@ def resolve(arg: str, data: str | None = None, card: str | None = None) -> Sourc
 
 
 def records(manifest: Path) -> list[Any]:
+    """The manifest's records; any failure to read it becomes a one-line ConvertError."""
     try:
         return read_manifest(manifest)
     except ManifestError as e:
@@ -126,6 +130,7 @@ def records(manifest: Path) -> list[Any]:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -191,6 +196,7 @@ def layer_normalization(model: Any) -> dict[str, Any] | None:
     from keras import layers, ops
 
     def named(m: Any) -> Any:  # also inside nested models (a backbone used as a layer)
+        """The layer named `normalize` in `m` or in a model nested in it, else None."""
         for ly in m.layers:
             if ly.name == "normalize":
                 return ly
@@ -199,6 +205,7 @@ def layer_normalization(model: Any) -> dict[str, Any] | None:
         return None
 
     def first(m: Any) -> Any:
+        """The first non-input layer of `m` (looking inside a nested model), else None."""
         body = [ly for ly in m.layers if not isinstance(ly, layers.InputLayer)][:1]
         if body and hasattr(body[0], "layers"):
             return first(body[0])

@@ -18,6 +18,7 @@ from dermedge.runs import format_table, new_run_dir
 
 
 def _load(root: str, link: str | None) -> Analysis:
+    """The analysed dataset (lesion ids linked from `link`); ClickException if unusable."""
     try:
         index = read_dataset(root)
         other = read_dataset(link) if link else None
@@ -77,6 +78,7 @@ def _leakage_text(leaks: dict[str, Any]) -> list[str]:
 
 
 def _report_text(s: dict[str, Any]) -> str:
+    """The dataset summary as text: counts, duplicates, links, audit, leakage and problems."""
     rows = [
         [split, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
         for split, c in s["counts"].items()

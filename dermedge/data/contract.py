@@ -60,6 +60,7 @@ class InputContract:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """ValueError for an unknown crop, resize or colour constancy, or a size/p out of range."""
         if self.crop not in CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; expected one of {', '.join(CROPS)}")
         if self.resize != "bilinear":

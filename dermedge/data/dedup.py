@@ -41,6 +41,7 @@ class FileHash:
 
 
 def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal n x n DCT-II matrix (one frequency per row)."""
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
@@ -68,11 +69,13 @@ def hash_file(path: str | os.PathLike[str]) -> FileHash:
 
 
 def _cache_file() -> Path:
+    """Where file hashes are cached: $XDG_CACHE_HOME (else ~/.cache)/dermedge/hashes.json."""
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "dermedge" / "hashes.json"
 
 
 def _load_cache() -> dict[str, list]:
+    """The cached hash entries; empty if the cache is missing, unreadable or outdated."""
     try:
         data = json.loads(_cache_file().read_text())
         return data["entries"] if data.get("version") == _CACHE_VERSION else {}
@@ -81,6 +84,7 @@ def _load_cache() -> dict[str, list]:
 
 
 def _save_cache(entries: dict[str, list]) -> None:
+    """Write the hash cache atomically; a cache that cannot be written only costs time."""
     from dermedge.data.io import atomic_write_text
 
     with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
@@ -125,6 +129,7 @@ def hash_files(
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy's bitwise_count, else a per-byte lookup table)."""
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(x)
     table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -176,6 +181,7 @@ class UnionFind:
         self.parent: dict[str, str] = {i: i for i in items}
 
     def find(self, x: str) -> str:
+        """The root of `x`'s set (a new item is its own), compressing the path on the way."""
         self.parent.setdefault(x, x)
         root = x
         while self.parent[root] != root:
@@ -185,6 +191,7 @@ class UnionFind:
         return root
 
     def union(self, a: str, b: str) -> None:
+        """Merge the sets of `a` and `b` under the smaller of their two roots."""
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)

@@ -36,6 +36,7 @@ def cache_key(paths: Sequence[str], contract: InputContract) -> str:
 
 
 def _cache_path(paths: Sequence[str], contract: InputContract, cache_dir: Path) -> Path:
+    """The .npz cache file of these paths under this contract."""
     return cache_dir / f"images-{cache_key(paths, contract)}.npz"
 
 
@@ -48,6 +49,7 @@ def default_workers() -> int:
 
 
 def _init_worker(contract: InputContract) -> None:
+    """Give a decode worker process its contract (the pool's initializer)."""
     global _worker_contract
     _worker_contract = contract
 

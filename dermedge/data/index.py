@@ -115,6 +115,7 @@ def label_for_name(name: str) -> str | None:
 
 
 def _is_image_name(path: Path) -> bool:
+    """Whether the file name has an image suffix (IMAGE_SUFFIXES), in any letter case."""
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
@@ -260,6 +261,7 @@ def _split_of_csv(name: str) -> str | None:
 
 
 def _is_challenge_header(header: list[str]) -> bool:
+    """Whether CSV columns are ISIC challenge ground truth: an image id and diagnosis flags."""
     cols = set(header)
     has_id = bool(cols & {"image", "image_id"})
     return has_id and ("melanoma" in cols or len(cols & set(ISIC_ONE_HOT)) >= 3)
@@ -269,6 +271,7 @@ def _challenge_dx(row: dict[str, str]) -> str | None:
     """The diagnosis of one ground-truth row, or None if no flag is set."""
 
     def flag(k: str) -> bool:
+        """Whether column `k` of the row is set (>= 0.5); a missing or non-numeric value is not."""
         try:
             return float(row.get(k) or 0) >= 0.5
         except ValueError:
@@ -325,6 +328,7 @@ def derm7pt_label(diagnosis: str) -> str | None:
 
 
 def _resolve_case(images_dir: Path, rel: str, by_lower: dict[str, Path]) -> Path | None:
+    """`images_dir/rel` when it exists, else the image whose path matches `rel` ignoring case."""
     exact = images_dir / rel
     if exact.is_file():
         return exact
@@ -373,6 +377,7 @@ def read_derm7pt(root: Path, csv_path: Path) -> Index:
 
 
 def _challenge_csvs(root: Path) -> list[Path]:
+    """The CSVs directly in `root` whose header is that of ISIC challenge ground truth."""
     out = []
     for csv_path in sorted(root.glob("*.csv")):
         with open(csv_path, newline="", encoding="utf-8") as fh:

@@ -11,6 +11,7 @@ from typing import IO
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -124,6 +124,7 @@ class ShardArray:
         return self.size * self.size * 3
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        """One image for an index, an array for a slice, read from disk; TypeError otherwise."""
         if isinstance(key, (int, np.integer)):
             i = int(key) + (len(self) if key < 0 else 0)
             return self[i : i + 1][0]
@@ -152,6 +153,7 @@ class ShardArray:
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All the images read into memory (cast to `dtype` when given), for `np.asarray(x)`."""
         arr = self._read(0, len(self))
         return arr if dtype is None else arr.astype(dtype)
 
@@ -194,6 +196,7 @@ def build_shards(
 
 
 def _npy(folder: Path, k: int) -> Path:
+    """The .npy file of shard `k` in `folder`."""
     return folder / f"shard-{k:05d}.npy"
 
 

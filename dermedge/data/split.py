@@ -39,6 +39,7 @@ class Split:
     dropped: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {label: images}} of the split's records."""
         return split_counts(self.records)
 
 
@@ -210,6 +211,7 @@ def _combined_analysis(
 
 
 def _relative(path: str, root: Path) -> str:
+    """`path` relative to `root` in POSIX form, or absolute when it lies outside `root`."""
     try:
         return Path(path).resolve().relative_to(root).as_posix()
     except ValueError:

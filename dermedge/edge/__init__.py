@@ -21,6 +21,7 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    """Import the exported names on first use (PEP 562), so the package import stays cheap."""
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"dermedge.edge.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'dermedge.edge' has no attribute {name!r}")

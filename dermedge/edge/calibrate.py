@@ -43,6 +43,7 @@ class CalibrationError(click.ClickException):
 
 
 def warn(msg: str) -> None:
+    """Print `msg` as a bold yellow WARNING line on stderr."""
     click.secho(f"WARNING: {msg}", fg="yellow", bold=True, err=True)
 
 
@@ -55,11 +56,13 @@ class Cases:
     records: list[Record]
 
     def subset(self, mask: np.ndarray) -> Cases:
+        """The cases where `mask` is true."""
         return Cases(
             self.y[mask], self.prob[mask], [r for r, m in zip(self.records, mask, strict=True) if m]
         )
 
     def counts(self) -> dict[str, int]:
+        """How many benign and how many malignant cases there are."""
         return {"benign": int((self.y == 0).sum()), "malignant": int(self.y.sum())}
 
 
@@ -200,6 +203,7 @@ def tradeoff(cases: Cases, margin_se: float) -> list[dict[str, Any]]:
 
 
 def tradeoff_table(rows: list[dict[str, Any]]) -> str:
+    """The `tradeoff` rows as a table: target, threshold, sensitivity, specificity, referred."""
     return format_table(
         [
             [
@@ -288,6 +292,7 @@ def write_model(src: Path, card: dict[str, Any], out: Path) -> None:
 
 
 def _ci(point: dict[str, Any], key: str) -> str:
+    """`value [lo, hi]` of a point's `key` with its bootstrap 95% CI, or n/a when it has none."""
     lo, hi = point["ci95"][key]
     v = point[key]
     return "n/a" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -390,6 +395,7 @@ def write_report(out: Path, report: dict[str, Any], cases: Cases) -> Path:
 
 
 def _load_model(path: str, threads: int | None) -> Any:
+    """The model under the edge runtime; CalibrationError with the first line of why not."""
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
     try:
@@ -399,6 +405,7 @@ def _load_model(path: str, threads: int | None) -> Any:
 
 
 def _split_cases(cases: Cases, holdout: float, seed: int) -> tuple[Cases, Cases | None]:
+    """(calibration cases, held-out cases or None): whole lesions held out when `holdout` > 0."""
     if not holdout:
         return cases, None
     calib, held = holdout_split(cases.records, holdout, seed)
@@ -406,6 +413,7 @@ def _split_cases(cases: Cases, holdout: float, seed: int) -> tuple[Cases, Cases 
 
 
 def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> dict[str, Any]:
+    """Operating points at the old and new thresholds, on calibration and held-out cases."""
     points = {
         "before": operating_point(calib, model.threshold),
         "after": operating_point(calib, threshold),
@@ -513,6 +521,7 @@ def calibrate(
 def _print_summary(
     model: Any, record: dict[str, Any], report: dict[str, Any], dst: Path, folder: Path
 ) -> None:
+    """Print the before/after table, the trade-offs, the new threshold and any warning."""
     c, points = record["data"]["counts"], report["points"]
     click.echo(summary_table(points))
     click.echo("\nother targets on the calibration cases (same margin; pass --target-sensitivity):")

@@ -79,14 +79,17 @@ class _Node:
         return self.tab.Pos + off if off else 0
 
     def scalar(self, field: int, flags: Any, default: int | float = 0) -> Any:
+        """A scalar field read with `flags`, or `default` when the field is absent."""
         pos = self.slot(field)
         return self.tab.Get(flags, pos) if pos else default
 
     def string(self, field: int) -> str | None:
+        """A string field decoded as UTF-8 (bad bytes replaced), or None when absent."""
         pos = self.slot(field)
         return self.tab.String(pos).decode("utf-8", "replace") if pos else None
 
     def table(self, field: int) -> _Node | None:
+        """A sub-table field as a `_Node`, or None when the field is absent."""
         pos = self.slot(field)
         return _Node(self.tab.Bytes, self.tab.Indirect(pos)) if pos else None
 
@@ -96,14 +99,17 @@ class _Node:
         return (self.tab.Vector(off), self.tab.VectorLen(off)) if off else (0, 0)
 
     def tables(self, field: int) -> list[_Node]:
+        """A vector-of-tables field as a list of `_Node` (empty when absent)."""
         start, n = self._vector(field)
         return [_Node(self.tab.Bytes, self.tab.Indirect(start + 4 * i)) for i in range(n)]
 
     def numbers(self, field: int, flags: Any) -> list[Any]:
+        """A vector-of-scalars field read with `flags` (empty when absent)."""
         start, n = self._vector(field)
         return [self.tab.Get(flags, start + flags.bytewidth * i) for i in range(n)]
 
     def data(self, field: int) -> bytes | None:
+        """A byte-vector field as bytes, or None when the field is absent."""
         start, n = self._vector(field)
         return bytes(self.tab.Bytes[start : start + n]) if start else None
 
@@ -134,6 +140,7 @@ def model_bytes(source: str | os.PathLike[str] | bytes | bytearray | memoryview)
 
 
 def _buffer(buffers: list[_Node], index: int) -> _Node:
+    """Buffer table `index`; ValueError when metadata points past the model's buffers."""
     if not 0 <= index < len(buffers):
         raise ValueError(f"metadata points at buffer {index}, model has {len(buffers)}")
     return buffers[index]
@@ -161,6 +168,7 @@ def safe_walk(what: str, fn: Any, *args: Any) -> Any:
 
 
 def _metadata(buf: Any) -> dict[str, bytes]:
+    """All `Model.metadata` entries of a model buffer as {name: buffer bytes}."""
     model = model_root(buf)
     buffers = model.tables(MODEL_BUFFERS)
     entries = {}
@@ -235,14 +243,17 @@ class _Block:
         self.old_refs: list[tuple[int, int]] = []  # (slot, position in the old file)
 
     def pos(self) -> int:
+        """Absolute position in the new file of the next byte to be written."""
         return HEADER + len(self.data)
 
     def pack(self, fmt: str, *values: int) -> int:
+        """Append `values` packed little-endian as `fmt`; return the position they start at."""
         at = self.pos()
         self.data += struct.pack("<" + fmt, *values)
         return at
 
     def align(self, n: int, extra: int = 0) -> None:
+        """Pad with zeros so that the position plus `extra` is a multiple of `n`."""
         self.data += bytes(-(self.pos() + extra) % n)
 
     def slot(self) -> int:
@@ -250,9 +261,11 @@ class _Block:
         return self.pack("I", 0)
 
     def point(self, slot: int, target: int) -> None:
+        """Fill the reserved uoffset at `slot` so that it points at block position `target`."""
         struct.pack_into("<I", self.data, slot - HEADER, target - slot)
 
     def point_old(self, target: int) -> None:
+        """Reserve a uoffset pointing at `target` in the old file; resolved by `finish`."""
         self.old_refs.append((self.slot(), target))
 
     def finish(self) -> bytes:
@@ -265,6 +278,7 @@ class _Block:
 
 
 def _card_json(card: dict[str, Any]) -> bytes:
+    """The card as UTF-8 JSON bytes (NaN refused); TypeError if it is not a dict."""
     if not isinstance(card, dict):
         raise TypeError(f"card must be a dict, got {type(card).__name__}")
     return json.dumps(card, ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -332,6 +346,7 @@ def _shift_absolute_offsets(out: bytearray, model: _Node, shift: int) -> None:
 
 
 def _embed(old: bytes, data: bytes) -> bytes:
+    """The model with a new root Model table that adds (or replaces) the card `data`."""
     model = model_root(old)
     vtable = model.tab.Pos - model.tab.Get(N.SOffsetTFlags, model.tab.Pos)
     nfields = max((model.tab.Get(N.VOffsetTFlags, vtable) - 4) // 2, MODEL_METADATA + 1)
@@ -429,6 +444,7 @@ def _card_start(buf: Any) -> int | None:
 
 
 def _digest_at(blob: Any) -> int | None:
+    """Offset of the card's 64 digest digits in the file, or None if it records no digest."""
     start = safe_walk("the model card's place", _card_start, blob)
     if start is None or bytes(blob[start : start + len(_HEAD)]) != _HEAD:
         return None
@@ -436,6 +452,7 @@ def _digest_at(blob: Any) -> int | None:
 
 
 def _digest(blob: Any, at: int) -> str:
+    """Hex sha256 of the file with the 64 digest digits at `at` taken as zeros."""
     view = memoryview(blob)
     h = hashlib.sha256(view[:at])
     h.update(_ZEROS)
@@ -466,6 +483,7 @@ MAX_TOTAL_TENSOR_BYTES = 2 << 30
 
 
 def _check_graph(buf: Any) -> None:
+    """ValueError for a graph with bad references, negative dimensions or oversized tensors."""
     model = model_root(buf)
     n_buffers = len(model.tables(MODEL_BUFFERS))
     n_codes = len(model.tables(MODEL_OPCODES))
@@ -530,6 +548,7 @@ def check_digest(blob: bytes) -> bool | None:
 
 
 def _tensor_info(node: _Node) -> dict[str, Any]:
+    """Name, dtype, shape, shape signature and quantization of one tensor table."""
     type_id = node.scalar(TENSOR_TYPE, N.Int8Flags)
     quant = node.table(TENSOR_QUANT)
     scales = quant.numbers(QUANT_SCALE, N.Float32Flags) if quant else []
@@ -556,6 +575,7 @@ def _op_names() -> dict[int, str]:
 
 
 def _op_counts(model: _Node) -> Counter[str]:
+    """How often each operator (builtin name or custom name) occurs across all subgraphs."""
     names = _op_names()
     codes = []
     for code in model.tables(MODEL_OPCODES):
@@ -574,6 +594,7 @@ def _op_counts(model: _Node) -> Counter[str]:
 
 
 def _io(model: _Node) -> dict[str, list[dict[str, Any]]]:
+    """Input and output tensor infos of the model's main (first) subgraph."""
     main = model.tables(MODEL_SUBGRAPHS)[0]
     tensors = main.tables(SUBGRAPH_TENSORS)
     return {
@@ -590,6 +611,7 @@ def model_io(source: str | os.PathLike[str] | bytes) -> dict[str, list[dict[str,
 
 
 def _summary(buf: Any) -> dict[str, Any]:
+    """Size, schema version, description, I/O, operator counts and metadata names of a model."""
     model = model_root(buf)
     ops = _op_counts(model)
     return {

@@ -9,6 +9,7 @@ NONE_RECORDED = "no external evaluation recorded: internal figures only"
 
 
 def _fmt(v: Any) -> str:
+    """A number with 3 decimals, or n/a for None."""
     return "n/a" if v is None else f"{v:.3f}"
 
 

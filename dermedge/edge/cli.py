@@ -159,6 +159,7 @@ def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], 
 
 
 def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
+    """One image's result row (prob, label, decision, threshold, warnings), or its error."""
     try:
         img = load_rgb(path)
         result = model.classify(img)
@@ -171,6 +172,7 @@ def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
 
 
 def _table_line(row: dict[str, Any]) -> str:
+    """One result row as a line of the printed table (the decision in capitals when refer)."""
     if "error" in row:
         return f"{'FAILED':<9} {'-':>6}  {'-':<10} {row['file']}: {row['error']}"
     decision = row["decision"].upper() if row["decision"] == "refer" else row["decision"]
@@ -190,6 +192,7 @@ def _check_csv_target(path: str) -> None:
 
 
 def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Write the result rows as CSV, atomically; Fatal when the file cannot be written."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -256,6 +259,7 @@ def classify_images(
 
 
 def _camera_line(event: dict[str, Any]) -> str:
+    """One camera session event (decision, quality, reconnect, other) as a printed line."""
     kind = event["event"]
     head = f"{event.get('t_s', 0):7.2f}s {event.get('frame', ''):>7}  "
     if kind == "decision":
@@ -273,7 +277,10 @@ def _camera_line(event: dict[str, Any]) -> str:
 
 
 def _stop_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so the camera session ends as it does on Ctrl-C."""
+
     def handler(signum: int, frame: Any) -> None:
+        """Raise KeyboardInterrupt in place of the default SIGTERM exit."""
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -307,6 +314,7 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
     print(DISCLAIMER, file=note, flush=True)
 
     def emit(event: dict[str, Any]) -> None:
+        """Print one session event as a JSON line or a table line."""
         print(json.dumps(event) if as_json else _camera_line(event), flush=True)
 
     _stop_on_sigterm()
@@ -338,6 +346,7 @@ MODE_OPTIONS = {
 
 
 def _flag(ctx: click.Context, name: str) -> str:
+    """The longest of option `name`'s spellings (e.g. --max-frames), for error messages."""
     param = next(p for p in ctx.command.params if p.name == name)
     return max(param.opts, key=len)
 
@@ -375,6 +384,7 @@ class ModeCommand(click.Command):
     """A click command whose --help groups the options by mode."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Write the options in one help section per set of modes that take them."""
         sections: dict[str, list[tuple[str, str]]] = {t: [] for t in HELP_SECTIONS.values()}
         sections["Other"] = []
         for param in self.get_params(ctx):
@@ -390,6 +400,7 @@ class ModeCommand(click.Command):
 
 
 def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """Parse --smooth N/M into (N, M), N a majority of M; click.BadParameter otherwise."""
     try:
         n, m = (int(v) for v in value.split("/"))
     except ValueError:
@@ -400,6 +411,7 @@ def _smooth(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Print the dermedge and TFLite runtime versions and exit (the eager --version callback)."""
     if not value or ctx.resilient_parsing:
         return
     try:

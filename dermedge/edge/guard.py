@@ -25,10 +25,12 @@ MESSAGE = "unlike the training images: not a dermoscopic lesion photo?"
 
 
 def _b64(a: np.ndarray) -> str:
+    """An array as base64 of its little-endian float32 bytes, as the card stores it."""
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
 
 
 def _unb64(s: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A base64 float32 card array as float64 of `shape`; ValueError when the size differs."""
     a = np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float64)
     if a.size != int(np.prod(shape)):
         raise ValueError(f"guard array of {a.size} values, expected shape {shape}")
@@ -63,9 +65,11 @@ class Guard:
         return best / self.dim
 
     def unfamiliar(self, features: np.ndarray) -> np.ndarray:
+        """True for each feature row scoring above the cut-off (unlike the training images)."""
         return self.score(features) > self.cutoff
 
     def to_card(self) -> dict[str, Any]:
+        """The guard as the card's `guard` entry, its arrays as base64 float32."""
         k, d = self.components.shape
         return {
             "kind": KIND,

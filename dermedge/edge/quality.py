@@ -51,10 +51,12 @@ class Quality:
         return self.reason is None
 
     def to_dict(self) -> dict[str, float | str | None]:
+        """The measures and reason as a dict, floats rounded to 4 decimals."""
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _reason(q: dict[str, float], gate: Gate) -> str | None:
+    """The first check the measures fail, in the words the user sees, or None when all pass."""
     if q["dark"] > gate.max_dark or q["brightness"] < gate.min_brightness:
         return "too dark"
     if q["bright"] > gate.max_bright:

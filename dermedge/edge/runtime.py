@@ -61,6 +61,7 @@ def _version(module_name: str, dist: str) -> str:
 
 
 def _load(key: str) -> Runtime:
+    """The Runtime for RUNTIMES[`key`]; ImportError when its module is not installed."""
     module_name, dist = RUNTIMES[key]
     module = importlib.import_module(module_name)
     if key == "tensorflow":
@@ -144,6 +145,7 @@ def _load_delegate(rt: Runtime, library: str) -> Any:
 
 
 def _make_interpreter(rt: Runtime, path: Path, threads: int, delegate: str | None, xnnpack: bool):
+    """An allocated interpreter (optional delegate, XNNPACK on/off); EdgeError if it fails."""
     delegates = [_load_delegate(rt, delegate)] if delegate else []
     kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
     if delegates:
@@ -184,6 +186,7 @@ class EdgeModel:
         xnnpack: bool = True,
         runtime: str | None = None,
     ) -> None:
+        """Check the file and its card, load an interpreter and check its input and output."""
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgeError(f"model file not found: {self.path}")
@@ -219,6 +222,7 @@ class EdgeModel:
         self.guard = self._guard()
 
     def _contract(self, contract: InputContract | None) -> InputContract:
+        """The given contract, else the card's input contract; EdgeError when there is neither."""
         if contract is not None:
             return contract
         if self.card is None:
@@ -228,6 +232,7 @@ class EdgeModel:
         return InputContract.from_dict(self.card["input"])
 
     def _threshold(self, threshold: float | None) -> float:
+        """The given threshold, else the card's; EdgeError if there is none or it is not 0..1."""
         if threshold is None:
             if self.card is None:
                 raise EdgeError(no_card_message(self.path))
@@ -254,6 +259,7 @@ class EdgeModel:
         self._resize(int(shape[0]), size)
 
     def _io_details(self) -> None:
+        """Cache the details of the input, the output and the optional second (feature) output."""
         self._input = self._interpreter.get_input_details()[0]
         outputs = self._interpreter.get_output_details()
         self._output = outputs[0]
@@ -298,6 +304,7 @@ class EdgeModel:
         return guard
 
     def _resize(self, batch: int, size: int) -> None:
+        """Resize the input tensor to (batch, size, size, 3), reallocate, refresh the details."""
         self._interpreter.resize_tensor_input(self._input["index"], [batch, size, size, 3])
         self._interpreter.allocate_tensors()
         self._io_details()
@@ -308,6 +315,7 @@ class EdgeModel:
         return np.dtype(self._input["dtype"]).name
 
     def _quantize(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixels in the input tensor's dtype, quantized by its scale/zero point if integer."""
         dtype = np.dtype(self._input["dtype"])
         if dtype.kind == "f":
             return pixels.astype(dtype)
@@ -322,6 +330,7 @@ class EdgeModel:
 
     @staticmethod
     def _dequantize(out: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+        """An output tensor as float64, dequantized with its scale and zero point if integer."""
         if np.dtype(out.dtype).kind == "f":
             return out.astype(np.float64)
         scale, zero = details["quantization"]

@@ -35,9 +35,17 @@ class FrameSource(Protocol):
     live: bool
     expected: int | None
 
-    def open(self) -> None: ...
-    def read(self) -> np.ndarray | None: ...
-    def close(self) -> None: ...
+    def open(self) -> None:
+        """Open (or reopen) the source; SourceError when it cannot be opened now."""
+        ...
+
+    def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None for a frame that failed."""
+        ...
+
+    def close(self) -> None:
+        """Release the source (safe to call twice)."""
+        ...
 
 
 def _usable(frame: Any) -> bool:

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}  # w
 
 
 def _fail(e: BaseException) -> click.ClickException:
+    """A ClickException with the error's first line (its type name when it has no message)."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return click.ClickException(msg)
 

@@ -46,6 +46,7 @@ class SplitArrays:
         return int(self.y.size)
 
     def counts(self) -> dict[str, int]:
+        """How many benign (0) and malignant (1) images the split has."""
         c = Counter(int(v) for v in self.y)
         return {"benign": c.get(0, 0), "malignant": c.get(1, 0)}
 
@@ -137,6 +138,7 @@ class Augment:
     rescale: float = 0.0  # probability of a resolution loss: down to 35..90%, then back up
 
     def to_dict(self) -> dict[str, object]:
+        """The strengths as a plain dict."""
         return dict(self.__dict__)
 
     @classmethod
@@ -399,10 +401,12 @@ def _streamed(x: ShardArray, parts: tuple, training: bool, seed: int) -> tf.data
     size, n_shards = x.size, len(x.shards)
 
     def one_shard(k: tf.Tensor) -> tf.data.Dataset:
+        """Shard `k`'s records as (raw image bytes, index in the split) pairs."""
         pixels = tf.data.FixedLengthRecordDataset(files[k], x.record_bytes, header_bytes=headers[k])
         return tf.data.Dataset.zip((pixels, tf.data.Dataset.range(starts[k], starts[k + 1])))
 
     def decode(raw: tf.Tensor, i: tf.Tensor) -> tuple:
+        """A raw record as a (size, size, 3) uint8 image, with the label parts of example `i`."""
         img = tf.reshape(tf.io.decode_raw(raw, tf.uint8), (size, size, 3))
         return (img, *(tf.gather(t, i) for t in tables))
 
@@ -442,6 +446,7 @@ def _augmented(
     rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def _map(item: tuple, s: tf.Tensor) -> tuple:
+        """Augment an example's image with seed `s`; redo Shades of Gray if the contract does."""
         img = augment_image(tf.cast(item[0], tf.float32), s, aug, size)
         if color_constancy_p:
             img = shades_of_gray_tf(img, color_constancy_p)

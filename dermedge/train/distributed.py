@@ -25,6 +25,7 @@ from dermedge.train.config import STRATEGIES, TrainConfig, TrainError
 
 
 def make_strategy(name: str) -> Any:
+    """The tf.distribute strategy `name`: default, mirrored (GPUs, else CPUs) or multiworker."""
     import tensorflow as tf
 
     if name == "default":
@@ -39,6 +40,7 @@ def make_strategy(name: str) -> Any:
 
 
 def is_chief() -> bool:
+    """Whether this is the chief: no TF_CONFIG, the chief task, or worker 0 with no chief."""
     cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = cfg.get("task") or {}
     return task.get("type", "chief") == "chief" or (
@@ -89,6 +91,7 @@ def distributed_input(strategy: Any, cfg: TrainConfig, train_input: Callable[...
         return train_input(cfg.batch)
 
     def per_pipeline(ctx: Any) -> Any:
+        """This input pipeline's dataset, at the per-replica batch size."""
         batch = ctx.get_per_replica_batch_size(cfg.batch)
         return train_input(batch, (ctx.num_input_pipelines, ctx.input_pipeline_id))
 
@@ -122,6 +125,7 @@ def fit_multiworker(
 
     @tf.function
     def step(batch: Any) -> dict[str, Any]:
+        """One distributed training step; its logs averaged across the replicas."""
         logs = strategy.run(model.train_step, args=(batch,))
         return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 

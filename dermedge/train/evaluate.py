@@ -293,6 +293,7 @@ def _predictions_csv(paths: Sequence[str], y: np.ndarray, p: np.ndarray) -> str:
 
 
 def _fmt_ci(v: float | None, ci: Sequence[float | None] | None) -> str:
+    """`v [lo, hi]` with 4 decimals, `v` alone without a CI, or n/a for None."""
     if v is None:
         return "n/a"
     if not ci or ci[0] is None:

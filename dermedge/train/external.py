@@ -55,6 +55,7 @@ def warn(msg: str) -> None:
 
 
 def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -211,6 +212,7 @@ class Predictions:
 
 
 def _contract(model_path: Path, card: dict[str, Any] | None) -> Any:
+    """The card's input contract; ExternalError when the model has no card with one."""
     from dermedge.data.contract import InputContract
 
     if card is None or "input" not in card:
@@ -327,6 +329,7 @@ def build_report(
 
 
 def _model_info(model_path: Path, card: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's path and file sha256 with its card's main fields, for the report."""
     c = card or {}
     return {
         "model": str(model_path),
@@ -338,10 +341,12 @@ def _model_info(model_path: Path, card: dict[str, Any] | None) -> dict[str, Any]
 
 
 def _pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal, or n/a for None."""
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def _ci(v: float | None, ci: list[float | None] | None, pct: bool = False) -> str:
+    """`value [lo, hi]` (3 decimals, or percentages with `pct`); the value alone without a CI."""
     f = _pct if pct else (lambda x: "n/a" if x is None else f"{x:.3f}")
     if not ci or ci[0] is None:
         return f(v)
@@ -392,6 +397,7 @@ def summary_table(report: dict[str, Any]) -> str:
 
 
 def _overlap_md(ov: dict[str, Any]) -> str:
+    """The report.md sentence on the overlap check: not checked, overlap allowed, or none found."""
     if not ov["checked"]:
         return f"**NOT CHECKED** ({ov['how']}): these images may include training photos."
     if ov["overlapping"]:

@@ -52,6 +52,7 @@ def input_contract(
 
 
 def _head(x: keras.KerasTensor, dropout: float, name_prefix: str = "head") -> keras.KerasTensor:
+    """The classifier head: dropout, then the one-unit float32 sigmoid output `malignant`."""
     x = layers.Dropout(dropout, name=f"{name_prefix}_dropout")(x)
     return layers.Dense(1, activation="sigmoid", name="malignant", dtype="float32")(x)
 
@@ -82,6 +83,7 @@ def simple_cnn(size: int = 128, dropout: float = 0.4) -> keras.Model:
 
 
 def _lite0(size: int, weights: str | None, dropout: float) -> keras.Model:
+    """EfficientNet-Lite0 with the head; WeightsError when its weights cannot be loaded."""
     from dermedge.train import efficientnet_lite as lite
 
     w: str | os.PathLike | None = weights
@@ -96,6 +98,7 @@ def _lite0(size: int, weights: str | None, dropout: float) -> keras.Model:
 
 
 def _mobilenet(size: int, weights: str | None, dropout: float) -> keras.Model:
+    """MobileNetV2 behind `normalize`, pooled, with the head; WeightsError: no ImageNet weights."""
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
     imagenet = weights == "imagenet"

@@ -50,6 +50,7 @@ def load_weights(model: Any, path: Path) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` atomically as indented JSON, made JSON-safe by `clean_json`."""
     atomic_write_text(path, json.dumps(clean_json(obj), indent=2) + "\n")
 
 
@@ -117,6 +118,7 @@ class RunState:
             self._checkpoint(model)
 
     def _history_row(self, model: Any, epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's history row: run/phase epoch, the Keras logs, learning rate, seconds."""
         row: dict[str, Any] = {
             "epoch": self.state["epochs_done"] + 1,
             "phase": self.phase["name"],
@@ -128,6 +130,7 @@ class RunState:
         return row
 
     def _track_best(self, model: Any, auc: float | None, epoch: int) -> None:
+        """Save the weights when val AUC beats the best so far; else count a stalled epoch."""
         best = self.state.get("best_val_auc")
         if auc is not None and np.isfinite(auc) and (best is None or auc > best + 1e-6):
             self.state.update(best_val_auc=float(auc), best_epoch=epoch, wait=0)
@@ -155,13 +158,16 @@ def state_callback(run_state: RunState) -> Any:
 
     class _Callback(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            """Log the epoch and start its clock (`RunState.begin`)."""
             run_state.begin(epoch)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            """Record, checkpoint and maybe stop early (`RunState.end`)."""
             run_state.end(self.model, epoch, dict(logs or {}))
 
     return _Callback()
 
 
 def write_state(ckpt: Path, state: dict[str, Any]) -> None:
+    """Write `state.json` into `ckpt`, without the in-memory `wall_before`."""
     write_json(ckpt / STATE, {k: v for k, v in state.items() if k != "wall_before"})

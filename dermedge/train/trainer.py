@@ -65,6 +65,7 @@ from dermedge.train.run_state import (
 
 
 def _is_manifest(p: Path) -> bool:
+    """Whether `p` is a manifest CSV or a folder holding a manifest.csv."""
     return (p.is_file() and p.suffix == ".csv") or (p.is_dir() and (p / "manifest.csv").is_file())
 
 
@@ -122,6 +123,7 @@ def resolve_records(
 
 
 def _set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and the backend; `deterministic` also turns on TF op determinism."""
     import keras
     import tensorflow as tf
 
@@ -132,6 +134,7 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
 
 
 def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
+    """Compile with Adam on a cosine-decayed rate, binary cross-entropy, AUC and accuracy."""
     import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps), alpha=0.02)
@@ -278,6 +281,7 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     cc_p = contract.color_constancy_p if contract.color_constancy != "none" else None
 
     def train_input(batch: int, pipelines: tuple[int, int] = (1, 0)) -> Any:
+        """The training batches of one input pipeline (`pipelines`: count, this one's id)."""
         return make_dataset(splits["train"], batch, True, cfg.seed, sample_w, aug, cc_p, pipelines)
 
     train_ds = distributed_input(strategy, cfg, train_input)
@@ -592,6 +596,7 @@ def summary_table(card: dict[str, Any]) -> str:
     m = card["metrics"].get("test") or {}
 
     def ci(k: str) -> str:
+        """A test metric with its 95% CI when recorded, or n/a when it was not measured."""
         v, c = m.get(k), m.get(f"{k}_ci95")
         if v is None:
             return "n/a"
