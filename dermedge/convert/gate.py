@@ -1,6 +1,6 @@
 """The accuracy gate: a TFLite variant against the Keras model on the same test pixels.
 
-TensorFlow-free (numpy and `dermedge.train.evaluate`'s metrics), so it can be tested and reused
+TensorFlow-free (numpy and `dermedge.metrics`), so it can be tested and reused
 without a converter. Besides the per-variant tolerances it checks that the model card's input
 contract is the one the model was trained with: the normalization written in the card against
 the model's own `normalize` layer, the input size against the model's input, and the Keras model

@@ -6,6 +6,11 @@ The card is the UTF-8 JSON held by the buffer of the flatbuffer `Model.metadata`
 root `Model` table whose `buffers`/`metadata` vectors add (or replace) the card and point forward
 at everything else, which is kept byte for byte; nothing is re-serialized, so other metadata,
 signatures and weights survive untouched.
+
+Why by hand and not with the schema bindings LiteRT ships (`ai_edge_litert.schema_py_generated`):
+the 32-bit Raspberry Pi install runs on tflite-runtime 2.14, which has no such module, and its
+object API re-serializes the whole model on write (every weight buffer unpacked and packed anew),
+where this writer adds one small block.
 """
 
 from __future__ import annotations

@@ -85,33 +85,8 @@ def plot_roc(
     title: str = "",
 ) -> Path:
     """ROC curve with its AUC, the operating threshold's point and the 0.5 point marked."""
-    y, p = label_arrays(y_true, prob)
-    fig = new_figure()
-    ax = fig.add_subplot(111)
-    fpr, tpr, _ = roc_points(y, p)
-    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {roc_auc(y, p):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    for thr, style, name in (
-        (0.5, "s", "0.5"),
-        ((operating or {}).get("threshold"), "o", "operating"),
-    ):
-        if thr is None:
-            continue
-        m = binary_metrics(y, p, thr)
-        ax.plot(
-            1 - m["specificity"],
-            m["recall"],
-            style,
-            ms=9,
-            label=f"{name} t={thr:.3f}: sens {m['recall']:.3f}, spec {m['specificity']:.3f}",
-        )
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.legend(loc="lower right", fontsize=7)
-    ax.set_title(title or "ROC")
-    return save_png(fig, Path(path))
+    marks = [("0.5", 0.5), ("operating", (operating or {}).get("threshold"))]
+    return plot_roc_marked(y_true, prob, path, marks, title, styles=("s", "o"))
 
 
 def plot_pr(
@@ -358,8 +333,9 @@ def plot_roc_marked(
     y_true: ArrayLike,
     prob: ArrayLike,
     path: str | Path,
-    marks: Sequence[tuple[str, float]],
+    marks: Sequence[tuple[str, float | None]],
     title: str = "",
+    styles: Sequence[str] = ("o", "s", "^", "D", "v"),
 ) -> Path:
     """ROC curve with its AUC and each named threshold's (1 - spec, sens) point marked."""
     y, p = label_arrays(y_true, prob)
@@ -368,7 +344,7 @@ def plot_roc_marked(
     fpr, tpr, _ = roc_points(y, p)
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {roc_auc(y, p):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    for (name, thr), style in zip(marks, ("o", "s", "^", "D", "v"), strict=False):
+    for (name, thr), style in zip(marks, styles, strict=False):
         if thr is None or not math.isfinite(thr):
             continue
         m = binary_metrics(y, p, thr)

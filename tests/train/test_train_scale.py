@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -134,24 +135,8 @@ def _train(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-TRAIN = [
-    "--arch",
-    "simple_cnn",
-    "--img-size",
-    "64",
-    "--batch",
-    "32",
-    "--epochs",
-    "3",
-    "--augment",
-    "none",
-    "--bootstrap",
-    "100",
-    "--strategy",
-    "multiworker",
-    "--cache",
-    "stream",
-]
+SMALL = shlex.split("--arch simple_cnn --img-size 64 --batch 32 --bootstrap 100 --cache stream")
+TRAIN = [*SMALL, *shlex.split("--epochs 3 --augment none --strategy multiworker")]
 
 
 def test_two_workers_train_as_one(tmp_path):
@@ -215,27 +200,8 @@ def test_streamed_mixed_precision_run(tmp_path):
     """--cache stream --mixed-precision: trains on CPU (bfloat16 compute), saves a float32 model."""
     data = _manifest(tmp_path / "manifest")
     env = {**os.environ, "DERMEDGE_RUNS": str(tmp_path / "runs"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = [
-        "--arch",
-        "simple_cnn",
-        "--img-size",
-        "64",
-        "--batch",
-        "32",
-        "--epochs",
-        "1",
-        "--bootstrap",
-        "100",
-        "--cache",
-        "stream",
-        "--mixed-precision",
-        "--data",
-        str(data),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--name",
-        "mp",
-    ]
+    args = [*SMALL, "--epochs", "1", "--mixed-precision", "--data", str(data)]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--name", "mp"]
     proc = _train(args, env, tmp_path / "mp.log")
     log = tmp_path / "mp.log"
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
