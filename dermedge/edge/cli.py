@@ -277,13 +277,16 @@ def _camera_line(event: dict[str, Any]) -> str:
 
 
 def _stop_on_sigterm() -> None:
-    """Make SIGTERM raise KeyboardInterrupt, so the camera session ends as it does on Ctrl-C."""
+    """Make SIGTERM and SIGINT raise KeyboardInterrupt, so the camera session ends as it does on
+    Ctrl-C, also when started in the background (`cmd &` in a script starts it with SIGINT ignored,
+    which Python would keep)."""
 
     def handler(signum: int, frame: Any) -> None:
         """Raise KeyboardInterrupt in place of the default SIGTERM exit."""
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
