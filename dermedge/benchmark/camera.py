@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dermedge.benchmark.core import Settings, latency_stats, log
+from dermedge.benchmark.rows import latency_stats
+from dermedge.benchmark.settings import Settings, log
 
 if TYPE_CHECKING:
     from dermedge.edge.camera import Session

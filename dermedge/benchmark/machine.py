@@ -1,4 +1,5 @@
-"""Facts about the machine a benchmark ran on: CPU, instruction-set flags, memory, load, versions."""
+"""Facts about the machine a benchmark ran on: CPU, instruction-set flags, memory, load, versions
+(and whether a module is installed here)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,16 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def missing(module: str) -> bool:
+    """True when `module` cannot be imported here (checked without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
 
 
 def facts() -> dict[str, Any]:

@@ -12,6 +12,8 @@ Import-light on purpose: TensorFlow is imported only when a conversion runs, nev
 
 from __future__ import annotations
 
+import sys
+
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 FILE_NAMES = {v: f"model_{v}.tflite" for v in VARIANTS}
 REJECTED_DIR = "rejected"
@@ -20,6 +22,11 @@ FEATURES = "dermedge_features"  # a guarded model's second output: the penultima
 
 class ConvertError(Exception):
     """Bad input or a conversion that cannot go on; the message is one line saying what to do."""
+
+
+def log(msg: str) -> None:
+    """Print a progress line to stderr."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_quant(spec: str) -> list[str]:

@@ -213,7 +213,7 @@ def _split_features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train and val features and labels through the feature model `tmp`, after checking that
     its val probabilities are those of the source model, bit for bit."""
-    from dermedge.convert.pipeline import load_split  # the gate's loader: reports bad files
+    from dermedge.convert.gate_images import load_split  # the gate's loader: reports bad files
     from dermedge.edge.runtime import EdgeModel
 
     model = EdgeModel(tmp)
