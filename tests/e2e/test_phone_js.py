@@ -66,6 +66,7 @@ def _vignette(a: np.ndarray, r: float = 0.42, cx: float = 0.47, cy: float = 0.52
     return out
 
 
+@pytest.mark.slow
 def test_preprocess_bit_exact_with_pil(isic_dir: Path) -> None:
     rng = np.random.default_rng(3)
     frames = [

@@ -117,6 +117,7 @@ def test_models_take_raw_pixels(arch):
     assert m.get_layer("malignant").activation.__name__ == "sigmoid"
 
 
+@pytest.mark.slow
 def test_mobilenet_freezing_keeps_batchnorm_in_inference_mode():
     m = build_model("mobilenet_v2", 64, None)
     frozen = set_trainable(m, "mobilenet_v2", 0)
