@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +33,34 @@ def isic_dir() -> Path:
 @pytest.fixture(scope="session")
 def ham_dir() -> Path:
     return _need(DATA / "ham10000-thumbs")
+
+
+def isic_photos(isic: Path, split_dir: str, label: str, n: int, skip: int = 0) -> list[Path]:
+    """`n` isic-mvb photos of `label` from its `split_dir` folder, in file-number order."""
+    photos = sorted((isic / split_dir / label).glob("*.jpg"), key=lambda p: int(p.stem))
+    return photos[skip : skip + n]
+
+
+def write_isic_manifest(
+    folder: Path, isic: Path, plan: list[tuple[str, int, str, int]], source: str
+) -> Path:
+    """A balanced split manifest of real isic-mvb photos in `folder`: for each (split, n per class,
+    isic-mvb folder, skip) of `plan`, n benign and n malignant photos."""
+    from dermedge.data.split import MANIFEST_COLUMNS
+
+    rows = []
+    for split, n, src, skip in plan:
+        for label in ("benign", "malignant"):
+            for p in isic_photos(isic, src, label, n, skip):
+                sha = hashlib.sha256(p.read_bytes()).hexdigest()
+                rows.append([p.relative_to(isic).as_posix(), sha, label, "", split, source, label])
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+    (folder / "manifest.json").write_text(json.dumps({"root": str(isic)}))
+    return folder
 
 
 def rewrite_tflite(blob: bytes, edit) -> bytes:

@@ -57,9 +57,10 @@ def _init_worker(contract: InputContract) -> None:
 def _decode_one(
     path: str, contract: InputContract | None = None
 ) -> tuple[np.ndarray | None, str | None]:
-    """(pixels, None) or (None, the one-line reason the file is not a usable image)."""
+    """(pixels, None) or (None, the one-line reason the file is not a usable image); in a worker
+    process the contract is the one the pool's initializer gave it."""
     try:
-        return preprocess(path, contract or _worker_contract or InputContract()), None
+        return preprocess(path, contract or _worker_contract), None
     except ImageError as e:
         return None, str(e)
 

@@ -75,16 +75,16 @@ def read_shard(npy: Path, size: int, span: tuple[int, int] | None = None) -> Sha
     try:
         meta = json.loads(meta_path.read_text())
         header, shape = _header_bytes(npy)
-    except (OSError, ValueError):
+        n, kept = int(meta["n"]), tuple(int(i) for i in meta["kept"])
+        bad = tuple((str(p), str(r)) for p, r in meta.get("bad", []))
+        whole = npy.stat().st_size == header + n * size * size * 3
+    except (OSError, ValueError, KeyError, TypeError):  # missing, half-written or hand-edited
         return None
-    n = int(meta.get("n", -1))
-    expected = header + n * size * size * 3
-    if shape != (n, size, size, 3) or npy.stat().st_size != expected or len(meta["kept"]) != n:
+    if shape != (n, size, size, 3) or not whole or len(kept) != n:
         return None
     if span is not None and tuple(meta.get("span", ())) != tuple(span):
         return None
-    bad = tuple((str(p), str(r)) for p, r in meta.get("bad", []))
-    return Shard(npy, header, n, tuple(int(i) for i in meta["kept"]), bad)
+    return Shard(npy, header, n, kept, bad)
 
 
 def _write_shard(
@@ -189,7 +189,8 @@ def build_shards(
     finally:
         decoded.close()  # stops the worker processes
     complete = [s for s in shards if s is not None]
-    _write_index(folder, contract, len(paths), complete)
+    if todo or not (folder / "index.json").is_file():
+        _write_index(folder, contract, len(paths), complete)
     kept = [i for s in complete for i in s.kept]
     bad = {p: r for s in complete for p, r in s.bad}
     return ShardArray(complete, contract.size), kept, bad

@@ -276,7 +276,7 @@ def _camera_line(event: dict[str, Any]) -> str:
     return f"{head}{kind}: {event.get('error', '')}"
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_signals() -> None:
     """Make SIGTERM and SIGINT raise KeyboardInterrupt, so the camera session ends as it does on
     Ctrl-C, also when started in the background (`cmd &` in a script starts it with SIGINT ignored,
     which Python would keep)."""
@@ -320,7 +320,7 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
         """Print one session event as a JSON line or a table line."""
         print(json.dumps(event) if as_json else _camera_line(event), flush=True)
 
-    _stop_on_sigterm()
+    _stop_on_signals()
     try:
         summary = camera.Session(model, source, options, emit, saver, preview).run()
     except camera.SourceError as e:

@@ -413,13 +413,9 @@ def _streamed(x: ShardArray, parts: tuple, training: bool, seed: int) -> tf.data
     order = tf.data.Dataset.range(n_shards)
     if training:
         order = order.shuffle(n_shards, seed=seed, reshuffle_each_iteration=True)
-    cycle = min(CYCLE, n_shards) if training else 1
+    cycle = max(1, min(CYCLE, n_shards)) if training else 1
     ds = order.interleave(
-        one_shard,
-        cycle_length=max(cycle, 1),
-        block_length=1,
-        num_parallel_calls=max(cycle, 1),
-        deterministic=True,
+        one_shard, cycle_length=cycle, block_length=1, num_parallel_calls=cycle, deterministic=True
     )
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if training:

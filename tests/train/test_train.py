@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 from click.testing import CliRunner  # noqa: E402
+from conftest import isic_photos, write_isic_manifest  # noqa: E402
 
 from dermedge.cli import main  # noqa: E402
 
@@ -39,40 +40,17 @@ pytestmark = [
 ]
 
 
-def _images(split_dir: str, label: str, n: int, skip: int = 0) -> list[Path]:
-    return sorted((DATA / split_dir / label).glob("*.jpg"), key=lambda p: int(p.stem))[
-        skip : skip + n
-    ]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A runs root and a ~100-image manifest (60 train / 20 val / 20 test, balanced)."""
     root = tmp_path_factory.mktemp("train")
-    man = root / "manifest"
-    man.mkdir()
-    rows = []
-    for split, n, src, skip in (
-        ("train", 30, "train", 0),
-        ("val", 10, "train", 30),
-        ("test", 10, "test", 0),
-    ):
-        for label in ("benign", "malignant"):
-            for p in _images(src, label, n, skip):
-                sha = hashlib.sha256(p.read_bytes()).hexdigest()
-                rows.append(
-                    [p.relative_to(DATA).as_posix(), sha, label, "", split, "folders", label]
-                )
-    with open(man / "manifest.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "sha256", "label", "group", "split", "source", "dx"])
-        w.writerows(rows)
-    (man / "manifest.json").write_text(json.dumps({"root": str(DATA)}))
+    plan = [("train", 30, "train", 0), ("val", 10, "train", 30), ("test", 10, "test", 0)]
+    man = write_isic_manifest(root / "manifest", DATA, plan, "folders")
     # a small labelled class-folder dataset (no splits) for evaluate --data DIR and train --data DIR
     folder = root / "folder"
     for label in ("benign", "malignant"):
         (folder / label).mkdir(parents=True)
-        for p in _images("test", label, 12, 20):
+        for p in isic_photos(DATA, "test", label, 12, 20):
             shutil.copy(p, folder / label / p.name)
     old = os.environ.get("DERMEDGE_RUNS")
     os.environ["DERMEDGE_RUNS"] = str(root / "runs")

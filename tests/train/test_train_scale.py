@@ -20,6 +20,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from conftest import isic_photos, write_isic_manifest  # noqa: E402
+
 from dermedge.data.contract import InputContract  # noqa: E402
 from dermedge.data.index import Record  # noqa: E402
 from dermedge.train.data import Augment, load_split, make_dataset  # noqa: E402
@@ -37,15 +39,11 @@ pytestmark = [
 ]
 
 
-def _photos(label: str, n: int, skip: int = 0, split: str = "train") -> list[Path]:
-    return sorted((DATA / split / label).glob("*.jpg"), key=lambda p: int(p.stem))[skip : skip + n]
-
-
 def _records(n_per_class: int) -> list[Record]:
     return [
         Record(str(p), label, "isic-mvb", split="train")
         for label in ("benign", "malignant")
-        for p in _photos(label, n_per_class)
+        for p in isic_photos(DATA, "train", label, n_per_class)
     ]
 
 
@@ -99,25 +97,8 @@ def test_each_worker_reads_its_own_part(splits, which):
 
 def _manifest(folder: Path) -> Path:
     """100 train / 30 val / 30 test real photos, balanced."""
-    rows = []
-    for split, n, src, skip in (
-        ("train", 50, "train", 0),
-        ("val", 15, "train", 50),
-        ("test", 15, "test", 0),
-    ):
-        for label in ("benign", "malignant"):
-            for p in _photos(label, n, skip, src):
-                sha = hashlib.sha256(p.read_bytes()).hexdigest()
-                rows.append(
-                    [p.relative_to(DATA).as_posix(), sha, label, "", split, "isic-mvb", label]
-                )
-    folder.mkdir(parents=True)
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "sha256", "label", "group", "split", "source", "dx"])
-        w.writerows(rows)
-    (folder / "manifest.json").write_text(json.dumps({"root": str(DATA)}))
-    return folder
+    plan = [("train", 50, "train", 0), ("val", 15, "train", 50), ("test", 15, "test", 0)]
+    return write_isic_manifest(folder, DATA, plan, "isic-mvb")
 
 
 def _free_ports(n: int) -> list[int]:
