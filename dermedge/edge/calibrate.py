@@ -32,6 +32,8 @@ from dermedge.runs import format_table
 
 MIN_PER_CLASS = 20  # fewer malignant or benign cases than this: refuse, a threshold would be noise
 LOW_SENSITIVITY = 0.85  # warn when the sensitivity's 95% CI reaches below this
+MAX_REFERRED = 0.90  # warn when the new threshold refers more of the site's cases than this
+MIN_SPECIFICITY = 0.25  # ... or sends on fewer than this share of its benign lesions as routine
 DEFAULT_MARGIN_SE = 1.0  # the trainer's margin, for a card that does not record one
 N_BOOT = 2000
 
@@ -170,9 +172,15 @@ def operating_point(cases: Cases, threshold: float, seed: int = 0) -> dict[str, 
     )
 
 
+def training_policy(card: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's threshold policy, also on a card calibrated before (kept apart there)."""
+    policy = card.get("threshold_policy") or {}
+    return policy.get("training_policy") or policy
+
+
 def margin_of(card: dict[str, Any]) -> float:
     """The card's standard-error margin on the sensitivity target (the trainer's policy)."""
-    margin = (card.get("threshold_policy") or {}).get("margin_se")
+    margin = training_policy(card).get("margin_se")
     return DEFAULT_MARGIN_SE if margin is None else float(margin)
 
 
@@ -225,6 +233,55 @@ def sensitivity_floor(point: dict[str, Any]) -> float:
     return min(point["ci95"]["sensitivity"][0], point["wilson95"]["sensitivity"][0])
 
 
+def refuse_refer_all(point: dict[str, Any], cases: Cases, chosen: dict[str, Any]) -> None:
+    """Refuse a threshold that refers every case: such a model sorts nothing (the trade-offs of
+    other targets are shown, so the clinic can choose one that does)."""
+    if point["tn"] > 0:
+        return
+    click.echo("other targets on the calibration cases (pass --target-sensitivity):", err=True)
+    click.echo(tradeoff_table(tradeoff(cases, chosen["margin_se"])), err=True)
+    raise CalibrationError(
+        f"refusing: to keep sensitivity {chosen['target_sensitivity']} at this site the threshold "
+        f"would be {chosen['threshold']:.4f}, which refers every one of these cases "
+        "(specificity 0): the model cannot tell this site's benign lesions apart at that target; "
+        "choose a lower --target-sensitivity from the table above, or do not use it here"
+    )
+
+
+def referral_warning(point: dict[str, Any]) -> str | None:
+    """Why the new threshold sorts too little (refers most cases / few benign sent on), or None."""
+    referred, spec = point["referred_fraction"], point["specificity"]
+    if referred <= MAX_REFERRED and (spec is None or spec >= MIN_SPECIFICITY):
+        return None
+    return (
+        f"the new threshold refers {100 * referred:.1f}% of these cases (specificity "
+        f"{spec:.3f}): at this site the model sorts few benign lesions out at this target; "
+        "see the other targets' trade-offs above before relying on it"
+    )
+
+
+def holdout_verdict(points: dict[str, Any], target: float) -> tuple[bool, str] | None:
+    """(met, one line) whether the held-out sensitivity at the new threshold met the target,
+    with its 95% CI; None without held-out cases."""
+    held = (points.get("holdout") or {}).get("after")
+    if not held or held["sensitivity"] is None:
+        return None
+    sens, (lo, hi) = held["sensitivity"], held["wilson95"]["sensitivity"]
+    n = held["tp"] + held["fn"]
+    met = sens >= target
+    note = ""
+    if not met:
+        note = (
+            " (within this sample's noise: its 95% CI reaches the target)"
+            if hi >= target
+            else " (its 95% CI stays below the target: the threshold does not hold at this site)"
+        )
+    return met, (
+        f"held-out check: sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}] on {n} malignant held-out "
+        f"cases {'met' if met else 'did NOT meet'} the target {target}{note}"
+    )
+
+
 # --- the new card -------------------------------------------------------------------------------
 
 
@@ -268,14 +325,30 @@ def calibration_record(
     }
 
 
+def site_policy(card: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The card's threshold policy after calibration: the site's target, margin and own figures;
+    the training policy (its validation figures) kept apart under `training_policy`, so that no
+    training figure is read as the site's."""
+    old = card.get("threshold_policy") or {}
+    after = record["after"]
+    return {
+        "chosen_on": f"site calibration ({record['site']})",
+        "target_sensitivity": record["target_sensitivity"],
+        "margin_se": record["margin_se"],
+        "effective_target": record["effective_target"],
+        "site_sensitivity": after["sensitivity"],
+        "site_specificity": after["specificity"],
+        "site_referred_fraction": after["referred_fraction"],
+        "site_cases": record["data"]["counts"],
+        "training_policy": old.get("training_policy", old),
+    }
+
+
 def calibrated_card(card: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """A copy of the card at the site's threshold, with the calibration record."""
     new = dict(card)
     new["threshold"] = record["threshold"]
-    new["threshold_policy"] = {
-        **(card.get("threshold_policy") or {}),
-        "chosen_on": f"site calibration ({record['site']})",
-    }
+    new["threshold_policy"] = site_policy(card, record)
     new["calibration"] = record
     return new
 
@@ -488,11 +561,13 @@ def calibrate(
     cases, bad = score(model, index.records)
     calib, held = _split_cases(cases, holdout, seed)
     check_sample(calib, min_cases)
-    target = target_sensitivity or float(
-        (card.get("threshold_policy") or {}).get("target_sensitivity", 0.95)
-    )
+    target = target_sensitivity or float(training_policy(card).get("target_sensitivity", 0.95))
     chosen = new_threshold(calib, target, margin_of(card))
     points = _points(model, calib, held, chosen["threshold"])
+    refuse_refer_all(points["after"], calib, chosen)
+    if "holdout" in points:
+        verdict = holdout_verdict(points, target)
+        points["holdout"]["met_target"] = verdict[0] if verdict else None
     site = site or Path(index.root).name
     if card.get("calibration"):
         warn(
@@ -532,6 +607,12 @@ def _print_summary(
         f"{record['target_sensitivity']} + {record['margin_se']} SE = "
         f"{record['effective_target']:.3f} on these cases)"
     )
+    too_many = referral_warning(points["after"])
+    if too_many:
+        warn(too_many)
+    verdict = holdout_verdict(points, record["target_sensitivity"])
+    if verdict:
+        (click.echo if verdict[0] else warn)(verdict[1])
     floor = sensitivity_floor(points["after"])
     if math.isfinite(floor) and floor < LOW_SENSITIVITY:
         warn(

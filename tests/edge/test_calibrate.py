@@ -78,6 +78,13 @@ def test_calibrate_writes_a_model_at_the_sites_threshold(tmp_path: Path) -> None
     assert cal["after"]["sensitivity"] >= 0.95
     # only the card changed: the calibrated model gives the same probabilities
     assert np.array_equal(_probs(out, site)[1], p)
+    # the policy line speaks of the site: its own figures, the training ones kept apart
+    policy = card["threshold_policy"]
+    assert policy["chosen_on"] == "site calibration (clinic-a)"
+    assert policy["site_sensitivity"] == cal["after"]["sensitivity"]
+    assert policy["site_specificity"] == cal["after"]["specificity"]
+    assert not {k for k in policy if k.startswith("val_")}
+    assert policy["training_policy"] == old["threshold_policy"]
     report = json.loads((tmp_path / "clinic.calibration" / "report.json").read_text())
     assert report["chosen"]["threshold"] == card["threshold"]
     assert "old threshold" in r.stdout and "new threshold" in r.stdout
@@ -121,6 +128,7 @@ def test_calibrate_writes_a_model_at_the_sites_threshold(tmp_path: Path) -> None
     cal2 = read_card(again)["calibration"]
     assert cal2["original_threshold"] == old["threshold"]
     assert cal2["previous"]["site"] == "clinic-a" and cal2["target_sensitivity"] == 0.9
+    assert read_card(again)["threshold_policy"]["training_policy"] == old["threshold_policy"]
 
 
 def test_calibrate_refuses_too_few_cases(tmp_path: Path) -> None:
@@ -207,3 +215,75 @@ def test_derm7pt_half_calibration_holds_on_the_other_half(tmp_path: Path) -> Non
     assert held["counts"]["malignant"] > 100 and held["counts"]["benign"] > 300
     assert held["after"]["sensitivity"] >= 0.90
     assert cal["after"]["sensitivity"] >= cal["effective_target"]
+
+
+DEFAULT = REPO / "dermedge" / "models" / "default.tflite"
+
+
+def _derm7pt_site(tmp: Path, seed: int | None, n: int = 60) -> Path:
+    """`n` benign + `n` malignant Derm7pt cases as a clinic's folder: the first of each in the
+    atlas's order (seed None) or a seeded random draw; another device than the model was trained on."""
+    import random
+
+    from dermedge.data.index import read_dataset
+
+    records = read_dataset(str(_need(DATA / "derm7pt"))).records
+    root = tmp / f"derm7pt-{seed}"
+    rng = random.Random(seed)
+    for label in ("benign", "malignant"):
+        (root / label).mkdir(parents=True)
+        pick = [r for r in records if r.label == label]
+        if seed is not None:
+            rng.shuffle(pick)
+        for r in pick[:n]:
+            (root / label / Path(r.path).name).symlink_to(r.path)
+    return root
+
+
+def test_calibrate_refuses_a_threshold_that_refers_every_case(tmp_path: Path) -> None:
+    """On these 60+60 Derm7pt cases only threshold 0 keeps sensitivity 0.95: it refers everyone.
+    Such a model sorts nothing; it used to be written without a word."""
+    out = tmp_path / "all.tflite"
+    r = _cli(
+        "calibrate", str(DEFAULT), "--data", str(_derm7pt_site(tmp_path, 3)), "--out", str(out)
+    )
+    assert r.returncode == 2 and not out.exists(), r.stdout + r.stderr
+    assert "refers every one of these cases" in r.stderr and "Traceback" not in r.stderr
+    assert "| >= 0.85" in r.stderr  # the trade-offs of other targets, to choose from
+
+
+def test_calibrate_warns_when_the_threshold_refers_nearly_everyone(tmp_path: Path) -> None:
+    """Another 60+60 draw: the default target refers about 96% of cases (specificity 0.07)."""
+    out = tmp_path / "most.tflite"
+    r = _cli(
+        "calibrate", str(DEFAULT), "--data", str(_derm7pt_site(tmp_path, 1)), "--out", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    after = read_card(out)["calibration"]["after"]
+    assert after["referred_fraction"] > 0.9
+    assert f"refers {100 * after['referred_fraction']:.1f}% of these cases" in r.stderr
+    assert "WARNING" in r.stderr
+
+
+def test_calibrate_holdout_says_whether_the_target_was_met(tmp_path: Path) -> None:
+    """Calibrated on half of 60+60 Derm7pt cases, the threshold keeps 0.767 on the other half:
+    the user is told it missed the target 0.95, and the card records it."""
+    out = tmp_path / "held.tflite"
+    site = _derm7pt_site(tmp_path, None)
+    r = _cli("calibrate", str(DEFAULT), "--data", str(site), "--holdout", "0.5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    held = read_card(out)["calibration"]["holdout"]
+    sens = held["after"]["sensitivity"]
+    assert sens < 0.95 and held["met_target"] is False
+    assert f"sensitivity {sens:.3f}" in r.stderr and "did NOT meet the target 0.95" in r.stderr
+
+
+def test_holdout_verdict_says_met_when_it_is() -> None:
+    from dermedge.edge.calibrate import holdout_verdict
+
+    point = {"sensitivity": 0.96, "wilson95": {"sensitivity": [0.9, 0.99]}, "tp": 48, "fn": 2}
+    met, line = holdout_verdict({"holdout": {"after": point}}, 0.95)
+    assert met and "met the target 0.95" in line and "NOT" not in line
+    met, line = holdout_verdict({"holdout": {"after": {**point, "sensitivity": 0.94}}}, 0.95)
+    assert not met and "within this sample's noise" in line
+    assert holdout_verdict({"before": point}, 0.95) is None
