@@ -31,6 +31,7 @@ from dermedge.data.io import atomic_write_text
 from dermedge.edge.camera import OpenCVSource, Session, SessionOptions
 from dermedge.edge.cli import load_model
 from dermedge.edge.quality import measure
+from dermedge.edge.runtime import CANNOT_ASSESS, SENDS_ON
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (640, 480)  # frame width, height
@@ -338,7 +339,7 @@ def class_figures(lesions: list[dict], cls: str) -> dict[str, Any]:
     """Per-class figures for the session's decisions, its per-frame P and the still photo."""
     rows = [r for r in lesions if r["class"] == cls]
     decided = [r for r in rows if r["outcome"] == "decided"]
-    refer = sum(r["final"] == "refer" for r in decided)
+    refer = sum(r["final"] in SENDS_ON for r in decided)  # refer, or "cannot assess": refer
     seen = [r for r in rows if r["classified"]]
     frame_refer = sum(bool(r["frame_refer"]) for r in seen)
     frames = sum(r["classified"] for r in rows)
@@ -349,6 +350,7 @@ def class_figures(lesions: list[dict], cls: str) -> dict[str, Any]:
         "decision": {
             "decided": len(decided),
             "refer": refer,
+            "cannot_assess": sum(r["final"] == CANNOT_ASSESS for r in decided),
             "refer_of_decided": _share(refer, len(decided)),
             "refer_of_all": _share(refer, len(rows)),
             "changed_mind": sum(len({d["decision"] for d in r["decisions"]}) > 1 for r in decided),

@@ -38,7 +38,7 @@ from dermedge.edge.quality import (  # noqa: E402
     scene_change,
     signature,
 )
-from dermedge.edge.runtime import EdgeModel  # noqa: E402
+from dermedge.edge.runtime import CANNOT_ASSESS, EdgeModel  # noqa: E402
 from dermedge.edge.session_outputs import Saver, Summary  # noqa: E402
 from dermedge.edge.sources import (  # noqa: E402
     FrameSource,
@@ -65,7 +65,7 @@ __all__ = [  # the session's own names, and those of the rooms it uses that call
     "model_input",
 ]
 
-NO_LESION = "no lesion in view (unlike the training images)"  # the guard's gate reason
+NO_LESION = "no lesion in view (not a lesion photo)"  # the guard's gate reason
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -81,14 +81,16 @@ def model_input(crop: np.ndarray, model: EdgeModel) -> np.ndarray:
 
 
 class Smoother:
-    """N-of-M vote over classified frames: a decision is stable once N of the last M agree."""
+    """N-of-M vote over classified frames: a decision is stable once N of the last M agree.
+    A frame the guard finds unlike the training images ("unsure") votes to send the patient on,
+    never for routine: N sending frames give refer, or "cannot assess" when most were unsure."""
 
     def __init__(self, n: int, m: int, threshold: float) -> None:
         """N of the last M frames must agree; ValueError unless N is a majority of M."""
         if not (0 < n <= m and 2 * n > m):
             raise ValueError(f"--smooth {n}/{m}: need 0 < N <= M and N more than half of M")
         self.n, self.threshold = n, threshold
-        self.window: deque[float] = deque(maxlen=m)
+        self.window: deque[tuple[float, bool]] = deque(maxlen=m)
         self.stable: str | None = None
 
     def reset(self) -> None:
@@ -96,18 +98,25 @@ class Smoother:
         self.window.clear()
         self.stable = None
 
-    def add(self, prob: float) -> dict[str, Any] | None:
-        """Add a frame's P(malignant); return the new stable decision when it appears/changes."""
-        self.window.append(prob)
-        for decision in ("refer", "routine"):
-            agree = [p for p in self.window if (p >= self.threshold) == (decision == "refer")]
-            if len(agree) >= self.n:
-                if decision == self.stable:
-                    return None
-                self.stable = decision
-                votes = f"{len(agree)}/{len(self.window)}"
-                return {"decision": decision, "prob": float(np.mean(agree)), "votes": votes}
-        return None
+    def add(self, prob: float, unsure: bool = False) -> dict[str, Any] | None:
+        """Add a frame's P(malignant) (and whether the guard was unsure of it); return the new
+        stable decision when it appears or changes."""
+        self.window.append((prob, unsure))
+        routine = [p for p, u in self.window if not u and p < self.threshold]
+        send = [(p, u) for p, u in self.window if u or p >= self.threshold]
+        if len(routine) >= self.n:
+            decision, agree = "routine", routine
+        elif len(send) >= self.n:
+            unsure_votes = sum(u for _, u in send)
+            decision = CANNOT_ASSESS if 2 * unsure_votes >= len(send) else "refer"
+            agree = [p for p, _ in send]
+        else:
+            return None
+        if decision == self.stable:
+            return None
+        self.stable = decision
+        votes = f"{len(agree)}/{len(self.window)}"
+        return {"decision": decision, "prob": float(np.mean(agree)), "votes": votes}
 
 
 @dataclass
@@ -244,7 +253,9 @@ class Session:
             "frame": index,
             "t_s": self._t(),
             "prob": round(result["prob"], 4),
-            "label": self.model.decide(result["prob"])["label"],
+            "label": "unknown"
+            if result["decision"] == CANNOT_ASSESS
+            else self.model.decide(result["prob"])["label"],
             "decision": result["decision"],
             "votes": result.get("votes", "1/1"),
             "threshold": self.model.threshold,
@@ -302,19 +313,20 @@ class Session:
             event = {"event": "quality", "frame": f.index, "t_s": self._t(), "reason": reason}
             self.emit({**event, **f.quality.to_dict()})
 
-    def _infer(self, f: _Frame) -> float | None:
-        """P(malignant) of a frame through the gate, or None when the model's guard finds it
-        unlike the training images: then it is gated like a bad frame ("no lesion in view")."""
+    def _infer(self, f: _Frame) -> tuple[float, bool] | None:
+        """(P(malignant), unsure) of a frame through the gate; unsure when the guard finds it a
+        lesion unlike the training images (it votes "send on"). None when the guard finds it no
+        lesion photo at all: then it is gated like a bad frame ("no lesion in view")."""
         assert f.pixels is not None
         prob, feats = self.model.predict_features(f.pixels)
-        result = self.model.decide(float(prob[0]), feats)
-        if result.get("unfamiliar"):
+        result = self.model.decide(float(prob[0]), feats, f.pixels)
+        if result["decision"] == "none":
             f.quality = replace(f.quality, reason=NO_LESION)
             self.smoother.reset()
             for key in ("prob", "decision"):  # nothing of an earlier frame is shown for it
                 self.state.pop(key, None)
             return None
-        return float(result["prob"])
+        return float(prob[0]), result["decision"] == CANNOT_ASSESS
 
     def _finish(self, f: _Frame) -> None:
         """Inference, smoothing, reporting, saving, preview for a prepared frame (main thread)."""
@@ -329,8 +341,8 @@ class Session:
             self._gated(f)
         else:
             self.summary.classified += 1
-            self.state.update(prob=prob, reason=None)
-            stable = self.smoother.add(prob)
+            self.state.update(prob=prob[0], unsure=prob[1], reason=None)
+            stable = self.smoother.add(*prob)
         self._reason = f.quality.reason
         if stable:
             record = self._save(self._record(stable, "stable", f.index), f.frame, f.crop)
@@ -348,6 +360,8 @@ class Session:
         action = self.preview.show(f.frame, self.state)
         if action == "save" and "prob" in self.state:
             result = self.model.decide(self.state["prob"])
+            if self.state.get("unsure"):  # the guard's verdict on this frame, not the prob's
+                result = {**result, "decision": CANNOT_ASSESS}
             self._save(self._record(result, "key", f.index), f.frame, f.crop)
         elif action == "quit":
             raise _Quit("quit from the preview window")

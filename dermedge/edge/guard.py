@@ -8,6 +8,12 @@ one variance for the rest. The score is the Mahalanobis distance to the nearest 
 feature dimension; a photo scoring above the cut-off (chosen so that 95% of validation images
 pass) is flagged "unlike the training images". numpy only: the edge install and the phone page
 (a port in web/src/guard.js) compute the same number.
+
+A flag never hides a lesion. A flagged picture is "not a lesion photo" (no decision) only when it
+also lacks the colours of skin and pigment (`skin_share` below `MIN_SKIN_SHARE`: grey pages,
+objects, blue or green scenes); a flagged picture with skin colours is a lesion unlike the
+training images, and it is sent on ("cannot assess": refer), never called routine. On Derm7pt,
+ISIC 2017 and ISIC 2020 no malignant photo is both flagged and under the skin share (0 of 1,282).
 """
 
 from __future__ import annotations
@@ -21,7 +27,34 @@ import numpy as np
 KIND = "mahalanobis-ppca/1"
 PASS_RATE = 0.95  # of validation images that pass: the cut-off
 COMPONENTS = 32
-MESSAGE = "unlike the training images: not a dermoscopic lesion photo?"
+MESSAGE = "unlike the training images: a less reliable result"
+MIN_SKIN_SHARE = (
+    0.05  # share of skin/pigment-coloured pixels below which a flagged picture is no lesion
+)
+NOT_A_LESION = "not a lesion photo: unlike the training images and without skin colours"
+CANNOT_ASSESS = "cannot assess: a lesion unlike the training images; refer for examination"
+
+
+def skin_share(pixels: np.ndarray) -> float:
+    """Share of a picture's pixels with the colours of skin and pigment: lit (max channel >= 31),
+    saturated (>= 0.10) and warm-hued (red the largest channel). Dermoscopy is warm; pages, grey
+    scenes, sky and grass are not. Integer arithmetic, so the phone page (guard.js) agrees exactly."""
+    x = np.asarray(pixels, dtype=np.int32).reshape(-1, 3)
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    warm = (r >= g) & (r >= b) & (hi >= 31) & (10 * (hi - lo) >= hi)
+    return float(warm.mean()) if x.size else 0.0
+
+
+def assess(unfamiliar: bool, pixels: np.ndarray | None) -> str:
+    """What a guard flag means for one picture: "familiar", "lesion" (unlike the training images
+    but skin-coloured, or its pixels unknown: sent on) or "not_lesion" (no decision)."""
+    if not unfamiliar:
+        return "familiar"
+    if pixels is not None and skin_share(pixels) < MIN_SKIN_SHARE:
+        return "not_lesion"
+    return "lesion"
 
 
 def _b64(a: np.ndarray) -> str:

@@ -20,13 +20,15 @@ def draw_overlay(frame_bgr: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     img = frame_bgr.copy()
     h, w = img.shape[:2]
     decision, reason = state.get("decision"), state.get("reason")
-    color = (0, 200, 255) if reason else (0, 0, 255) if decision == "refer" else (0, 200, 0)
+    sends_on = decision in ("refer", "cannot assess")  # red: the patient is sent on
+    color = (0, 200, 255) if reason else (0, 0, 255) if sends_on else (0, 200, 0)
     cv2.circle(img, (w // 2, h // 2), int(0.45 * min(h, w)), color, 2, cv2.LINE_AA)
     scale = max(0.4, min(h, w) / 800)
     if reason:
         line = reason.upper()
     elif decision:
-        line = f"{decision.upper()}  P(malignant)={state['prob']:.2f}  ({state['votes']})"
+        words = "CANNOT ASSESS: REFER" if decision == "cannot assess" else decision.upper()
+        line = f"{words}  P(malignant)={state['prob']:.2f}  ({state['votes']})"
     else:
         line = "hold steady..."
     for y, text, s, c in (

@@ -14,6 +14,16 @@ from PIL import Image, ImageFilter
 ANALYSIS = 256  # side of the square image the measures are taken on
 DARK = 25  # luma at or below: vignette / underexposed
 MIN_SHARPNESS = 5.0  # variance of the Laplacian inside the field of view
+MIN_CONTRAST = 3.0  # luma standard deviation; below it a frame or photo is blank
+BLANK = "blank or uniform photo: nothing to assess"
+
+
+def blank_reason(pixels: np.ndarray) -> str | None:
+    """BLANK when the model input (contract pixels) is one flat colour (black, white, skin tone,
+    a transparent PNG): no decision for it, as the camera gate gives none for a blank frame."""
+    x = np.asarray(pixels, dtype=np.float64).reshape(-1, 3)
+    luma = x @ np.array([0.299, 0.587, 0.114])
+    return BLANK if x.size == 0 or float(luma.std()) < MIN_CONTRAST else None
 
 
 def sharpness(img: Image.Image) -> float:

@@ -12,7 +12,12 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from dermedge.edge.photo import ANALYSIS, DARK, MIN_SHARPNESS  # shared with the file-photo check
+from dermedge.edge.photo import (  # shared with the file-photo check
+    ANALYSIS,
+    DARK,
+    MIN_CONTRAST,
+    MIN_SHARPNESS,
+)
 
 CLIPPED = 250  # luma at or above: clipped highlight
 SIGNATURE = 24  # side of the thumbnail used to detect a change of scene
@@ -31,7 +36,7 @@ class Gate:
     min_brightness: float = 60.0  # mean luma inside the field of view
     max_bright: float = 0.25  # fraction of the crop clipped bright
     max_glare: float = 0.10  # fraction of the field that is bright and colourless (specular)
-    min_contrast: float = 3.0  # luma standard deviation; below it the frame is blank
+    min_contrast: float = MIN_CONTRAST  # luma standard deviation; below it the frame is blank
 
 
 @dataclass(frozen=True)

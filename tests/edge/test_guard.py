@@ -21,7 +21,8 @@ from dermedge.data.contract import preprocess
 from dermedge.edge import guard as g
 from dermedge.edge.camera import NO_LESION, OpenCVSource, Session, SessionOptions
 from dermedge.edge.card import embed_card, read_card, without_digest
-from dermedge.edge.runtime import EdgeError, EdgeModel
+from dermedge.edge.quality import measure
+from dermedge.edge.runtime import CANNOT_ASSESS, EdgeError, EdgeModel
 
 TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "page", "horse", "clock")
@@ -151,9 +152,13 @@ def test_guard_flags_photos_that_are_not_lesions(guarded: Path) -> None:
     lesions = _lesions("malignant", 40, 100) + _lesions("benign", 40, 100)
     passed = [not model.classify(p)["unfamiliar"] for p in lesions]
     assert np.mean(passed) >= 0.85
-    r = model.classify(_photo("astronaut"))
-    if r["unfamiliar"]:
-        assert r["decision"] == r["label"] == "none" and r["guard_score"] > model.guard.cutoff
+    for name in PHOTOS:  # flagged: no decision (no skin colours) or sent on, never routine
+        r = model.classify(_photo(name))
+        if r["unfamiliar"]:
+            assert r["guard_score"] > model.guard.cutoff
+            want = "none" if g.skin_share(preprocess(_photo(name), model.contract)) < 0.05 else None
+            assert r["decision"] == (want or CANNOT_ASSESS), (name, r)
+            assert (r["prob"] is None) == (r["decision"] == "none")
 
 
 def test_edge_classify_reports_unfamiliar_inputs(guarded: Path, tmp_path: Path) -> None:
@@ -183,19 +188,26 @@ def test_edge_classify_reports_unfamiliar_inputs(guarded: Path, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     rows = {Path(row["file"]).stem: row for row in csv.DictReader(out_csv.read_text().splitlines())}
     flagged = [n for n in PHOTOS if rows[n]["unfamiliar"] == "True"]
-    assert flagged and all(rows[n]["decision"] == "none" for n in flagged)
-    assert all(g.MESSAGE in rows[n]["warning"] for n in flagged)
+    assert flagged and all(rows[n]["decision"] in ("none", CANNOT_ASSESS) for n in flagged)
     assert f"{len(flagged)} unlike the training images" in r.stdout
-    assert rows[lesion.stem]["decision"] in ("refer", "routine")
-    line = next(x for x in r.stdout.splitlines() if flagged[0] in x)
-    assert line.startswith("none") and g.MESSAGE in line
+    assert rows[lesion.stem]["decision"] in ("refer", "routine", CANNOT_ASSESS)
+    for n in flagged:  # a reason on every flagged row; no probability without its decision
+        line = next(x for x in r.stdout.splitlines() if f"{n}.png" in x)
+        if rows[n]["decision"] == "none":
+            assert rows[n]["prob"] == "" and rows[n]["reason"] == g.NOT_A_LESION
+            assert line.split()[:2] == ["none", "-"]
+        else:
+            assert rows[n]["reason"] == g.CANNOT_ASSESS and line.startswith("CANNOT ASSESS")
+    none = sum(rows[n]["decision"] == "none" for n in PHOTOS)
+    assert f"{none} no decision" in r.stdout
 
 
 def test_camera_gates_unfamiliar_frames(guarded: Path, tmp_path: Path) -> None:
     """A video of a photo that is not a lesion: gated ("no lesion in view"), never a decision."""
     model = EdgeModel(guarded)
-    name = next(n for n in PHOTOS if model.classify(_photo(n))["unfamiliar"])
-    frame = cv2.cvtColor(cv2.resize(_photo(name), (320, 240)), cv2.COLOR_RGB2BGR)
+    frames = [cv2.resize(_photo(n), (320, 240)) for n in (*PHOTOS, "coins", "gravel", "brick")]
+    rgb = next(f for f in frames if measure(f).ok and model.classify(f)["decision"] == "none")
+    frame = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     video = tmp_path / "not-a-lesion.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
     for k in range(20):
