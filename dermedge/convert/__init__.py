@@ -7,12 +7,16 @@ embeds the model card in every ``.tflite`` and evaluates each one on the run's t
 on the same pixels. A variant outside the tolerances is kept under ``rejected/`` only.
 
 Import-light on purpose: TensorFlow is imported only when a conversion runs, never for
-``dermedge convert --inspect``.
+``dermedge convert --inspect``. From Python: ``run(run_folder, Options(quant=["int8"])) ->
+Result`` (``Result.passed``, ``.rows``, ``.markdown``, ``.out_dir``), with the gate's
+``Tolerances``; these are imported on first use (PEP 562).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 FILE_NAMES = {v: f"model_{v}.tflite" for v in VARIANTS}
@@ -42,3 +46,13 @@ def parse_quant(spec: str) -> list[str]:
             f"unknown --quant {', '.join(unknown)}; pick from {', '.join(VARIANTS)} or all"
         )
     return [v for v in VARIANTS if v in items]
+
+
+_LAZY = {"run": "pipeline", "Options": "pipeline", "Result": "pipeline", "Tolerances": "gate"}
+
+
+def __getattr__(name: str) -> Any:
+    """`run`, `Options`, `Result`, `Tolerances` on first use: the stage imports this module."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"dermedge.convert.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'dermedge.convert' has no attribute {name!r}")

@@ -133,8 +133,9 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
             tf.config.experimental.enable_op_determinism()
 
 
-def _compile(model: Any, lr: float, steps: int, label_smoothing: float) -> None:
-    """Compile with Adam on a cosine-decayed rate, binary cross-entropy, AUC and accuracy."""
+def compile_model(model: Any, lr: float, steps: int, label_smoothing: float = 0.0) -> None:
+    """Compile as every training phase does: Adam on a rate decayed by a cosine over `steps`,
+    binary cross-entropy, AUC and accuracy (public so a notebook can show the step)."""
     import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps), alpha=0.02)
@@ -418,7 +419,7 @@ def _phase_model(
     if idx > 0 and (ckpt / "best.weights.h5").is_file():
         load_weights(model, ckpt / "best.weights.h5")
     set_trainable(model, cfg.arch, phase["unfreeze"])
-    _compile(model, phase["lr"], data.steps * phase["epochs"], cfg.label_smoothing)
+    compile_model(model, phase["lr"], data.steps * phase["epochs"], cfg.label_smoothing)
     state["wait"] = 0
     return model, 0
 
@@ -631,6 +632,7 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "check_config",
+    "compile_model",
     "evaluate_model",
     "predict",
     "resolve_records",
