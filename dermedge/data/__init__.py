@@ -4,11 +4,11 @@ The public names, in the order a notebook meets them:
 - `read_dataset(root) -> Index` (records + skipped problems), `Record`, `Problem`;
 - `analyse(index, link=None) -> Analysis` (hashes, duplicates, lesion groups) and
   `make_split(analysis, ...) -> Split`, `write_manifest(split, analysis, folder)`,
-  `read_manifest(csv)`, `split_counts(records)`;
+  `read_manifest(csv)`, `split_counts(records)`, `leakage(records)` (lesions shared across splits);
 - `InputContract`, `preprocess(photo, contract)`, `load_rgb`, `ImageError`, and
   `load_images(paths, contract) -> (pixels, kept, bad)` for many photos at once.
-`analyse`, `make_split`, `write_manifest`, `split_counts` and `load_images` are imported on first
-use (PEP 562), so `import dermedge.data` (which the edge runtime does) stays cheap.
+The names of `_LAZY` are imported on first use (PEP 562), so `import dermedge.data` (which the
+edge runtime does) stays cheap.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _LAZY = {
     "make_split": "split",
     "split_counts": "split",
     "write_manifest": "split",
+    "leakage": "analysis",
     "load_images": "images",
 }
 
