@@ -306,6 +306,9 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
             f"{saver.dir}: {', '.join(saver.cleaned[:3])}{' ...' if len(saver.cleaned) > 3 else ''}",
             err=True,
         )
+    if saver and saver.others:
+        running = ", ".join(f"{s} (pid {pid})" for s, pid in saver.others.items())
+        click.echo(f"another session is saving into {saver.dir} too: {running}", err=True)
     preview = camera.Preview() if opts["preview"] else None
     options = camera.SessionOptions(
         smooth=opts["smooth"],

@@ -4,10 +4,13 @@ JSONL and CSV), written so a kill never leaves half a decision, and the session'
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import re
 import shutil
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +40,59 @@ LOG_FIELDS = [
 
 
 STAGING = ".staging-"  # a decision folder being written
+LOCK = ".session-{}.lock"  # held (flock) by a live session for as long as it runs; holds its pid
+_LOCK_NAME = re.compile(r"^\.session-(.+)\.lock$")
+_STAGING_NAME = re.compile(r"^\.staging-(.+)-\d{4,}-frame\d+$")  # the session's id, then count
+
+
+def _hold_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path` (created if need be, our pid written in it),
+    or None when another live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _is_live(lock: Path) -> bool:
+    """Whether a live session holds `lock` (a killed one's lock is released by the kernel)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return os.fstat(fd).st_ino == st.st_ino and os.fstat(fd).st_dev == st.st_dev
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Remove a session's lock file, then let go of the lock (at its end, or the process's)."""
+    lock.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def _pid_of(lock: Path) -> str:
+    """The pid written in a session's lock file, or '?' when unreadable."""
+    try:
+        return lock.read_text().strip() or "?"
+    except OSError:
+        return "?"
 
 
 class Saver:
@@ -48,11 +104,43 @@ class Saver:
             self.dir = check_writable(directory)
         except OSError as e:
             raise EdgeError(f"cannot write to --save folder {directory}: {e.strerror or e}") from e
-        self.session = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # to the ms
+        self.session = self._claim(datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3])  # to the ms
         self.jsonl = self.dir / f"session-{self.session}.jsonl"
         self.csv = self.dir / f"session-{self.session}.csv"
         self.count = 0
+        self.others = self._live_sessions()  # "<id> (pid N)" of other sessions saving here
         self.cleaned = self._clean_stale()
+
+    def _claim(self, session: str) -> str:
+        """Take this session's lock (a name no live session holds), held until the process
+        ends or the Saver is collected, so that no other session cleans its files as stale."""
+        for name in (session, f"{session}-{os.getpid()}", f"{session}-{os.getpid()}-2"):
+            lock = self.dir / LOCK.format(name)
+            if lock.exists():
+                continue
+            fd = _hold_lock(lock)
+            if fd is None:
+                continue
+            if not _same_file(fd, lock):  # removed as dead by a session starting beside us
+                os.close(fd)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            weakref.finalize(self, _release, fd, lock)
+            return name
+        raise EdgeError(f"cannot take a session lock in --save folder {self.dir}")
+
+    def _live_sessions(self) -> dict[str, str]:
+        """Other sessions running in this folder (lock held): id -> pid; dead ones' locks go."""
+        live = {}
+        for p in self.dir.iterdir():
+            m = _LOCK_NAME.match(p.name)
+            if not m or m.group(1) == self.session:
+                continue
+            if _is_live(p):
+                live[m.group(1)] = _pid_of(p)
+            else:
+                p.unlink(missing_ok=True)
+        return live
 
     def _image(self, folder: Path, name: str, bgr: np.ndarray) -> None:
         """Encode a BGR image by the name's extension and write it atomically."""
@@ -61,13 +149,20 @@ class Saver:
             raise OSError(f"could not encode {name}")
         atomic_write(folder / name, data.tobytes())
 
+    def _is_stale(self, p: Path) -> bool:
+        """A half-made decision folder or temporary file that no live session can be writing:
+        its session's lock is not held (one that cannot be told whose: no session is live)."""
+        if p.name.startswith(STAGING):
+            m = _STAGING_NAME.match(p.name)
+            if m:
+                return m.group(1) != self.session and m.group(1) not in self.others
+            return not self.others
+        return p.name.startswith(".") and p.name.endswith(".tmp") and not self.others
+
     def _clean_stale(self) -> list[str]:
-        """Remove what a killed session left: half-made decision folders and temporary files."""
-        stale = [
-            p
-            for p in self.dir.iterdir()
-            if p.name.startswith(STAGING) or (p.name.startswith(".") and p.name.endswith(".tmp"))
-        ]
+        """Remove what a killed session left (half-made decision folders, temporary files);
+        never a file of a session still running here."""
+        stale = [p for p in self.dir.iterdir() if self._is_stale(p)]
         for p in stale:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)

@@ -537,3 +537,46 @@ def test_a_kill_during_save_leaves_whole_decisions_and_the_next_start_cleans(
         p for p in save.iterdir() if p.name.startswith(".staging-") or p.name.endswith(".tmp")
     ]
     assert all(p.stat().st_mode & 0o044 for p in save.rglob("*.jpg"))  # readable like the logs
+
+
+def test_a_second_save_session_leaves_the_running_sessions_files_alone(
+    videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two `--save` sessions in one folder: the second used to delete the first's decision being
+    written ("removed an interrupted session"), and the first stopped saving. A live session's
+    files are left alone; a killed one's (its lock no longer held) are still cleaned."""
+    import subprocess
+    import sys
+
+    save = tmp_path / "save"
+    first = Saver(save)  # a live session: holds its lock for as long as it runs
+    writing = save / f".staging-{first.session}-0001-frame000007"  # its decision mid-write
+    writing.mkdir()
+    (writing / "half.jpg").write_bytes(b"half")
+    dead = "20200101-000000-000"  # a killed session: its lock file is left, the lock is not held
+    (save / f".session-{dead}.lock").write_text("999999\n")
+    (save / f".staging-{dead}-0003-frame000042").mkdir()
+    cmd = [sys.executable, "-m", "dermedge.edge.cli", "-m", str(INT8), "--camera"]
+    second = subprocess.run(
+        [*cmd, str(videos["normal"]), "--save", str(save), "--max-frames", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stderr
+    assert writing.is_dir() and (writing / "half.jpg").read_bytes() == b"half", second.stderr
+    assert not (save / f".staging-{dead}-0003-frame000042").exists()
+    assert not (save / f".session-{dead}.lock").exists()
+    assert f"pid {os.getpid()}" in second.stderr  # told another session saves here too
+    # the first session goes on saving
+    shutil.rmtree(writing)
+    frame = np.zeros((H, W, 3), np.uint8)
+    record = first.save({"frame": 7, "decision": "refer"}, frame, frame[:50, :50])
+    assert (save / record["crop_file"]).is_file() and first.csv.read_text().count("\n") == 2
+    lock = save / f".session-{first.session}.lock"
+    assert lock.read_text().strip() == str(os.getpid())
+    del first
+    import gc
+
+    gc.collect()
+    assert not lock.exists()  # a session that ends takes its lock file with it
