@@ -1,6 +1,6 @@
 """The import rules of docs/INTERFACES.md, checked on the source (imports inside functions too):
-data and edge never import TensorFlow, Keras, train, convert or benchmark; no module imports a
-private name from another package."""
+data and edge never import TensorFlow, Keras, train, convert or benchmark; convert never imports
+train; no module imports a private name from another package."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def test_data_and_edge_never_import_the_heavy_stages() -> None:
         for p in sorted((REPO / "dermedge" / pkg).rglob("*.py"))
         for line, mod, _ in _imports(p)
         if any(mod == f or mod.startswith(f + ".") for f in FORBIDDEN_ON_DEVICE)
+    ]
+    assert not offenders, offenders
+
+
+def test_convert_never_imports_train() -> None:
+    """`dermedge card` (convert) once imported dermedge.train.external: convert runs where the
+    trainer's extra is not installed, so what both need lives in edge or a neutral module."""
+    offenders = [
+        f"{p.relative_to(REPO)}:{line} {mod}"
+        for p in sorted((REPO / "dermedge" / "convert").rglob("*.py"))
+        for line, mod, _ in _imports(p)
+        if mod == "dermedge.train" or mod.startswith("dermedge.train.")
     ]
     assert not offenders, offenders
 

@@ -2,7 +2,8 @@
 
 MODEL is a .tflite (the card embedded in its metadata), a run folder or its `model_card.json`
 (which `dermedge convert` copies into every variant it embeds, external results included).
-TensorFlow-free.
+TensorFlow-free, and free of `train` (convert never imports it): the external entry is built
+by `dermedge.edge.card_text.card_entry`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,23 @@ from typing import Any
 
 import click
 
-from dermedge.edge.card_text import calibration_lines, external_lines
-from dermedge.train.external import ExternalError, add_external, card_entry, warn
+from dermedge.edge.card_text import add_external, calibration_lines, card_entry, external_lines
+
+
+class CardError(click.ClickException):
+    """The card cannot be shown or updated (no such file, bad card or metrics); exit code 2."""
+
+    exit_code = 2
+
+
+def warn(msg: str) -> None:
+    """A loud warning on stderr."""
+    click.secho(f"WARNING: {msg}", fg="yellow", bold=True, err=True)
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    """`v` when it is a dict, else an empty one (a hand-edited entry shows as n/a, not a crash)."""
+    return v if isinstance(v, dict) else {}
 
 
 def _fmt(v: Any) -> str:
@@ -23,26 +39,32 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def load_card(target: str) -> tuple[dict[str, Any], Path, str]:
-    """(card, file holding it, "tflite" or "json") of a .tflite, a run folder or a card JSON."""
+def load_card(target: str, allow_unsealed: bool = False) -> tuple[dict[str, Any], Path, str]:
+    """(card, file holding it, "tflite" or "json") of a .tflite, a run folder or a card JSON;
+    CardError, one line, for a missing file, a card readers would refuse, or (unless
+    `allow_unsealed`) a .tflite whose card records no readable file digest."""
+    from dermedge.edge.card import check_card_types, read_card, unsealed_warning
+
     p = Path(target)
     if p.is_dir():
         p = p / "model_card.json"
     if not p.is_file():
-        raise ExternalError(f"{target}: no such .tflite, run folder with model_card.json, or card")
+        raise CardError(f"{target}: no such .tflite, run folder with model_card.json, or card")
     try:
         if p.suffix == ".tflite":
-            from dermedge.edge.card import read_card
-
-            card = read_card(p)
+            card = read_card(p, allow_unsealed)
             kind = "tflite"
         else:
             card = json.loads(p.read_text(encoding="utf-8"))
             kind = "json"
-    except (ValueError, OSError) as e:
-        raise ExternalError(f"{p}: {str(e).splitlines()[0]}") from e
+        if isinstance(card, dict):
+            check_card_types(card)
+    except (ValueError, OSError, RecursionError) as e:
+        raise CardError(f"{p}: {(str(e).splitlines() or [type(e).__name__])[0]}"[:300]) from e
     if not isinstance(card, dict):
-        raise ExternalError(f"{p} has no dermedge model card")
+        raise CardError(f"{p} has no dermedge model card")
+    if kind == "tflite" and allow_unsealed and not card.get("file_sha256"):
+        warn(unsealed_warning(p))
     return card, p, kind
 
 
@@ -55,7 +77,10 @@ def save_card(card: dict[str, Any], src: Path, kind: str, out: Path) -> None:
         return
     from dermedge.edge.card import embed_card
 
-    data = embed_card(src.read_bytes(), card)  # read back and checked there
+    try:
+        data = embed_card(src.read_bytes(), card)  # read back and checked there
+    except ValueError as e:
+        raise CardError(f"{src}: {e}"[:300]) from e
     atomic_write_bytes(out, data)
 
 
@@ -72,17 +97,17 @@ def _check_match(card: dict[str, Any], metrics: dict[str, Any], force: bool) -> 
             f"{float(thr):.4f}: its sensitivity/specificity do not describe this model"
         )
     if why and not force:
-        raise ExternalError(f"refusing: the metrics were {why}; pass --force to store them anyway")
+        raise CardError(f"refusing: the metrics were {why}; pass --force to store them anyway")
     if why:
         warn(f"--force: storing metrics {why}")
-    name = (metrics.get("model_card") or {}).get("name")
+    name = _obj(metrics.get("model_card")).get("name")
     if name and card.get("name") and name != card["name"]:
         warn(f"the metrics are of model {name!r}, this card is {card['name']!r}")
 
 
 def summary_lines(card: dict[str, Any]) -> list[str]:
     """The card in a few lines: model, contract, threshold, internal figures, external results."""
-    inp = card.get("input") or {}
+    inp = _obj(card.get("input"))
     lines = [
         f"model     {card.get('name')} ({card.get('arch')}), quantization "
         f"{card.get('quantization', 'none (Keras)')}, created {card.get('created')}",
@@ -90,15 +115,15 @@ def summary_lines(card: dict[str, Any]) -> list[str]:
         f"threshold {_fmt(card.get('threshold'))} -> refer (P(malignant) >= threshold), "
         f"policy {json.dumps(card.get('threshold_policy') or {})}",
     ]
-    test = (card.get("metrics") or {}).get("test") or {}
+    test = _obj(_obj(card.get("metrics")).get("test"))
     if test:
         lines.append(
             f"internal  test split n={test.get('n')}: AUC {_fmt(test.get('roc_auc'))}, "
             f"sens {_fmt(test.get('recall'))}, spec {_fmt(test.get('specificity'))}"
         )
-    gate = card.get("gate") or {}
+    gate = _obj(card.get("gate"))
     if gate:
-        m = gate.get("metrics") or {}
+        m = _obj(gate.get("metrics"))
         lines.append(
             f"gate      {gate.get('verdict')} on {gate.get('test_images')} test images: "
             f"AUC {_fmt(m.get('auc'))}, sens {_fmt(m.get('sensitivity'))}, "
@@ -126,24 +151,37 @@ def summary_lines(card: dict[str, Any]) -> list[str]:
 )
 @click.option("--force", is_flag=True, help="Store metrics measured at another threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole card as JSON.")
+@click.option(
+    "--allow-unsealed",
+    is_flag=True,
+    help="Read a .tflite whose card records no readable file digest (damaged or hand-edited).",
+)
 def card(
-    target: str, metrics_path: str | None, out: str | None, force: bool, as_json: bool
+    target: str,
+    metrics_path: str | None,
+    out: str | None,
+    force: bool,
+    as_json: bool,
+    allow_unsealed: bool,
 ) -> None:
     """Show a model card (a .tflite, a run folder or model_card.json), incl. its external
     evaluations; with --add-external, record one (from `dermedge evaluate --external`)."""
-    c, src, kind = load_card(target)
+    c, src, kind = load_card(target, allow_unsealed)
     shown = src
     if out and not metrics_path:
         raise click.UsageError("--out: only with --add-external")
     if metrics_path:
         raw = Path(metrics_path).read_bytes() if Path(metrics_path).is_file() else None
         if raw is None:
-            raise ExternalError(f"--add-external {metrics_path}: no such file")
+            raise CardError(f"--add-external {metrics_path}: no such file")
         try:
             metrics = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise CardError(f"--add-external {metrics_path}: not JSON ({e})"[:300]) from e
+        try:
+            entry = card_entry(metrics, hashlib.sha256(raw).hexdigest())
         except ValueError as e:
-            raise ExternalError(f"--add-external {metrics_path}: not JSON ({e})") from e
-        entry = card_entry(metrics, hashlib.sha256(raw).hexdigest())
+            raise CardError(f"--add-external {metrics_path}: {e}"[:300]) from e
         _check_match(c, metrics, force)
         old = add_external(c, entry)
         dest = shown = Path(out) if out else src

@@ -467,13 +467,23 @@ def write_report(out: Path, report: dict[str, Any], cases: Cases) -> Path:
 # --- the command --------------------------------------------------------------------------------
 
 
-def _load_model(path: str, threads: int | None) -> Any:
+def _load_model(path: str, threads: int | None, allow_unsealed: bool = False) -> Any:
     """The model under the edge runtime; CalibrationError with the first line of why not."""
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
     try:
-        return EdgeModel(path, threads=threads)
+        return EdgeModel(path, threads=threads, allow_unsealed=allow_unsealed)
     except (EdgeError, ValueError, OSError) as e:
+        raise CalibrationError(str(e).splitlines()[0]) from e
+
+
+def _score(model: Any, records: list[Record]) -> tuple[Cases, dict[str, str]]:
+    """`score`, with a model that fails when run on a case as one CalibrationError line."""
+    from dermedge.edge.runtime import EdgeError
+
+    try:
+        return score(model, records)
+    except EdgeError as e:
         raise CalibrationError(str(e).splitlines()[0]) from e
 
 
@@ -539,6 +549,11 @@ def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> d
     help="Refuse with fewer malignant or benign cases than this.",
 )
 @click.option("--threads", default=None, type=click.IntRange(1), help="Interpreter threads.")
+@click.option(
+    "--allow-unsealed",
+    is_flag=True,
+    help="Use a model whose card records no readable file digest (loud warning) [refuse].",
+)
 def calibrate(
     model_path: str,
     root: str,
@@ -549,16 +564,17 @@ def calibrate(
     seed: int,
     min_cases: int,
     threads: int | None,
+    allow_unsealed: bool,
 ) -> None:
     """Choose the referral threshold for one site from its own labelled cases, and write a copy
     of the model with it (the card records the calibration). Runs on the edge install."""
     src, dst = Path(model_path), Path(out)
     if dst.resolve() == src.resolve():
         raise CalibrationError("--out must differ from MODEL: the uncalibrated model is kept")
-    model = _load_model(model_path, threads)
+    model = _load_model(model_path, threads, allow_unsealed)
     card = model.card or {}
     index = read_site_data(root)
-    cases, bad = score(model, index.records)
+    cases, bad = _score(model, index.records)
     calib, held = _split_cases(cases, holdout, seed)
     check_sample(calib, min_cases)
     target = target_sensitivity or float(training_policy(card).get("target_sensitivity", 0.95))

@@ -98,19 +98,25 @@ class _Node:
         pos = self.slot(field)
         return _Node(self.tab.Bytes, self.tab.Indirect(pos)) if pos else None
 
-    def _vector(self, field: int) -> tuple[int, int]:
-        """(start of elements, length) of a vector field; (0, 0) when absent."""
+    def _vector(self, field: int, width: int = 1) -> tuple[int, int]:
+        """(start of elements, length) of a vector field of `width`-byte items; (0, 0) when
+        absent; IndexError when it would run past the end of the file (a corrupt length)."""
         off = self.tab.Offset(4 + 2 * field)
-        return (self.tab.Vector(off), self.tab.VectorLen(off)) if off else (0, 0)
+        if not off:
+            return 0, 0
+        start, n = self.tab.Vector(off), self.tab.VectorLen(off)
+        if start + n * width > len(self.tab.Bytes):
+            raise IndexError(f"a vector of {n} items at {start} runs past the end of the file")
+        return start, n
 
     def tables(self, field: int) -> list[_Node]:
         """A vector-of-tables field as a list of `_Node` (empty when absent)."""
-        start, n = self._vector(field)
+        start, n = self._vector(field, 4)
         return [_Node(self.tab.Bytes, self.tab.Indirect(start + 4 * i)) for i in range(n)]
 
     def numbers(self, field: int, flags: Any) -> list[Any]:
         """A vector-of-scalars field read with `flags` (empty when absent)."""
-        start, n = self._vector(field)
+        start, n = self._vector(field, flags.bytewidth)
         return [self.tab.Get(flags, start + flags.bytewidth * i) for i in range(n)]
 
     def data(self, field: int) -> bytes | None:
@@ -164,12 +170,17 @@ def _buffer_bytes(buf: Any, buffers: list[_Node], index: int) -> bytes:
     return b""
 
 
+# What a walk over a corrupt file raises: reads out of range, and (flatbuffers' own check)
+# TypeError for an offset that adds up to more than 32 bits or below zero.
+_WALK_ERRORS = (struct.error, IndexError, UnicodeDecodeError, TypeError, OverflowError)
+
+
 def safe_walk(what: str, fn: Any, *args: Any) -> Any:
-    """Run a flatbuffer walk, turning out-of-range reads of a corrupt file into ValueError."""
+    """Run a flatbuffer walk, turning the out-of-range reads of a corrupt file into ValueError."""
     try:
         return fn(*args)
-    except (struct.error, IndexError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt TFLite flatbuffer while reading {what}: {e}") from e
+    except _WALK_ERRORS as e:
+        raise ValueError(f"corrupt TFLite flatbuffer while reading {what}: {e}"[:300]) from e
 
 
 def _metadata(buf: Any) -> dict[str, bytes]:
@@ -190,54 +201,186 @@ def read_metadata(source: str | os.PathLike[str] | bytes) -> dict[str, bytes]:
         return result
 
 
-def read_card(source: str | os.PathLike[str] | bytes) -> dict[str, Any] | None:
-    """The embedded dermedge model card of a .tflite (path or bytes), or None if it has none."""
-    raw = read_metadata(source).get(CARD_NAME)
-    if raw is None:
-        return None
+def read_card(
+    source: str | os.PathLike[str] | bytes, allow_unsealed: bool = False
+) -> dict[str, Any] | None:
+    """The embedded dermedge model card of a .tflite (path or bytes), or None if it has none.
+    ValueError, one line, for a card that is not valid, a file that does not match the digest
+    its card records, or (unless `allow_unsealed`) a card that records no readable digest."""
+    with model_bytes(source) as buf:
+        raw = safe_walk("metadata", _metadata, buf).get(CARD_NAME)
+        if raw is None:
+            return None
+        card = parse_card(raw)
+        check_sealed(buf, allow_unsealed)
+    return card
+
+
+def parse_card(raw: bytes) -> dict[str, Any]:
+    """The card JSON `raw` as a dict, its entries checked; ValueError (one line) otherwise."""
     try:
         card = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"the embedded {CARD_NAME} is not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"the embedded {CARD_NAME} is not valid JSON: {e}"[:300]) from None
     if not isinstance(card, dict):
         raise ValueError(f"the embedded {CARD_NAME} is not a JSON object")
     check_card_types(card)
     return card
 
 
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
 _CARD_TYPES: dict[str, tuple[type, ...]] = {
     "input": (dict,),
-    "threshold": (int, float),
+    "threshold": _NUM,
     "classes": (list,),
     "positive_class": (str,),
     "name": (str,),
-    "guard": (dict,),
-    "calibration": (dict,),
-    "external": (dict,),
+    "guard": (dict, type(None)),
+    "calibration": (dict, type(None)),
+    "external": (dict, type(None)),
     "disclaimer": (str,),
     "output": (str,),
-    "data": (dict,),
+    "data": (dict, type(None)),
     "file_sha256": (str,),
+    "threshold_policy": (dict, type(None)),
+    "metrics": (dict, type(None)),
+    "gate": (dict, type(None)),
 }
+# The entries of card["external"][dataset] (card_text shows them) and card["calibration"]
+# (`dermedge calibrate` writes and reads it); a key may be absent, not of another type.
+_POINT: dict[str, tuple[type, ...]] = {
+    "threshold": _NUM,
+    "sensitivity": _OPT_NUM,
+    "specificity": _OPT_NUM,
+}
+_EXTERNAL_ENTRY: dict[str, tuple[type, ...]] = {
+    "dataset": (str,),
+    "n": (int,),
+    "positives": (int,),
+    "auc": _OPT_NUM,
+    "auc_ci95": (list, type(None)),
+    "at_card_threshold": (dict, type(None)),
+    "threshold": _OPT_NUM,
+    "ece": _OPT_NUM,
+    "overlap_checked": (bool,),
+    "overlapping": (int, type(None)),
+    "date": (str, type(None)),
+    "tool_version": (str, type(None)),
+}
+_CALIBRATION: dict[str, tuple[type, ...]] = {
+    "site": (str,),
+    "date": (str,),
+    "tool": (dict,),
+    "threshold": _NUM,
+    "original_threshold": _NUM,
+    "target_sensitivity": _NUM,
+    "margin_se": _NUM,
+    "effective_target": _NUM,
+    "data": (dict,),
+    "before": (dict,),
+    "after": (dict,),
+    "holdout": (dict, type(None)),
+    "previous": (dict, type(None)),
+}
+_INPUT: dict[str, tuple[type, ...]] = {
+    "size": (int,),
+    "crop": (str,),
+    "resize": (str,),
+    "color": (str,),
+    "dtype": (str,),
+    "value_range": (list,),
+    "mean": _NUM,
+    "std": _NUM,
+    "exif_transpose": (bool,),
+    "alpha": (str,),
+    "high_bit_depth": (str,),
+    "color_constancy": (str,),
+    "color_constancy_p": _NUM,
+    "extra": (dict,),
+}
+_CALIBRATION_DATA: dict[str, tuple[type, ...]] = {"counts": (dict,), "skipped": (int,)}
+_COUNTS: dict[str, tuple[type, ...]] = {"benign": (int,), "malignant": (int,)}
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind for an error message: null, a bool, a str, ..."""
+    return "null" if value is None else type(value).__name__
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a JSON true/false is no number (bool is an int in Python)."""
+    return bool in types if isinstance(value, bool) else isinstance(value, types)
+
+
+def _check_fields(where: str, obj: Any, spec: dict[str, tuple[type, ...]]) -> None:
+    """ValueError, one line, when `obj` is no JSON object or one of its `spec` keys is of
+    another type than `spec` allows (`where` "" for the card itself)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"model card: {where} must be a dict, not {_kind(obj)}"[:200])
+    for key, types in spec.items():
+        if key in obj and not _is(obj[key], types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            name = f"{where}[{key!r}]" if where else repr(key)
+            raise ValueError(f"model card: {name} must be a {want}, not {_kind(obj[key])}"[:200])
+
+
+def _check_pair(where: str, value: Any) -> None:
+    """A 95% interval: null, or a list of two numbers or nulls."""
+    if value is not None and (len(value) != 2 or not all(_is(v, _OPT_NUM) for v in value)):
+        raise ValueError(f"model card: {where} must be two numbers, not {value!r}"[:200])
+
+
+def _check_external(external: dict[str, Any]) -> None:
+    """Each card["external"] entry: an object of numbers, strings and intervals."""
+    for name, entry in external.items():
+        where = f"external[{name!r}]"[:80]
+        _check_fields(where, entry, _EXTERNAL_ENTRY)
+        _check_pair(f"{where}['auc_ci95']", entry.get("auc_ci95"))
+        at = entry.get("at_card_threshold")
+        if at is not None:
+            _check_fields(f"{where}['at_card_threshold']", at, _POINT)
+
+
+def _check_calibration(cal: dict[str, Any]) -> None:
+    """card["calibration"]: the site, thresholds, the cases' counts and the operating points."""
+    _check_fields("calibration", cal, _CALIBRATION)
+    if "original_threshold" not in cal:
+        raise ValueError("model card: calibration has no 'original_threshold'")
+    data = cal.get("data") or {}
+    _check_fields("calibration['data']", data, _CALIBRATION_DATA)
+    _check_fields("calibration['data']['counts']", data.get("counts") or {}, _COUNTS)
+    for point in ("before", "after"):
+        _check_fields(f"calibration[{point!r}]", cal.get(point) or {}, _POINT)
+    _check_fields("calibration['tool']", cal.get("tool") or {}, {"dermedge": (str,)})
 
 
 def check_card_types(card: dict[str, Any]) -> None:
     """ValueError, one line, for a card entry of the wrong type (a hand-edited or foreign card):
-    the runners then refuse the model instead of failing deep inside with a traceback."""
-    for key, types in _CARD_TYPES.items():
-        value = card.get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            want = " or ".join(t.__name__ for t in types)
-            raise ValueError(f"model card: {key!r} must be a {want}, not {type(value).__name__}")
+    the runners then refuse the model instead of failing deep inside with a traceback. An entry
+    may be absent; only the optional sections (guard, calibration, external, ...) may be null."""
+    _check_fields("", card, _CARD_TYPES)
     thr = card.get("threshold")
     if thr is not None and not 0.0 <= float(thr) <= 1.0:
         raise ValueError(f"model card: threshold {thr} is not a probability in 0..1")
     classes = card.get("classes")
     if classes is not None and (len(classes) != 2 or not all(isinstance(c, str) for c in classes)):
         raise ValueError(f"model card: classes must be two names, not {classes!r}"[:200])
-    size = (card.get("input") or {}).get("size")
-    if "input" in card and (not isinstance(size, int) or isinstance(size, bool)):
-        raise ValueError(f"model card: input size must be an integer, not {size!r}"[:200])
+    if "input" in card:
+        from dermedge.data.contract import InputContract
+
+        size = card["input"].get("size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ValueError(f"model card: input size must be an integer, not {size!r}"[:200])
+        _check_fields("input", card["input"], _INPUT)
+        try:
+            InputContract.from_dict(card["input"])
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ValueError(f"model card: {e}"[:200]) from None
+    if card.get("external"):
+        _check_external(card["external"])
+    if card.get("calibration"):
+        _check_calibration(card["calibration"])
 
 
 class _Block:
@@ -388,6 +531,7 @@ def embed_card(tflite: bytes, card: dict[str, Any]) -> bytes:
     if not isinstance(card, dict):
         raise TypeError(f"card must be a dict, got {type(card).__name__}")
     raw = _card_json({DIGEST_KEY: _ZEROS.decode(), **without_digest(card)})
+    parse_card(raw)  # refuse, before writing, a card the readers would refuse
     out = seal(_compact(safe_walk("the model to embed a card into", _embed, bytes(tflite), raw)))
     back = read_card(out) or {}
     if without_digest(back) != without_digest(json.loads(raw)) or check_digest(out) is not True:
@@ -526,16 +670,44 @@ def _check_graph(buf: Any) -> None:
         raise ValueError(f"the model's tensors would take {total} bytes")
 
 
-def check_model_file(blob: bytes) -> None:
-    """Refuse, with ValueError and a one-line reason, a file an interpreter should not be given:
-    one that does not match the digest its card records, or (for a file without one) whose graph
-    points outside itself or asks for tensors no device model needs (unbounded allocation)."""
+DAMAGED = (
+    "damaged model file: its bytes do not match the sha256 its card records "
+    "(a partial copy or a corrupted file?): copy it again"
+)
+UNSEALED = (
+    "the model card records no readable file digest (a damaged card, or a card edited by hand), "
+    "so changed weights would go unnoticed: refusing it; pass --allow-unsealed to use it anyway"
+)
+
+
+def unsealed_warning(path: str | os.PathLike[str]) -> str:
+    """The loud warning for a model used under --allow-unsealed."""
+    return (
+        f"{os.fspath(path)} is NOT SEALED: its card records no readable file digest, so nothing "
+        "checks that its weights are the ones the card describes; used only because of "
+        "--allow-unsealed: its decisions cannot be trusted"
+    )
+
+
+def check_sealed(blob: Any, allow_unsealed: bool = False) -> bool:
+    """True for a file that matches the digest its card records; False for a file without a
+    card (nothing to check), or with a card but no readable digest under `allow_unsealed`.
+    ValueError for a damaged file, and (failing closed) for a card without a readable digest:
+    damaging the digest's key must not switch the check off."""
     ok = check_digest(blob)
     if ok is False:
-        raise ValueError(
-            "damaged model file: its bytes do not match the sha256 its card records "
-            "(a partial copy or a corrupted file?): copy it again"
-        )
+        raise ValueError(DAMAGED)
+    if ok is None and not allow_unsealed and CARD_NAME in safe_walk("metadata", _metadata, blob):
+        raise ValueError(UNSEALED)
+    return bool(ok)
+
+
+def check_model_file(blob: bytes, allow_unsealed: bool = False) -> None:
+    """Refuse, with ValueError and a one-line reason, a file an interpreter should not be given:
+    one that does not match the digest its card records, one whose card records no readable
+    digest (unless `allow_unsealed`), or one whose graph points outside itself or asks for
+    tensors no device model needs (unbounded allocation)."""
+    check_sealed(blob, allow_unsealed)
     safe_walk("the model graph", _check_graph, blob)
 
 

@@ -70,10 +70,12 @@ def resolve_model(model: str) -> Path:
     )
 
 
-def build_contract(path: Path, size: int | None, crop: str | None) -> InputContract | None:
+def build_contract(
+    path: Path, size: int | None, crop: str | None, allow_unsealed: bool = False
+) -> InputContract | None:
     """The card's contract with --size/--crop applied; for a card-less model, from the flags."""
     try:
-        card = read_card(path)
+        card = read_card(path, allow_unsealed)
         if card is None:
             if crop is None:
                 return None  # EdgeModel explains which flags to pass
@@ -95,12 +97,21 @@ def load_model(
     size: int | None,
     crop: str | None,
     xnnpack: bool,
+    allow_unsealed: bool = False,
 ) -> EdgeModel:
     """Resolve, load and configure the model; Fatal with the reason if that fails."""
     path = resolve_model(model)
     try:
-        contract = build_contract(path, size, crop)
-        return EdgeModel(path, threads, delegate, contract, threshold, xnnpack=xnnpack)
+        contract = build_contract(path, size, crop, allow_unsealed)
+        return EdgeModel(
+            path,
+            threads,
+            delegate,
+            contract,
+            threshold,
+            xnnpack=xnnpack,
+            allow_unsealed=allow_unsealed,
+        )
     except (EdgeError, ValueError) as e:
         raise Fatal(str(e)) from e
 
@@ -342,7 +353,7 @@ def serve_model(model: str, opts: dict[str, Any]) -> None:
 
 # Which options each mode takes: the one table; anything else given is an error, not ignored.
 _COMMON = {"model", "threads", "delegate", "no_xnnpack", "verbose"}
-_CLASSIFY = _COMMON | {"threshold", "size", "crop", "as_json"}
+_CLASSIFY = _COMMON | {"threshold", "size", "crop", "as_json", "allow_unsealed"}
 MODE_OPTIONS = {
     "images": _CLASSIFY | {"csv_path"},
     "camera": _CLASSIFY | {"camera", "picamera", "width", "height", "fps", "smooth", "preview", "save",
@@ -491,6 +502,11 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 @click.option(
     "--self-signed", is_flag=True, help="--serve with a generated self-signed certificate."
 )
+@click.option(
+    "--allow-unsealed",
+    is_flag=True,
+    help="Run a model whose card records no readable file digest (loud warning) [refuse].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print model and runtime details.")
 @click.option(
     "--version",
@@ -531,6 +547,7 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
         opts["size"],
         opts["crop"],
         not opts["no_xnnpack"],
+        opts["allow_unsealed"],
     )
     if opts["verbose"]:
         click.echo(

@@ -22,7 +22,7 @@ import numpy as np
 
 from dermedge import CLASSES
 from dermedge.data.contract import InputContract, preprocess
-from dermedge.edge.card import check_model_file, read_card
+from dermedge.edge.card import check_model_file, check_sealed, read_card, unsealed_warning
 
 # key: (module to import, distribution name for its version)
 RUNTIMES = {
@@ -163,6 +163,12 @@ def _make_interpreter(rt: Runtime, path: Path, threads: int, delegate: str | Non
     return interpreter
 
 
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (LiteRT's span several), or its type."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
 def no_card_message(path: str | os.PathLike[str]) -> str:
     """What to pass when a .tflite has no embedded model card."""
     return (
@@ -185,19 +191,26 @@ class EdgeModel:
         threshold: float | None = None,
         xnnpack: bool = True,
         runtime: str | None = None,
+        allow_unsealed: bool = False,
     ) -> None:
-        """Check the file and its card, load an interpreter and check its input and output."""
+        """Check the file and its card, load an interpreter and check its input and output, and
+        run it once (a model that fails when run is refused here, not on the first photo).
+        `allow_unsealed`: run a model whose card records no readable file digest, with a loud
+        warning (refused otherwise: a damaged digest must not switch the check off)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgeError(f"model file not found: {self.path}")
         try:
             blob = self.path.read_bytes()
-            check_model_file(blob)  # before any interpreter sees it
-            self.card = read_card(blob)
+            check_model_file(blob, allow_unsealed)  # before any interpreter sees it
+            self.card = read_card(blob, allow_unsealed)
+            self.sealed = check_sealed(blob, allow_unsealed)
         except ValueError as e:
             raise EdgeError(f"{self.path}: {e}") from e
         except OSError as e:
             raise EdgeError(f"cannot read {self.path}: {e.strerror or e}") from e
+        if self.card is not None and not self.sealed:
+            print(f"WARNING: {unsealed_warning(self.path)}", file=sys.stderr, flush=True)
         self.contract = self._contract(contract)
         self.threshold = self._threshold(threshold)
         card = self.card or {}
@@ -220,6 +233,13 @@ class EdgeModel:
         self._check_input()
         self._check_output()
         self.guard = self._guard()
+        self._try_once()
+
+    def _try_once(self) -> None:
+        """Run one blank image through the model: EdgeError now for one that fails when run."""
+        size = self.contract.size
+        with self._lock:
+            self._invoke(np.zeros((1, size, size, 3), dtype=np.uint8))
 
     def _contract(self, contract: InputContract | None) -> InputContract:
         """The given contract, else the card's input contract; EdgeError when there is neither."""
@@ -346,12 +366,17 @@ class EdgeModel:
                 each = [f for _, f in parts if f is not None]
                 return np.concatenate([o for o, _ in parts]), np.concatenate(each) if each else None
             self._resize(n, self.contract.size)
-        self._interpreter.set_tensor(self._input["index"], self._quantize(batch))
-        self._interpreter.invoke()
-        out = self._dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
-        f = self._features
-        feats = None if f is None else self._dequantize(self._interpreter.get_tensor(f["index"]), f)
-        return out, feats
+        try:
+            self._interpreter.set_tensor(self._input["index"], self._quantize(batch))
+            self._interpreter.invoke()
+            raw = self._interpreter.get_tensor(self._output["index"])
+            f = self._features
+            feats = (
+                None if f is None else self._dequantize(self._interpreter.get_tensor(f["index"]), f)
+            )
+        except (RuntimeError, ValueError) as e:  # a kernel that fails when run, as LiteRT says
+            raise EdgeError(f"{self.path}: the model failed when run: {_first_line(e)}") from e
+        return self._dequantize(raw, self._output), feats
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """P(malignant) for uint8 RGB input of shape (N, size, size, 3) or (size, size, 3)."""

@@ -28,9 +28,9 @@ import click
 
 from dermedge import DISCLAIMER, __version__
 from dermedge.data.index import Record
+from dermedge.edge.card_text import EXTERNAL_KIND as KIND
 from dermedge.metrics import clean_json
 
-KIND = "dermedge.external/1"
 SENS_TARGET = 0.95
 TEST_SET_NOTE = "chosen on this test set itself: for information only, not an operating point"
 
@@ -529,50 +529,7 @@ def run_external(
     return report, out_dir
 
 
-# --- the card's record --------------------------------------------------------------------------
-
-
-def card_entry(metrics: dict[str, Any], metrics_sha256: str) -> dict[str, Any]:
-    """The compact summary stored under card["external"][dataset] from an external metrics.json."""
-    if metrics.get("kind") != KIND or "thresholds" not in metrics:
-        raise ExternalError(
-            "not an external evaluation's metrics.json (run `dermedge evaluate "
-            "MODEL --data ROOT --external`)"
-        )
-    pt = metrics["thresholds"]["card"]
-    ov = metrics.get("overlap") or {}
-    return {
-        "dataset": metrics["dataset"],
-        "n": metrics["n"],
-        "positives": metrics["positives"],
-        "auc": metrics["roc_auc"],
-        "auc_ci95": metrics["roc_auc_ci95"],
-        "at_card_threshold": {
-            "sensitivity": pt["sensitivity"],
-            "specificity": pt["specificity"],
-            "sensitivity_ci95": pt["ci95"]["sensitivity"],
-            "specificity_ci95": pt["ci95"]["specificity"],
-            "tp": pt["tp"],
-            "fn": pt["fn"],
-            "tn": pt["tn"],
-            "fp": pt["fp"],
-        },
-        "threshold": pt["threshold"],
-        "ece": metrics.get("ece"),
-        "overlap_checked": bool(ov.get("checked")),
-        "overlapping": ov.get("overlapping", 0),
-        "date": metrics["date"],
-        "tool_version": (metrics.get("tool") or {}).get("dermedge"),
-        "metrics_sha256": metrics_sha256,
-    }
-
-
-def add_external(card: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any] | None:
-    """Store `entry` under card["external"][its dataset]; returns the entry it replaced, if any."""
-    ext = card.setdefault("external", {})
-    old = ext.get(entry["dataset"])
-    ext[entry["dataset"]] = entry
-    return old
+# --- the command (its card record: dermedge.edge.card_text.card_entry) --------------------------
 
 
 def evaluate_external(
