@@ -179,6 +179,11 @@ def no_card_message(path: str | os.PathLike[str]) -> str:
     )
 
 
+CANNOT_ASSESS = "cannot assess"  # the decision for a lesion unlike the training images: refer
+DECISIONS = ("refer", CANNOT_ASSESS, "routine", "none")  # "none": no decision (not a lesion photo)
+SENDS_ON = ("refer", CANNOT_ASSESS)  # decisions that send the patient on to a clinician
+
+
 class EdgeModel:
     """A dermedge .tflite ready to classify: `.predict(pixels)` and `.classify(photo)`."""
 
@@ -406,10 +411,14 @@ class EdgeModel:
         prob = np.clip(out[:, column], 0.0, 1.0)
         return prob, None if feats is None else feats.reshape(x.shape[0], -1)
 
-    def decide(self, prob: float, features: np.ndarray | None = None) -> dict[str, Any]:
-        """prob, label and decision, both at the threshold (label the positive class exactly when
-        the decision is refer, as on the phone page); with a guard, its score and `unfamiliar`
-        (then no label or decision is given)."""
+    def decide(
+        self, prob: float, features: np.ndarray | None = None, pixels: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """prob, label and decision at the threshold (the positive label exactly when the decision
+        is refer, as on the phone page). With a guard, its score and `unfamiliar`; a flagged
+        picture never gets `routine`: a lesion unlike the training images gets "cannot assess"
+        (refer: its prob is not to be trusted either way), and only a flagged picture without
+        skin colours (`pixels` given; guard.assess) is "not a lesion photo", no decision."""
         refer = prob >= self.threshold
         out: dict[str, Any] = {
             "prob": float(prob),
@@ -417,17 +426,29 @@ class EdgeModel:
             "decision": "refer" if refer else "routine",
         }
         if self.guard is not None and features is not None:
+            from dermedge.edge import guard as g
+
             score = float(self.guard.score(features)[0])
             out["guard_score"] = round(score, 4)
             out["unfamiliar"] = score > self.guard.cutoff
-            if out["unfamiliar"]:  # no label or decision for a picture unlike the training images
-                out["label"] = out["decision"] = "none"
+            verdict = g.assess(out["unfamiliar"], pixels)
+            if verdict == "not_lesion":
+                out.update(prob=None, label="none", decision="none", reason=g.NOT_A_LESION)
+            elif verdict == "lesion":  # its prob is not to be trusted either way: send it on
+                out.update(label="unknown", decision=CANNOT_ASSESS, reason=g.CANNOT_ASSESS)
         return out
 
     def classify(self, source: Any) -> dict[str, Any]:
         """Classify a photo (path, bytes, PIL image or HxWx3 uint8 RGB array) per the contract.
+        A blank or uniform photo gets no decision (decision "none" and the reason).
 
         Raises dermedge.data.contract.ImageError with the reason for an unusable image.
         """
-        prob, feats = self.predict_features(preprocess(source, self.contract))
-        return self.decide(float(prob[0]), feats)
+        from dermedge.edge.photo import blank_reason
+
+        pixels = preprocess(source, self.contract)
+        blank = blank_reason(pixels)
+        if blank:
+            return {"prob": None, "label": "none", "decision": "none", "reason": blank}
+        prob, feats = self.predict_features(pixels)
+        return self.decide(float(prob[0]), feats, pixels)

@@ -272,3 +272,37 @@ def test_phone_page_guard_matches_python() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert np.allclose(json.loads(r.stdout), guard.score(feats), rtol=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_phone_page_skin_share_and_vote_match_python() -> None:
+    """guard.js's skinShare equals guard.skin_share on real photos; the page's vote sends an
+    unsure frame on, as the camera loop's does."""
+    photos = _lesions("malignant", 3) + _lesions("benign", 3)
+    contract = _contract()
+    pixels = [preprocess(p, contract) for p in photos]
+    pixels.append(np.full((224, 224, 3), 128, np.uint8))
+    script = (
+        "import { skinShare } from '" + (REPO / "web" / "src" / "guard.js").as_uri() + "';"
+        "import { Smoother } from '" + (REPO / "web" / "src" / "quality.js").as_uri() + "';"
+        "let s = ''; process.stdin.on('data', (c) => { s += c; }); process.stdin.on('end', () => {"
+        "const shares = JSON.parse(s).map((p) => skinShare(Uint8Array.from(p)));"
+        "const sm = new Smoother(3, 5); let d; for (let i = 0; i < 3; i++) d = sm.push(0.1, 0.5, true);"
+        "console.log(JSON.stringify({ shares, decision: d.decision })); });"
+    )
+    r = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        input=json.dumps([p.ravel().tolist() for p in pixels]),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["shares"] == [g.skin_share(p) for p in pixels]
+    assert out["decision"] == CANNOT_ASSESS
+
+
+def _contract():
+    """The shipped tiny model's contract (the page preprocesses by the card's)."""
+    return EdgeModel(TINY).contract

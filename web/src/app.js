@@ -5,7 +5,7 @@ import { loadLiteRt, loadAndCompile, Tensor } from '@litertjs/core';
 import { cropBox, preprocess } from './preprocess.js';
 import { fixBatchDimension, readTflite } from './tflite.js';
 import { assess, sceneChange, signature, Smoother } from './quality.js';
-import { Guard, GUARD_MESSAGE } from './guard.js';
+import { assessGuard, CANNOT_ASSESS, Guard, GUARD_MESSAGE } from './guard.js';
 
 const $ = (id) => document.getElementById(id);
 const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
@@ -183,9 +183,10 @@ function render(q, result) {
   const { smoothed, threshold } = result;
   $('prob').textContent = smoothed.prob.toFixed(3);
   const d = $('decision');
-  d.className = `decision ${smoothed.decision || 'pending'}`;
+  const words = { refer: 'REFER', routine: 'routine', [CANNOT_ASSESS]: 'CANNOT ASSESS: refer' };
+  d.className = `decision ${smoothed.decision === CANNOT_ASSESS ? 'refer' : smoothed.decision || 'pending'}`;
   d.textContent = smoothed.decision
-    ? `${smoothed.decision === 'refer' ? 'REFER' : 'routine'} (threshold ${threshold})`
+    ? `${words[smoothed.decision]} (threshold ${threshold})`
     : 'waiting for a steady view';
   $('smooth').textContent = `${smoothed.agree} of last ${smoothed.count} frames agree (need ${result.n} of ${result.m})`;
 }
@@ -290,7 +291,8 @@ async function main() {
     const t1 = performance.now();
     const { prob, guardScore, unfamiliar } = await clf.predict(pixels);
     const t2 = performance.now();
-    if (unfamiliar) { // the guard gates it like a bad frame: no decision, start agreeing afresh
+    const verdict = assessGuard(unfamiliar, pixels);
+    if (verdict === 'not_lesion') { // no lesion photo: gated like a bad frame, start agreeing afresh
       smoother.reset();
       state.unfamiliarFrames++;
       state.smoothed = null;
@@ -304,7 +306,7 @@ async function main() {
     state.goodFrames++;
     state.inferMs.push(t2 - t1);
     if (state.inferMs.length > 200) state.inferMs.shift();
-    const smoothed = smoother.push(prob, threshold);
+    const smoothed = smoother.push(prob, threshold, verdict === 'lesion'); // unsure: sends on
     state.smoothed = smoothed;
     const record = {
       schema: 'dermedge.phone-capture/1',
@@ -317,7 +319,8 @@ async function main() {
       quality: q,
       prob,
       guard_score: guardScore,
-      label: prob >= threshold ? 'malignant' : 'benign',
+      label: verdict === 'lesion' ? 'unknown' : prob >= threshold ? 'malignant' : 'benign',
+      unfamiliar,
       threshold,
       smoothed_prob: smoothed.prob,
       decision: smoothed.decision,

@@ -2,7 +2,9 @@
 // its penultimate features; the card holds class means and a shared covariance (probabilistic
 // PCA: top components, their variances, one residual variance). The score is the squared
 // Mahalanobis distance to the nearest class mean per feature; above the card's cut-off a frame is
-// "unlike the training images" and gets no decision.
+// "unlike the training images". A flag never hides a lesion: a flagged frame with skin colours
+// (skinShare, the same integer test as guard.skin_share) is sent on ("cannot assess": refer);
+// only a flagged frame without them is "no lesion in view" and gets no decision.
 
 function floats(b64, n) {
   const bin = atob(b64);
@@ -13,7 +15,27 @@ function floats(b64, n) {
   return Float64Array.from(a);
 }
 
-export const GUARD_MESSAGE = 'no lesion in view (unlike the training images)';
+export const GUARD_MESSAGE = 'no lesion in view (not a lesion photo)';
+export const CANNOT_ASSESS = 'cannot assess';
+export const MIN_SKIN_SHARE = 0.05;
+
+/** Share of RGB pixels that are lit, saturated and warm-hued (dermedge.edge.guard.skin_share). */
+export function skinShare(pixels) {
+  let warm = 0;
+  const n = pixels.length / 3;
+  for (let i = 0; i < pixels.length; i += 3) {
+    const r = pixels[i], g = pixels[i + 1], b = pixels[i + 2];
+    const hi = Math.max(r, g, b), lo = Math.min(r, g, b);
+    if (r >= g && r >= b && hi >= 31 && 10 * (hi - lo) >= hi) warm++;
+  }
+  return n ? warm / n : 0;
+}
+
+/** 'familiar', 'lesion' (unlike the training images, sent on) or 'not_lesion' (no decision). */
+export function assessGuard(unfamiliar, pixels) {
+  if (!unfamiliar) return 'familiar';
+  return pixels && skinShare(pixels) < MIN_SKIN_SHARE ? 'not_lesion' : 'lesion';
+}
 
 export class Guard {
   constructor(spec) {

@@ -236,7 +236,8 @@ export function sceneChange(a, b, limit = 20) {
 
 /**
  * N-of-M smoothing: a decision is shown only when N of the last M good frames agree; the shown
- * probability is the mean over the window. reset() on a scene change.
+ * probability is the mean over the agreeing frames. A frame the guard is unsure of votes to send
+ * the patient on, never for routine (camera.Smoother). reset() on a scene change.
  */
 export class Smoother {
   constructor(n = 3, m = 5) {
@@ -247,15 +248,22 @@ export class Smoother {
   reset() {
     this.window = [];
   }
-  push(prob, threshold) {
-    this.window.push(prob);
+  push(prob, threshold, unsure = false) {
+    this.window.push({ p: prob, u: unsure });
     if (this.window.length > this.m) this.window.shift();
-    const refer = this.window.filter((p) => p >= threshold).length;
-    const routine = this.window.length - refer;
-    const mean = this.window.reduce((a, b) => a + b, 0) / this.window.length;
+    const routine = this.window.filter((f) => !f.u && f.p < threshold);
+    const send = this.window.filter((f) => f.u || f.p >= threshold);
     let decision = null;
-    if (refer >= this.n) decision = 'refer';
-    else if (routine >= this.n) decision = 'routine';
-    return { decision, prob: mean, agree: Math.max(refer, routine), count: this.window.length };
+    let agree = routine.length >= send.length ? routine : send;
+    if (routine.length >= this.n) {
+      decision = 'routine';
+      agree = routine;
+    } else if (send.length >= this.n) {
+      const unsureVotes = send.filter((f) => f.u).length;
+      decision = 2 * unsureVotes >= send.length ? 'cannot assess' : 'refer';
+      agree = send;
+    }
+    const mean = agree.reduce((a, f) => a + f.p, 0) / agree.length;
+    return { decision, prob: mean, agree: agree.length, count: this.window.length };
   }
 }
