@@ -42,7 +42,7 @@ from dermedge.edge.assets import (
     load_web_assets,
 )
 from dermedge.edge.serve_errors import ServeError
-from dermedge.edge.served_model import ServedModel, checked_card, load_card
+from dermedge.edge.served_model import ServedModel, checked_card, load_card, one_line
 from dermedge.edge.tls import (
     cert_names,
     certificate_fingerprint,
@@ -54,6 +54,7 @@ __all__ = [  # the names other modules and tests use from here; some live in the
     "HEADER_DEADLINE_S",
     "MAX_CONNECTIONS",
     "MAX_PER_CLIENT",
+    "WRITE_STALL_S",
     "WEB_DIR",
     "DermServer",
     "ServeError",
@@ -86,10 +87,14 @@ MAX_URL = 2048  # bytes of request target
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 REQUEST_TIMEOUT_S = 30  # per connection read timeout (slow clients are dropped)
 KEEPALIVE_IDLE_S = 5  # an idle kept-alive connection is closed after this (frees browser sockets)
-MAX_CONNECTIONS = (
-    64  # concurrent connections; past it the oldest one still waiting for its headers is closed
-)
-MAX_PER_CLIENT = 32  # concurrent connections from one address, the same way
+# Connections (a thread each). Past a cap, the oldest connection still waiting for its headers
+# is closed for the new one, or, when every one is being answered, the new one is.
+MAX_CONNECTIONS = 128  # in all
+MAX_PER_CLIENT = 16  # from one address (a browser opens about 6)
+RESERVE = 32  # the last slots: only for addresses that hold fewer than FEW_PER_CLIENT
+FEW_PER_CLIENT = 4
+WRITE_STALL_S = 10  # a client must take each WRITE_CHUNK of an answer within this, or is dropped
+WRITE_CHUNK = 64 * 1024
 HEADER_DEADLINE_S = 10  # from accept (TLS handshake included) or the last response to the end of the next request's headers
 # a request for one of these first looks whether the model file changed
 REFRESHING = ("/model.tflite", "/card.json", *STAMPED)
@@ -131,9 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """http.server's access log, only with --verbose."""
-        if self.server.verbose:
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+        """http.server's access log (a line a request), only with --verbose."""
+        self.server.say(f"{self.address_string()} - {format % args}")
 
     def _send_plain(
         self, status: HTTPStatus, text: str = "", extra: dict[str, str] | None = None
@@ -239,7 +243,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", encoding)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._write_body(body)
+
+    def _write_body(self, body: bytes) -> None:
+        """Send `body` in chunks the client must each take within WRITE_STALL_S: a reader that
+        stalls is dropped and frees its slot, a phone on a slow link keeps reading."""
+        self.connection.settimeout(WRITE_STALL_S)
+        view = memoryview(body)
+        try:
+            for start in range(0, len(view), WRITE_CHUNK):
+                self.wfile.write(view[start : start + WRITE_CHUNK])
+        except OSError as e:  # a stall or a reset: this connection is done
+            self.close_connection = True
+            self.log_message("dropped while sending %s: %s", self.path[:100], type(e).__name__)
 
     def do_GET(self) -> None:  # noqa: N802
         """GET: see _serve."""
@@ -261,7 +277,7 @@ class DermServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 32
+    request_queue_size = 128  # a burst of connections waits in the kernel, not refused
 
     def __init__(
         self,
@@ -314,15 +330,25 @@ class DermServer(ThreadingHTTPServer):
     def _evict(self, sock: socket.socket) -> None:
         """Close a waiting connection; its thread then ends and frees the slot."""
         self._pending.pop(sock, None)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # its thread's read ends; the thread frees the slot
+        with contextlib.suppress(OSError):  # the TCP shutdown, also under a TLS socket
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # its thread's read ends
+
+    def _client_limit(self) -> int:
+        """How many connections one address may hold now: fewer once the reserve is reached, so
+        the last slots stay for addresses that hold few (a phone that just came)."""
+        return MAX_PER_CLIENT if self._active < MAX_CONNECTIONS - RESERVE else FEW_PER_CLIENT
+
+    def connections(self) -> int:
+        """How many connections hold a slot now."""
+        with self._conn_lock:
+            return self._active
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Take a slot for a new connection (evicting a waiting one when full), then serve it."""
         ip = str(client_address[0])
         with self._conn_lock:
             victim = None
-            if self._per_client[ip] >= MAX_PER_CLIENT:
+            if self._per_client[ip] >= self._client_limit():
                 victim = self._evictable(ip) or request
             elif self._active >= MAX_CONNECTIONS:
                 victim = self._evictable() or request
@@ -330,6 +356,7 @@ class DermServer(ThreadingHTTPServer):
                 victim = request
             if victim is request:
                 self.shutdown_request(request)  # every slot is busy answering: drop this one
+                self.say(f"{ip} - connection closed: {self._per_client[ip]} open from there")
                 return
             if victim is not None:
                 self._evict(victim)
@@ -355,7 +382,7 @@ class DermServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(request, str(client_address[0]))
+            self._release(self._local.request, str(client_address[0]))
 
     def busy(self) -> None:
         """The connection of this thread has sent its headers: not evictable while answered."""
@@ -370,6 +397,13 @@ class DermServer(ThreadingHTTPServer):
         with self._conn_lock:
             self._pending.pop(request, None)
             self._pending[request] = (time.monotonic() + HEADER_DEADLINE_S, self._local.ip)
+
+    def _rekey(self, request: Any, tls: ssl.SSLSocket) -> None:
+        """The TLS socket now owns the connection (the plain one is detached): evict that one,
+        in the plain one's place in the queue."""
+        with self._conn_lock:
+            self._local.request = tls
+            self._pending = {(tls if k is request else k): v for k, v in self._pending.items()}
 
     def service_actions(self) -> None:
         """Close connections past their header deadline (called by serve_forever each poll)."""
@@ -396,10 +430,17 @@ class DermServer(ThreadingHTTPServer):
             super().finish_request(request, client_address)
             return
         try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
+            tls = self.ssl_context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
         except (ssl.SSLError, OSError):
             return
+        self._rekey(request, tls)
         try:
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError):
+                return  # not TLS, gave up, or evicted while shaking hands
             super().finish_request(tls, client_address)
         finally:
             with contextlib.suppress(OSError):
@@ -412,9 +453,14 @@ class DermServer(ThreadingHTTPServer):
             super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A traceback only with --verbose (quiet about client resets and bad TLS)."""
+        """A connection that failed: one line with --verbose, nothing otherwise."""
+        error = sys.exc_info()[1]
+        self.say(f"{client_address[0]} - connection failed: {type(error).__name__}: {error}")
+
+    def say(self, line: str) -> None:
+        """One log line on stderr, only with --verbose."""
         if self.verbose:
-            super().handle_error(request, client_address)
+            sys.stderr.write(one_line(line, 500) + "\n")
 
 
 # ----------------------------------------------------------------------------- host names

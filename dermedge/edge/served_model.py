@@ -1,11 +1,16 @@
 """The model `--serve` hands out, with its card: checked as `--model` checks it, and reloaded when
-its file changes (so a new model needs no restart; a damaged replacement is refused)."""
+its file changes (so a new model needs no restart). A replacement that fails the check, crashes
+or hangs the interpreter, or is too large is refused in one logged line, and the last good model
+stays in service: the check runs in a child process, so nothing in the file can take the server
+down."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -17,7 +22,9 @@ from dermedge.edge.card import read_card
 from dermedge.edge.serve_errors import ServeError
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
-Stamp = tuple[int, int, int]  # (model mtime, model size, sidecar mtime)
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+CHECK_TIMEOUT_S = 120  # a model the interpreter cannot load in this time is refused
+Stamp = tuple[int, int, int, int]  # (model inode, mtime, size, sidecar mtime)
 
 
 def _sidecar_card(path: Path) -> Any:
@@ -26,8 +33,10 @@ def _sidecar_card(path: Path) -> Any:
     if not sidecar.is_file():
         return None
     try:
+        if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ServeError(f"model card {sidecar} is over {MAX_SIDECAR_BYTES} bytes")
         return json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ServeError(f"unreadable model card {sidecar}: {e}") from e
 
 
@@ -61,7 +70,7 @@ def load_card(model_path: str | os.PathLike[str], blob: bytes | None = None) -> 
 def checked_card(path: Path, blob: bytes) -> dict[str, Any]:
     """The card of a model file `--model` would run, checked as `--model` checks it (digest and
     graph, then the interpreter loads it with the card's contract and threshold); ServeError
-    with the reason otherwise."""
+    with the reason otherwise. In this process: see `checked_card_isolated` for the server."""
     from dermedge.data.contract import InputContract
     from dermedge.edge.runtime import EdgeError, EdgeModel
 
@@ -75,6 +84,67 @@ def checked_card(path: Path, blob: bytes) -> dict[str, Any]:
         except (EdgeError, ValueError) as e:
             raise ServeError(str(e).replace(str(tmp), str(path))) from None
     return card
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one printable line of at most `limit` characters (a log line cannot be forged)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _crash_reason(returncode: int) -> str:
+    """What a child's negative return code means: the signal that killed it."""
+    try:
+        return f"the interpreter crashed loading it ({signal.Signals(-returncode).name})"
+    except ValueError:
+        return f"the interpreter crashed loading it (signal {-returncode})"
+
+
+def checked_card_isolated(path: Path, blob: bytes) -> dict[str, Any]:
+    """checked_card in a child process (`python -m dermedge.edge.served_model PATH`, the bytes on
+    stdin): a file that crashes or hangs the interpreter, or trips any bug of the check, is
+    refused with a one-line ServeError instead of taking the server down."""
+    command = [sys.executable, "-m", "dermedge.edge.served_model", str(path)]
+    try:
+        done = subprocess.run(command, input=blob, capture_output=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ServeError(
+            f"{path}: the interpreter did not load it in {CHECK_TIMEOUT_S} s"
+        ) from None
+    except OSError as e:
+        raise ServeError(f"cannot check {path}: {e}") from None
+    out = done.stdout.decode("utf-8", "replace")
+    if done.returncode < 0:
+        raise ServeError(f"{path}: {_crash_reason(done.returncode)}")
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ServeError(one_line(out or (err[-1] if err else f"check failed ({done.returncode})")))
+    try:
+        card = json.loads(out)
+    except json.JSONDecodeError:
+        card = None
+    if not isinstance(card, dict):
+        raise ServeError(f"{path}: the model check gave no card")
+    return card
+
+
+def _check_main(argv: list[str]) -> int:
+    """The child of checked_card_isolated: the card as JSON on stdout (0), or the reason (1)."""
+    try:
+        card = checked_card(Path(argv[0]), sys.stdin.buffer.read())
+    except ServeError as e:
+        print(one_line(str(e)), flush=True)
+        return 1
+    except Exception as e:  # any bug of the check is a refusal of this file, in one line
+        print(one_line(f"{argv[0]}: {type(e).__name__}: {e}"), flush=True)
+        return 1
+    print(json.dumps(card), flush=True)
+    return 0
+
+
+def log(message: str) -> None:
+    """One line on stderr: what the server did with a model file."""
+    print(one_line(message, 500), file=sys.stderr, flush=True)
 
 
 class ServedModel:
@@ -95,38 +165,63 @@ class ServedModel:
 
     def _current_stamp(self) -> Stamp | None:
         """The model file's stamp now; None (keep the last good model) if it is gone for now."""
+        sidecar = self.path.with_name(self.path.name + ".json")
         try:
             st = self.path.stat()
+            side_m = sidecar.stat().st_mtime_ns if sidecar.is_file() else 0
         except OSError as e:
             if self.model is not None:
                 return None  # keep serving the last good model
             raise ServeError(f"model not found: {self.path}") from e
-        sidecar = self.path.with_name(self.path.name + ".json")
-        side_m = sidecar.stat().st_mtime_ns if sidecar.is_file() else 0
-        return (st.st_mtime_ns, st.st_size, side_m)
+        return (st.st_ino, st.st_mtime_ns, st.st_size, side_m)
 
     def refresh(self) -> None:
-        """Load the model file again if it changed since the last look (cheap when it did not)."""
+        """Load the model file again if it changed since the last look (cheap when it did not).
+
+        One request checks a new file; the others meanwhile get the last good model. After
+        start this never raises: an unfit file is refused in one logged line.
+        """
         stamp = self._current_stamp()
         if stamp is None or stamp in (self._stamp, self._refused):
             return
-        with self._lock:
-            if stamp in (self._stamp, self._refused):
-                return
-            if stamp[1] > MAX_MODEL_BYTES:
-                raise ServeError(f"model too large to serve: {stamp[1]} bytes")
-            blob = self.path.read_bytes()
-            try:
-                card = checked_card(self.path, blob)
-            except ServeError as e:
-                if self.model is None:
-                    raise
-                # a half-copied or damaged replacement: keep serving the old one, say so once
-                msg = f"not serving the new {self.path.name}: {e}"
-                print(f"{msg}; still serving version {self.version}", file=sys.stderr, flush=True)
-                self._refused = stamp
-                return
-            self._install(stamp, blob, card)
+        if not self._lock.acquire(blocking=self.model is None):
+            return  # another request is checking the new file
+        try:
+            if stamp not in (self._stamp, self._refused):
+                self._load(stamp)
+        finally:
+            self._lock.release()
+
+    def _read(self, stamp: Stamp) -> bytes:
+        """The model file's bytes; ServeError if it is too large to serve or unreadable."""
+        too_large = f"{self.path}: too large to serve (over {MAX_MODEL_BYTES} bytes)"
+        if stamp[2] > MAX_MODEL_BYTES:
+            raise ServeError(too_large)
+        try:
+            with open(self.path, "rb") as f:
+                blob = f.read(MAX_MODEL_BYTES + 1)  # it may have grown since the stat
+        except OSError as e:
+            raise ServeError(f"cannot read {self.path}: {e.strerror or e}") from None
+        if len(blob) > MAX_MODEL_BYTES:
+            raise ServeError(too_large)
+        return blob
+
+    def _load(self, stamp: Stamp) -> None:
+        """Check the file of `stamp` and serve it, or (after start) refuse it and keep the last."""
+        try:
+            blob = self._read(stamp)
+            card = checked_card_isolated(self.path, blob)
+        except Exception as e:
+            if self.model is None:
+                raise
+            # a half-copied, damaged or hostile replacement: keep serving the old one, say so once
+            log(f"not serving the new {self.path.name}: {e}; still serving version {self.version}")
+            self._refused = stamp
+            return
+        first = self.model is None
+        self._install(stamp, blob, card)
+        if not first:
+            log(f"now serving the new {self.path.name}: version {self.version}")
 
     def _install(self, stamp: Stamp, blob: bytes, card: dict[str, Any]) -> None:
         """Serve `blob` with `card` from now on, under a version of card, model and page."""
@@ -139,3 +234,7 @@ class ServedModel:
         self.model = make_asset(blob, "model.tflite")
         self.version = h.hexdigest()[:16]
         self._stamp = stamp
+
+
+if __name__ == "__main__":
+    sys.exit(_check_main(sys.argv[1:]))

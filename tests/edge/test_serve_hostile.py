@@ -1,14 +1,21 @@
 """The phone server under hostile clients, on loopback, bounded in time and count: slow and idle
-sockets (plain and TLS) cannot keep normal requests out, stalled headers meet a deadline, one
-address cannot take every slot, and a Host the server does not answer to (DNS rebinding) is refused."""
+sockets (plain and TLS) and slow readers from several addresses cannot keep normal requests out,
+stalled headers and stalled reads meet a deadline, one address cannot take every slot, a Host the
+server does not answer to (DNS rebinding) is refused, and a bad model dropped into the served
+folder (damaged, crashing the interpreter, a wrong card, too large) leaves the last good one served.
+`--serve -v` logs each request and each reload in one line."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import signal
 import socket
 import ssl
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +26,8 @@ import pytest
 from dermedge.edge import serve as S
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "tests" / "assets" / "tiny_int8.tflite"
+ASSETS = REPO / "tests" / "assets"
+MODEL = ASSETS / "tiny_int8.tflite"
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="tests/assets/tiny_int8.tflite missing")
 
 
@@ -115,6 +123,7 @@ def test_normal_gets_are_served_while_100_tls_sockets_idle(tmp_path: Path, monke
         try:
             time.sleep(0.5)
             times = gets_while(srv)
+            held = srv.connections()  # the evicted ones are gone, not stuck in their handshake
         finally:
             for s in idle:
                 s.close()
@@ -122,6 +131,7 @@ def test_normal_gets_are_served_while_100_tls_sockets_idle(tmp_path: Path, monke
         f"normal HTTPS GET during 100 idle sockets: median {statistics.median(times) * 1000:.1f} ms"
     )
     assert statistics.median(times) < 1.0
+    assert held <= S.MAX_PER_CLIENT + 1
 
 
 def _closed_within(s: socket.socket, seconds: float) -> bool:
@@ -179,3 +189,206 @@ def test_host_header_must_name_this_server() -> None:
             f"{socket.gethostname()}:{port}",
         ):
             assert timed_get(srv, host=ok)[0] == 200, ok
+
+
+# ----------------------------------------------------------------------------- slow readers
+
+DEFAULT_MODEL = REPO / "dermedge" / "models" / "default.tflite"  # 4 MB: more than socket buffers
+
+
+def slow_readers(srv: S.DermServer, addresses: int, each: int) -> list[socket.socket]:
+    """`addresses` x `each` connections from 127.0.0.2.. that ask for the model and read nothing."""
+    host, port = srv.server_address[:2]
+    socks = []
+    for a in range(addresses):
+        for _ in range(each):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills fast
+            s.settimeout(5)
+            try:
+                s.bind((f"127.0.0.{2 + a}", 0))
+                s.connect((host, port))
+                s.sendall(b"GET /model.tflite HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            except OSError:
+                s.close()  # refused by the server: that is its right
+                continue
+            socks.append(s)
+    return socks
+
+
+def outcomes_while(srv: S.DermServer, n: int, path: str = "/card.json") -> list[int | str]:
+    """n sequential GETs on new connections: each status, or the name of the error it met."""
+    out: list[int | str] = []
+    for _ in range(n):
+        try:
+            out.append(timed_get(srv, path)[0])
+        except (OSError, http.client.HTTPException) as e:
+            out.append(type(e).__name__)
+    return out
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="dermedge/models/default.tflite missing")
+@pytest.mark.parametrize("addresses,each", [(4, 16), (2, 32)])
+def test_new_clients_are_served_under_64_slow_model_readers(addresses: int, each: int) -> None:
+    with running(S.make_server(str(DEFAULT_MODEL), "127.0.0.1", 0)) as srv:
+        socks = slow_readers(srv, addresses, each)
+        try:
+            time.sleep(0.5)
+            statuses = outcomes_while(srv, 10)
+            statuses += outcomes_while(srv, 2, "/model.tflite")  # a whole model, too
+            times = gets_while(srv, 10)
+        finally:
+            for s in socks:
+                s.close()
+    print(
+        f"64 slow readers from {addresses} addresses: {len(socks)} connected; normal GETs "
+        f"median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms"
+    )
+    assert statuses == [200] * 12
+    assert statistics.median(times) < 1.0
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="dermedge/models/default.tflite missing")
+def test_a_reader_that_takes_nothing_is_dropped(monkeypatch) -> None:
+    monkeypatch.setattr(S, "WRITE_STALL_S", 1.0)
+    with running(S.make_server(str(DEFAULT_MODEL), "127.0.0.1", 0)) as srv:
+        (s,) = slow_readers(srv, 1, 1)
+        with s:
+            time.sleep(0.3)
+            assert srv.connections() == 1
+            deadline = time.monotonic() + 5
+            while srv.connections() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert srv.connections() == 0  # its slot is free again
+
+
+# ----------------------------------------------------------------------------- served folder
+
+
+def _one_byte(blob: bytes, at: int, value: int) -> bytes:
+    out = bytearray(blob)
+    out[at] = value
+    return bytes(out)
+
+
+def _classes_null(blob: bytes) -> bytes:
+    """The embedded card edited by hand to `"classes": null` (same length), then sealed again:
+    what embed_card refuses to write, an attacker writes anyway."""
+    from dermedge.edge.card import seal
+
+    start = blob.index(b'"classes": [')
+    end = blob.index(b"]", start) + 1
+    edited = b'"classes": null'.ljust(end - start)
+    return seal(blob[:start] + edited + blob[end:])
+
+
+ATTACKS = {
+    # the root offset: the flatbuffer walk read a negative number (a TypeError, not a refusal)
+    "byte 0 = 0xff": lambda blob: _one_byte(blob, 0, 0xFF),
+    # the first table's vtable: the interpreter died with SIGSEGV, and the server with it
+    "byte 16 = 0x00": lambda blob: _one_byte(blob, 16, 0x00),
+    "classes: null": _classes_null,
+}
+
+
+def _drop(model: Path, blob: bytes) -> None:
+    """Replace the served model atomically, as a deployment would."""
+    tmp = model.with_name("incoming.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, model)
+
+
+def _drop_600_mb(model: Path) -> None:
+    tmp = model.with_name("incoming.tmp")
+    with open(tmp, "wb") as f:
+        f.truncate(600 * 1024 * 1024)  # sparse: no disk, no memory
+    os.replace(tmp, model)
+
+
+def _bodies(srv: S.DermServer) -> dict[str, int | str | bytes]:
+    """Every kind of request the page makes: the body of each, or what went wrong."""
+    out: dict[str, int | str | bytes] = {}
+    host, port = srv.server_address[:2]
+    for path in ("/model.tflite", "/card.json", "/", "/sw.js", "/app.css"):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            out[path] = body if r.status == 200 else r.status
+        except (OSError, http.client.HTTPException) as e:
+            out[path] = type(e).__name__
+        finally:
+            conn.close()
+    return out
+
+
+@pytest.mark.parametrize("attack", [*ATTACKS, "600 MB file"])
+def test_a_bad_model_dropped_in_keeps_the_last_good_one_served(
+    tmp_path: Path, attack: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model.tflite"
+    good = MODEL.read_bytes()
+    model.write_bytes(good)
+    with running(S.make_server(str(model), "127.0.0.1", 0)) as srv:
+        before = _bodies(srv)
+        assert before["/model.tflite"] == good
+        capfd.readouterr()
+        if attack == "600 MB file":
+            _drop_600_mb(model)
+        else:
+            _drop(model, ATTACKS[attack](good))
+        after = _bodies(srv)
+        again = _bodies(srv)  # the refusal is remembered, not re-checked or re-logged
+        err = capfd.readouterr().err
+        assert after == before and again == before
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "not serving the new model.tflite" in lines[0], err
+        assert srv.model.version in lines[0] and "Traceback" not in err
+        _drop(model, (ASSETS / "tiny_fp32.tflite").read_bytes())  # a good one is taken again
+        assert _bodies(srv)["/model.tflite"] == (ASSETS / "tiny_fp32.tflite").read_bytes()
+
+
+@pytest.mark.parametrize("attack", [*ATTACKS, "600 MB file"])
+def test_a_bad_model_at_start_is_a_one_line_refusal(tmp_path: Path, attack: str) -> None:
+    model = tmp_path / "model.tflite"
+    if attack == "600 MB file":
+        _drop_600_mb(model)
+    else:
+        _drop(model, ATTACKS[attack](MODEL.read_bytes()))
+    with pytest.raises(S.ServeError) as e:
+        S.make_server(str(model), "127.0.0.1", 0)
+    assert "\n" not in str(e.value) and str(model) in str(e.value)
+
+
+# ----------------------------------------------------------------------------- --serve -v
+
+
+def test_serve_verbose_logs_requests_and_reloads(tmp_path: Path) -> None:
+    model = tmp_path / "model.tflite"
+    model.write_bytes(MODEL.read_bytes())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dermedge.edge", "--serve", "-v", "--port", "0", "-m", str(model)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[3]  # "dermedge phone page: URL  (model ..."
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/card.json")
+        assert conn.getresponse().read()
+        _drop(model, (ASSETS / "tiny_fp32.tflite").read_bytes())
+        conn.request("GET", "/model.tflite")
+        assert conn.getresponse().read() == (ASSETS / "tiny_fp32.tflite").read_bytes()
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    lines = err.splitlines()
+    assert any('"GET /card.json HTTP/1.1" 200' in line for line in lines), err
+    assert any('"GET /model.tflite HTTP/1.1" 200' in line for line in lines), err
+    assert sum("now serving" in line for line in lines) == 1, err
+    assert "Traceback" not in err
