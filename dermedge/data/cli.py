@@ -10,17 +10,18 @@ from typing import Any
 import click
 
 from dermedge.data.analysis import Analysis, analyse, link_name, shortcut_audit, summary
-from dermedge.data.index import read_dataset
+from dermedge.data.index import MISSING_IMAGE, read_dataset
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import ManifestError, read_manifest
-from dermedge.data.split import MODES, extend_split, make_split, write_manifest
+from dermedge.data.recipe import RecipeError, read_recipe, recipe_split
+from dermedge.data.split import MODES, Split, extend_split, make_split, write_manifest
 from dermedge.runs import format_table, new_run_dir
 
 
-def _load(root: str, link: str | None) -> Analysis:
+def _load(root: str, link: str | None, source_by: str | None = None) -> Analysis:
     """The analysed dataset (lesion ids linked from `link`); ClickException if unusable."""
     try:
-        index = read_dataset(root)
+        index = read_dataset(root, source_by)
         other = read_dataset(link) if link else None
     except (FileNotFoundError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
@@ -113,6 +114,19 @@ def _report_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SOURCE_BY_HELP = (
+    "Name each image's source by this metadata column (HAM10000: dataset -> "
+    "ham10000:vidir_molemax, ...), so balance, thresholds and the shortcut audit see sub-sources."
+)
+
+
+def with_missing(s: dict[str, Any]) -> dict[str, Any]:
+    """The summary with `missing_images`: CSV rows whose image file is absent, counted and listed."""
+    rows = [p for p in s["problems"] if p["reason"] == MISSING_IMAGE]
+    s["missing_images"] = {"count": len(rows), "rows": [p["path"] for p in rows]}
+    return s
+
+
 @click.group("data")
 def data() -> None:
     """Read datasets, find duplicates and leakage, write split manifests."""
@@ -131,18 +145,34 @@ def data() -> None:
     type=click.Path(dir_okay=False),
     help="Write the full report as JSON here.",
 )
-def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
+@click.option("--source-by", metavar="COLUMN", help=SOURCE_BY_HELP)
+def inspect_cmd(root: str, link: str | None, json_out: str | None, source_by: str | None) -> None:
     """Counts per class and split, image sizes, duplicates, label balance per source (shortcuts),
-    cross-split leakage (every leaking image named in --json), unreadable files."""
-    s = summary(_load(root, link))
+    cross-split leakage (every leaking image named in --json), unreadable files, CSV rows whose
+    image is absent (counted; listed in --json)."""
+    s = with_missing(summary(_load(root, link, source_by)))
     click.echo(_report_text(s))
+    if s["missing_images"]["count"]:
+        click.echo(f"CSV rows whose image is absent: {s['missing_images']['count']}")
     if json_out:
         atomic_write_text(json_out, json.dumps(s, indent=2))
         click.echo(f"report written to {json_out}")
 
 
 @data.command("split")
-@click.argument("root", type=click.Path(file_okay=False))
+@click.argument("root", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False),
+    help="A data file (TOML or JSON) naming several datasets and their roles (split, train, "
+    "link, external): one grouped, de-duplicated split of all of them (instead of ROOT).",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    help="--recipe: where its relative dataset paths are [default: $DERMEDGE_DATA, else the "
+    "recipe's folder].",
+)
 @click.option(
     "--mode",
     type=click.Choice(MODES),
@@ -168,12 +198,15 @@ def inspect_cmd(root: str, link: str | None, json_out: str | None) -> None:
     is_flag=True,
     help="With --extend: split ROOT's images into train/val/test of their own (grouped) instead of train only.",
 )
+@click.option("--source-by", metavar="COLUMN", help=SOURCE_BY_HELP)
 @click.option("--name", help="Run name under runs/data/ (default exp, exp2, ...).")
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Write the manifest into this folder instead."
 )
 def split_cmd(
-    root: str,
+    root: str | None,
+    recipe: str | None,
+    data_root: str | None,
     mode: str,
     val: float,
     test: float,
@@ -181,11 +214,20 @@ def split_cmd(
     link: str | None,
     extend: str | None,
     own_splits: bool,
+    source_by: str | None,
     name: str | None,
     out: str | None,
 ) -> None:
     """Write a seeded, stratified, grouped train/val/test manifest (no lesion in two splits)."""
-    analysis = _load(root, link)
+    if (root is None) == (recipe is None):
+        raise click.UsageError("give a dataset ROOT or --recipe FILE (one of the two)")
+    if recipe is not None:
+        if link or extend or own_splits or source_by:
+            raise click.UsageError("--recipe names its datasets, links and sources itself")
+        _split_recipe(recipe, data_root, name, out)
+        return
+    assert root is not None
+    analysis = _load(root, link, source_by)
     linked, other = analysis.linked_paths, link_name(analysis)
     try:
         if extend:
@@ -201,19 +243,55 @@ def split_cmd(
         raise click.ClickException(str(e)) from e
     out_dir = Path(out) if out else new_run_dir("data", name, exist_ok=True)
     csv_path = write_manifest(split, analysis, out_dir)
-    s = summary(analysis)
+    s = with_missing(summary(analysis))
     s["shortcut_audit"] = shortcut_audit(split.records, linked, other, by_split=True)
     atomic_write_text(out_dir / "inspect.json", json.dumps(s, indent=2))
+    _echo_split(split, s["shortcut_audit"], out_dir)
+    click.echo(f"manifest: {csv_path}")
+
+
+def _echo_split(split: Split, audit: dict[str, Any], out_dir: Path) -> None:
+    """Print the split's counts, the shortcut audit and the cross-split twins left."""
     rows = [
         [k, c.get("benign", 0), c.get("malignant", 0), sum(c.values())]
         for k, c in split.counts().items()
     ]
     click.echo(format_table(rows, ["split", "benign", "malignant", "total"]))
-    click.echo("\n".join(_audit_text(s["shortcut_audit"])))
+    click.echo("\n".join(_audit_text(audit)))
     meta = json.loads((out_dir / "manifest.json").read_text())
     leaks = {k: list(v.values())[0] for k, v in meta["leakage"].items()}
     click.echo(
-        f"mode {mode}, seed {seed}; left out {len(split.dropped)} images "
+        f"mode {split.mode}, seed {split.seed}; left out {len(split.dropped)} images "
         f"(duplicates / doubtful labels / purged); cross-split twins: {leaks}"
     )
+
+
+def _split_recipe(recipe: str, data_root: str | None, name: str | None, out: str | None) -> None:
+    """`data split --recipe`: pool the recipe's datasets, split, write, print the audit."""
+    try:
+        spec = read_recipe(recipe, data_root)
+        split, analysis, report = recipe_split(spec)
+    except RecipeError as e:
+        raise click.ClickException(str(e)) from e
+    except csv.Error as e:
+        raise click.ClickException(f"{recipe}: a dataset's CSV cannot be read: {e}") from e
+    out_dir = Path(out) if out else new_run_dir("data", name or spec.name, exist_ok=True)
+    csv_path = write_manifest(split, analysis, out_dir, extra=report)
+    audit = shortcut_audit(split.records, by_split=True)
+    inspect = {
+        **report,
+        "shortcut_audit": audit,
+        "problems": [p.__dict__ for p in analysis.problems],
+    }
+    atomic_write_text(out_dir / "inspect.json", json.dumps(inspect, indent=2))
+    _echo_split(split, audit, out_dir)
+    for d in report["datasets"]:
+        click.echo(
+            f"{d['name']}: {d['role']}{' ' + d['mode'] if d['role'] == 'split' else ''}, "
+            f"{d['images_read']} images read, {d['missing_images']} CSV rows without an image"
+        )
+    for why, n in report["dropped_by_reason"].items():
+        click.echo(f"left out {n}: {why}")
+    if report["external_overlap"]:
+        click.echo(f"overlap with external sets (left out): {report['external_overlap']}")
     click.echo(f"manifest: {csv_path}")

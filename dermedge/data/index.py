@@ -3,9 +3,11 @@
 Layouts: class folders (`ROOT/<split>/<class>/*` or `ROOT/<class>/*`), HAM10000
 (`HAM10000_metadata.csv` + image folders), ISIC Archive exports from `isic-cli` (`metadata.csv`
 with `isic_id` and `benign_malignant`/`diagnosis` columns), ISIC challenge ground-truth CSVs
-(2017 flags or 2018/2019 one-hot columns; one CSV per given split) and the Derm7pt release
-(`meta/meta.csv`). A record's `source` is its dataset (the root folder's name), whatever the
-layout. Problems (unknown class folders, rows without a file, unlabelled rows) are collected as
+(2017 flags or 2018/2019 one-hot columns; one CSV per given split), the ISIC 2020 download
+(`ISIC_2020_Training_GroundTruth.csv`: `image_name, patient_id, ..., target`, grouped by patient)
+and the Derm7pt release (`meta/meta.csv`). A record's `source` is its dataset (the root folder's
+name), whatever the layout; with `source_by` a CSV column names a sub-source (HAM10000's `dataset`:
+`ham10000:vidir_molemax`), so balance, thresholds and the shortcut audit see each for what it is. Problems (unknown class folders, rows without a file, unlabelled rows) are collected as
 `Problem`s, never raised; rows kept after a repair (a path resolved by case) are `notes`.
 """
 
@@ -103,6 +105,33 @@ class Index:
         """The dataset's name: its root folder's name (isic-mvb, ham10000-thumbs, derm7pt, ...)."""
         return Path(self.root).name
 
+    @property
+    def missing(self) -> list[Problem]:
+        """CSV rows whose image file is absent (a partial download): counted and listed apart."""
+        return [p for p in self.problems if p.reason == MISSING_IMAGE]
+
+
+MISSING_IMAGE = "CSV row has no image file"
+
+
+def sub_source(index: Index, row: dict[str, str], column: str | None) -> str:
+    """The record's source: the dataset's name, or `name:value` of the CSV column `column`."""
+    value = (row.get(column) or "").strip() if column else ""
+    return f"{index.source}:{value}" if value else index.source
+
+
+def check_source_column(csv_path: Path, column: str | None) -> None:
+    """Refuse a `source_by` column the CSV does not have (one line, the columns it has)."""
+    if column is None:
+        return
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    if column not in header:
+        raise ValueError(
+            f"{csv_path.name} has no column {column!r} to name sub-sources by "
+            f"(it has: {', '.join(header)})"
+        )
+
 
 def label_for_name(name: str) -> str | None:
     """Map a class folder or diagnosis name to "benign"/"malignant", case-insensitively."""
@@ -172,9 +201,11 @@ def _image_lookup(root: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(root.rglob("*")) if p.is_file() and _is_image_name(p)}
 
 
-def read_ham10000(root: Path, csv_path: Path | None = None) -> Index:
-    """Read HAM10000: metadata CSV (lesion_id, image_id, dx, ...) plus its image folders."""
+def read_ham10000(root: Path, csv_path: Path | None = None, source_by: str | None = None) -> Index:
+    """Read HAM10000: metadata CSV (lesion_id, image_id, dx, ...) plus its image folders (the
+    thumbnails' `images/` or the Dataverse `HAM10000_images_part_1/2`)."""
     csv_path = csv_path or root / "HAM10000_metadata.csv"
+    check_source_column(csv_path, source_by)
     index = Index(root=str(root), layout="ham10000")
     images = _image_lookup(root)
     with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -185,21 +216,21 @@ def read_ham10000(root: Path, csv_path: Path | None = None) -> Index:
             )
             path = images.get(image_id)
             if path is None:
-                index.problems.append(
-                    Problem(f"{csv_path}:{image_id}", "CSV row has no image file")
-                )
+                index.problems.append(Problem(f"{csv_path}:{image_id}", MISSING_IMAGE))
                 continue
             label = "malignant" if dx in HAM_MALIGNANT_DX else label_for_name(dx)
             if label is None:
                 index.problems.append(Problem(str(path), f"unknown dx {dx!r}"))
                 continue
             group = (row.get("lesion_id") or "").strip() or None
-            index.records.append(Record(str(path), label, index.source, group=group, dx=dx))
+            source = sub_source(index, row, source_by)
+            index.records.append(Record(str(path), label, source, group=group, dx=dx))
     return index
 
 
-def read_isic_csv(root: Path, csv_path: Path) -> Index:
+def read_isic_csv(root: Path, csv_path: Path, source_by: str | None = None) -> Index:
     """Read an `isic-cli` export: `isic_id` plus `benign_malignant` and/or `diagnosis` columns."""
+    check_source_column(csv_path, source_by)
     index = Index(root=str(root), layout="isic-csv")
     images = _image_lookup(root)
     with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -207,7 +238,7 @@ def read_isic_csv(root: Path, csv_path: Path) -> Index:
             isic_id = (row.get("isic_id") or "").strip()
             path = images.get(isic_id)
             if path is None:
-                index.problems.append(Problem(f"{csv_path}:{isic_id}", "CSV row has no image file"))
+                index.problems.append(Problem(f"{csv_path}:{isic_id}", MISSING_IMAGE))
                 continue
             bm = (row.get("benign_malignant") or "").strip().lower()
             dx = (row.get("diagnosis") or row.get("diagnosis_1") or "").strip().lower()
@@ -218,7 +249,8 @@ def read_isic_csv(root: Path, csv_path: Path) -> Index:
                 index.problems.append(Problem(str(path), why))
                 continue
             group = (row.get("lesion_id") or row.get("patient_id") or "").strip() or None
-            index.records.append(Record(str(path), label, index.source, group=group, dx=dx or bm))
+            source = sub_source(index, row, source_by)
+            index.records.append(Record(str(path), label, source, group=group, dx=dx or bm))
     return index
 
 
@@ -298,9 +330,7 @@ def read_isic_challenge(root: Path, csv_paths: list[Path]) -> Index:
                 image_id = (row.get("image") or row.get("image_id") or "").strip()
                 path = images.get(image_id)
                 if path is None:
-                    index.problems.append(
-                        Problem(f"{csv_path}:{image_id}", "CSV row has no image file")
-                    )
+                    index.problems.append(Problem(f"{csv_path}:{image_id}", MISSING_IMAGE))
                     continue
                 dx = _challenge_dx(row)
                 if dx is None or dx == "unknown":
@@ -316,6 +346,52 @@ def read_isic_challenge(root: Path, csv_paths: list[Path]) -> Index:
                 index.records.append(
                     Record(str(path), label, index.source, group=group, split=split, dx=dx)
                 )
+    return index
+
+
+ISIC2020_CSV = "ISIC_2020_Training_GroundTruth.csv"
+
+
+def _is_isic2020_header(header: list[str]) -> bool:
+    """Whether CSV columns are the ISIC 2020 ground truth: `image_name` and `target`."""
+    return "image_name" in header and bool({"target", "benign_malignant"} & set(header))
+
+
+def _isic2020_label(row: dict[str, str]) -> str | None:
+    """`target` 1/0 (melanoma or not), else `benign_malignant`; None when neither is usable."""
+    target = (row.get("target") or "").strip()
+    if target in ("0", "1", "0.0", "1.0"):
+        return "malignant" if float(target) == 1 else "benign"
+    return label_for_name(row.get("benign_malignant") or "")
+
+
+def read_isic2020(root: Path, csv_path: Path, source_by: str | None = None) -> Index:
+    """Read the ISIC 2020 download: ground truth (`image_name`, `patient_id`, `diagnosis`,
+    `target`) and `train/<image_name>.jpg`; grouped by patient (the release has no lesion id)."""
+    check_source_column(csv_path, source_by)
+    index = Index(root=str(root), layout="isic2020")
+    images = _image_lookup(root)
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            name = (row.get("image_name") or "").strip()
+            path = images.get(name)
+            if path is None:
+                index.problems.append(Problem(f"{csv_path}:{name}", MISSING_IMAGE))
+                continue
+            label = _isic2020_label(row)
+            if label is None:
+                index.problems.append(Problem(str(path), "no usable label (target)"))
+                continue
+            patient = (row.get("patient_id") or "").strip()
+            index.records.append(
+                Record(
+                    str(path),
+                    label,
+                    sub_source(index, row, source_by),
+                    group=f"patient:{patient}" if patient else None,
+                    dx=(row.get("diagnosis") or "").strip().lower() or None,
+                )
+            )
     return index
 
 
@@ -354,7 +430,7 @@ def read_derm7pt(root: Path, csv_path: Path) -> Index:
             dx = (row.get("diagnosis") or "").strip().lower()
             path = _resolve_case(images_dir, rel, by_lower) if rel else None
             if path is None:
-                index.problems.append(Problem(f"{csv_path}:{rel}", "CSV row has no image file"))
+                index.problems.append(Problem(f"{csv_path}:{rel}", MISSING_IMAGE))
                 continue
             if path.relative_to(images_dir).as_posix() != rel:
                 index.notes.append(Problem(str(path), f"meta.csv names {rel!r}: resolved by case"))
@@ -400,6 +476,8 @@ def detect_layout(root: Path) -> tuple[str, Path | None]:
     for csv_path in sorted(root.glob("*.csv")):
         with open(csv_path, newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
+        if _is_isic2020_header(header):
+            return "isic2020", csv_path
         if "isic_id" in header:
             return "isic-csv", csv_path
         if "image_id" in header and "dx" in header:
@@ -407,17 +485,23 @@ def detect_layout(root: Path) -> tuple[str, Path | None]:
     return "class-folders", None
 
 
-def read_dataset(root: str | Path) -> Index:
-    """Read any supported layout under root into an Index."""
+def read_dataset(root: str | Path, source_by: str | None = None) -> Index:
+    """Read any supported layout under root into an Index; `source_by`: a CSV column that names
+    each record's sub-source (HAM10000's `dataset`), refused for a layout without that column."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     layout, csv_path = detect_layout(root)
+    if source_by and layout not in ("ham10000", "isic-csv", "isic2020"):
+        raise ValueError(f"{root.name} ({layout}): --source-by needs a metadata CSV layout")
     if layout == "ham10000":
-        return read_ham10000(root, csv_path)
+        return read_ham10000(root, csv_path, source_by)
+    if layout == "isic2020":
+        assert csv_path is not None
+        return read_isic2020(root, csv_path, source_by)
     if layout == "isic-csv":
         assert csv_path is not None
-        return read_isic_csv(root, csv_path)
+        return read_isic_csv(root, csv_path, source_by)
     if layout == "derm7pt":
         assert csv_path is not None
         return read_derm7pt(root, csv_path)

@@ -51,7 +51,7 @@ def split_counts(records: list[Record]) -> dict[str, dict[str, int]]:
     return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
 
 
-def _assign_groups(
+def assign_groups(
     groups: list[tuple[str, list[Record]]], fractions: dict[str, float], rng: random.Random
 ) -> None:
     """Fill the splits in order (test, val, then train) with whole groups, per label."""
@@ -105,7 +105,7 @@ def make_split(
     for r in records:
         groups[r.group or r.path].append(r)
     if mode == "resplit":
-        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, rng)
+        assign_groups(sorted(groups.items()), {"test": test, "val": val}, rng)
         fractions: dict[str, float | str] = {"train": 1 - val - test, "val": val, "test": test}
     else:
         test_groups = {g for g, m in groups.items() if any(r.split == "test" for r in m)}
@@ -122,7 +122,7 @@ def make_split(
             if r.split != "test":
                 pool[r.group or r.path].append(r)
         share = val / max(1e-9, 1 - test)
-        _assign_groups(sorted(pool.items()), {"val": share}, rng)
+        assign_groups(sorted(pool.items()), {"val": share}, rng)
         fractions = {"train": 1 - share, "val": share, "test": "given"}
     return Split(records, mode, seed, fractions, dropped)
 
@@ -152,7 +152,7 @@ def extend_split(
         groups: dict[str, list[Record]] = defaultdict(list)
         for r in added:
             groups[r.group or r.path].append(r)
-        _assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
+        assign_groups(sorted(groups.items()), {"test": test, "val": val}, random.Random(seed))
     records = [Record(r.path, r.label, r.source, r.group, r.split, r.dx) for r in base] + added
     fractions: dict[str, float | str] = (
         {"train": "base+extra", "val": f"base+extra {val}", "test": f"base+extra {test}"}
@@ -218,8 +218,11 @@ def _relative(path: str, root: Path) -> str:
         return Path(path).resolve().as_posix()
 
 
-def write_manifest(split: Split, analysis: Analysis, out_dir: str | Path) -> Path:
-    """Write `manifest.csv` (paths relative to the data root) and `manifest.json`; returns the CSV."""
+def write_manifest(
+    split: Split, analysis: Analysis, out_dir: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write `manifest.csv` (paths relative to the data root) and `manifest.json` (with `extra`
+    keys, e.g. a recipe's datasets); returns the CSV."""
     out_dir = Path(out_dir)
     root = Path(analysis.index.root).resolve()
     buf = io.StringIO()
@@ -246,6 +249,7 @@ def write_manifest(split: Split, analysis: Analysis, out_dir: str | Path) -> Pat
         "dropped": split.dropped,
         "csv_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(meta, indent=2))
     return csv_path

@@ -135,7 +135,9 @@ def _fail(e: BaseException) -> click.ClickException:
     default=DEFAULTS["augmentation"],
     show_default=True,
     help="basic: flips, rotations, zoom, colour jitter; field: also colour casts, gamma, dark "
-    "vignettes, defocus, noise, JPEG and resolution loss (another clinic's device); none.",
+    "vignettes, defocus, noise, JPEG and resolution loss (another clinic's device); scale / "
+    "field-scale: basic / field with the lesion-scale zoom (log-uniform 0.56-1.8x, zoom-outs "
+    "filled with the photo's edge pixels); none.",
 )
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (= --augment none).")
 @click.option(

@@ -45,7 +45,7 @@ class TrainConfig:
     sensitivity_margin: float = 1.0  # binomial SEs added to the target when choosing on val
     patience: int = 5
     augment: bool = True
-    augmentation: str = "basic"  # basic | field | none (train/data.py AUGMENTS)
+    augmentation: str = "basic"  # basic | field | none | scale | field-scale (choices.AUGMENTS)
     threshold_pool: str = "worst-source"  # worst-source: the target met in every val source; pooled
     deterministic: bool = True
     dropout: float = 0.2

@@ -8,6 +8,9 @@ borders), and brightness / contrast / saturation / hue jitter. Every random draw
 seeded from `Dataset.random(seed)`, so a seed gives the same batches on CPU. `Augment.field()` adds
 what other clinics' devices do to a photo: colour casts, gamma, dark circular vignettes, defocus,
 sensor noise, JPEG re-compression and resolution loss (`dermedge train --augment field`).
+`Augment.scale()` (`--augment scale`, `field-scale`) makes the lesion-to-frame ratio no evidence:
+the zoom is drawn log-uniformly from 0.56-1.8x, and a zoom-out fills the border with the photo's
+own edge pixels (skin), never a mirror image of the lesion.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,8 @@ from dermedge.data.shards import ShardArray, build_shards
 from dermedge.train.choices import AUGMENTS
 
 LABELS = {"benign": 0, "malignant": 1}
+SCALE_RANGE = (0.56, 1.8)  # lesion-scale zoom: Derm7pt's tight crops to wide training frames
+FILLS = ("reflect", "nearest")
 
 
 @dataclass
@@ -88,13 +93,19 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return out
 
 
+MAX_WEIGHT_RATIO = 4.0  # a source's class weight is at most this times the global one
+
+
 def source_class_weights(y: np.ndarray, sources: Sequence[str]) -> dict[str, dict[int, float]]:
     """Balanced class weights n_s / (2 n_s,c) within each source dataset.
 
     With one global class balance, a source whose malignant share is low (HAM10000 thumbnails,
     23%) and one whose share is high (isic-mvb, 45%) keep different effective priors, and a
     model learns the source's look (resolution, blur) as evidence for the label. Balanced per
-    source, the look carries none. A source lacking a class gets the global weights.
+    source, the look carries none. A source lacking a class gets the global weights; a class
+    weight is capped at MAX_WEIGHT_RATIO times the global one, so that a sub-source with a
+    handful of one class (HAM10000's vidir_molemax: 3 melanomas in 1958) does not give those
+    few images hundreds of times the weight of the others.
     """
     y = np.asarray(y).astype(int)
     src = np.asarray(sources)
@@ -102,7 +113,11 @@ def source_class_weights(y: np.ndarray, sources: Sequence[str]) -> dict[str, dic
     out = {}
     for s in sorted(set(sources)):
         ys = y[src == s]
-        out[s] = class_weights(ys) if len(np.unique(ys)) == 2 else glob
+        if len(np.unique(ys)) != 2:
+            out[s] = glob
+            continue
+        w = class_weights(ys)
+        out[s] = {c: min(w[c], MAX_WEIGHT_RATIO * glob[c]) for c in (0, 1)}
     return out
 
 
@@ -123,6 +138,10 @@ class Augment:
     rot90: bool = True
     rotate_deg: float = 20.0
     zoom: float = 0.15  # scale in [1 - zoom, 1 + zoom]
+    zoom_range: tuple[float, float] | None = None  # else a log-uniform scale in [lo, hi]
+    fill: str = (
+        "reflect"  # the border a zoom-out or shift uncovers: reflect | nearest (edge pixels)
+    )
     shift: float = 0.05  # fraction of the side
     brightness: float = 0.1  # fraction of 255
     contrast: float = 0.15
@@ -136,6 +155,12 @@ class Augment:
     noise: float = 0.0  # sensor noise: Gaussian std up to this fraction of 255
     jpeg: float = 0.0  # probability of JPEG re-compression at quality 30..95
     rescale: float = 0.0  # probability of a resolution loss: down to 35..90%, then back up
+
+    def __post_init__(self) -> None:
+        if self.fill not in FILLS:
+            raise ValueError(f"unknown fill {self.fill!r}; expected one of {', '.join(FILLS)}")
+        if self.zoom_range is not None and not 0 < self.zoom_range[0] <= self.zoom_range[1]:
+            raise ValueError(f"zoom_range {self.zoom_range}: expected 0 < lo <= hi")
 
     def to_dict(self) -> dict[str, object]:
         """The strengths as a plain dict."""
@@ -157,6 +182,12 @@ class Augment:
         )
 
     @classmethod
+    def scale(cls, base: Augment | None = None) -> Augment:
+        """`base` (default: basic) with the lesion-scale zoom: log-uniform 0.56-1.8x, zoom-outs
+        filled with the photo's own edge pixels (its skin), not a mirror image of the lesion."""
+        return replace(base or cls(), zoom_range=SCALE_RANGE, fill="nearest")
+
+    @classmethod
     def field(cls) -> Augment:
         """The default geometry and colour jitter plus field-like casts, vignettes, blur, noise,
         JPEG and scale changes: so that a device's look is no evidence for the label."""
@@ -176,14 +207,30 @@ def augment_preset(name: str) -> Augment:
     """The Augment of a `--augment` choice."""
     if name not in AUGMENTS:
         raise ValueError(f"unknown augmentation {name!r}; expected one of {', '.join(AUGMENTS)}")
-    return {"basic": Augment, "field": Augment.field, "none": Augment.none}[name]()
+    presets: dict[str, Callable[[], Augment]] = {
+        "basic": Augment,
+        "field": Augment.field,
+        "none": Augment.none,
+        "scale": Augment.scale,
+        "field-scale": lambda: Augment.scale(Augment.field()),
+    }
+    return presets[name]()
+
+
+def zoom_scale(u: tf.Tensor, aug: Augment) -> tf.Tensor:
+    """The zoom (> 1 zooms in) of a uniform draw u in [-1, 1]: 1 + u * zoom, or log-uniform in
+    `zoom_range` (as many halvings as doublings of the lesion's share of the frame)."""
+    if aug.zoom_range is None:
+        return 1.0 + u * aug.zoom
+    lo, hi = math.log(aug.zoom_range[0]), math.log(aug.zoom_range[1])
+    return tf.exp(lo + (u + 1.0) / 2.0 * (hi - lo))
 
 
 def _affine(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tensor:
     """Rotation by a small angle, zoom and shift about the centre, as one projective warp."""
     u = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
     angle = u[0] * (aug.rotate_deg * math.pi / 180.0)
-    scale = 1.0 + u[1] * aug.zoom  # > 1 zooms in
+    scale = zoom_scale(u[1], aug)  # > 1 zooms in
     tx, ty = u[2] * aug.shift * size, u[3] * aug.shift * size
     c = (size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
@@ -199,7 +246,7 @@ def _affine(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> tf.Tens
         output_shape=tf.constant([size, size]),
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="REFLECT",
+        fill_mode=aug.fill.upper(),
     )
     return out[0]
 
@@ -305,7 +352,7 @@ def augment_image(img: tf.Tensor, seed: tf.Tensor, aug: Augment, size: int) -> t
     if aug.rot90:
         k = tf.random.stateless_uniform([], seed=seeds[2], minval=0, maxval=4, dtype=tf.int32)
         img = tf.image.rot90(img, k)
-    if aug.rotate_deg or aug.zoom or aug.shift:
+    if aug.rotate_deg or aug.zoom or aug.shift or aug.zoom_range:
         img = _affine(img, seeds[3], aug, size)
     if aug.brightness:
         img = tf.image.stateless_random_brightness(img, aug.brightness * 255.0, seeds[4])

@@ -177,7 +177,7 @@ def test_archs_listed():
 
 def _real_photo(size: int = 96) -> np.ndarray:
     from dermedge.data.contract import InputContract, preprocess
-    from tests.conftest import DATA
+    from conftest import DATA
 
     photo = next((DATA / "derm7pt" / "images" / "NEL").glob("*.jpg"), None)
     if photo is None:
@@ -261,3 +261,70 @@ def test_training_colour_constancy_matches_the_contract():
     fixed = shades_of_gray_tf(tf.constant(cast)).numpy()
     ratio = lambda o: o[..., 0].mean() / o[..., 2].mean()  # noqa: E731
     assert abs(ratio(fixed) - ratio(shades_of_gray(x))) < 0.05 < abs(ratio(cast) - ratio(x))
+
+
+def test_source_weights_are_capped_for_a_sub_source_with_a_handful_of_one_class():
+    from dermedge.train.data import MAX_WEIGHT_RATIO, source_class_weights
+
+    # like HAM10000's vidir_molemax: 3 melanomas in 1958 images, beside a balanced source
+    y = np.array([1] * 3 + [0] * 1955 + [1] * 500 + [0] * 500)
+    src = ["molemax"] * 1958 + ["other"] * 1000
+    per = source_class_weights(y, src)
+    glob = class_weights(y)
+    assert per["molemax"][1] == pytest.approx(MAX_WEIGHT_RATIO * glob[1])  # not 1958 / 6 = 326
+    assert per["molemax"][1] < 20
+    assert per["molemax"][0] == pytest.approx(1958 / (2 * 1955))  # uncapped: balanced
+    assert per["other"] == class_weights(y[1958:])
+
+
+def _edge_framed_photo(size: int = 64) -> np.ndarray:
+    """A 'lesion' pattern inside a 4-px uniform skin-coloured edge."""
+    rng = np.random.default_rng(1)
+    img = np.full((size, size, 3), (200, 150, 120), np.float32)
+    img[4:-4, 4:-4] = rng.integers(0, 120, (size - 8, size - 8, 3))
+    return img
+
+
+def test_scale_zoom_out_fills_with_the_photos_edge_pixels_not_a_mirror_image():
+    import tensorflow as tf
+
+    from dermedge.train.data import augment_preset
+
+    img = tf.constant(_edge_framed_photo())
+    still = dict(flips=False, rot90=False, rotate_deg=0, shift=0, brightness=0, contrast=0)
+    still.update(saturation=0, hue=0)
+    out = {
+        fill: augment_image(
+            img,
+            tf.constant([1, 2], tf.int64),
+            Augment(zoom_range=(0.56, 0.56), fill=fill, **still),
+            64,
+        ).numpy()
+        for fill in ("nearest", "reflect")
+    }
+    corner = out["nearest"][:8, :8].reshape(-1, 3)
+    np.testing.assert_allclose(corner, np.tile([200, 150, 120], (64, 1)), atol=1)  # skin only
+    assert np.abs(out["reflect"][:8, :8] - [200, 150, 120]).max() > 50  # mirrored lesion there
+    centre = out["nearest"][24:40, 24:40]
+    assert np.abs(centre - [200, 150, 120]).max() > 50  # the lesion, smaller, still in the middle
+    assert augment_preset("field-scale").fill == "nearest"
+    assert augment_preset("field-scale").vignette == augment_preset("field").vignette
+    with pytest.raises(ValueError, match="unknown fill"):
+        Augment(fill="wrap")
+
+
+def test_scale_zoom_is_log_uniform_over_the_range():
+    import tensorflow as tf
+
+    from dermedge.train.data import augment_preset, zoom_scale
+
+    aug = augment_preset("scale")
+    u = tf.random.stateless_uniform([20000], seed=[3, 4], minval=-1.0, maxval=1.0)
+    s = zoom_scale(u, aug).numpy()
+    assert s.min() >= 0.56 - 1e-6 and s.max() <= 1.8 + 1e-6
+    assert s.min() < 0.58 and s.max() > 1.75  # the whole range is used
+    # log-uniform: as many draws below the geometric mean as above it; zoom-outs ~ half
+    assert np.median(s) == pytest.approx(np.sqrt(0.56 * 1.8), rel=0.03)
+    assert np.mean(s < 1) == pytest.approx(np.log(1 / 0.56) / np.log(1.8 / 0.56), abs=0.02)
+    basic = zoom_scale(u, Augment()).numpy()
+    assert basic.min() >= 0.85 - 1e-6 and basic.max() <= 1.15 + 1e-6
