@@ -347,7 +347,7 @@ def serve_model(model: str, opts: dict[str, Any]) -> None:
     """Hand over to the web server (dermedge.edge.serve, imported only for --serve)."""
     from dermedge.edge.serve import serve
 
-    keys = ("host", "port", "tls_cert", "tls_key", "self_signed")
+    keys = ("host", "port", "tls_cert", "tls_key", "self_signed", "verbose")
     serve(str(resolve_model(model)), **{k: opts[k] for k in keys})
 
 
