@@ -1,7 +1,9 @@
 """Model integrity: the card's file digest refuses damaged or partly copied models before any
-interpreter sees them, a graph that would allocate without bound is refused, `--serve` checks a
-model like `--model` does and keeps serving the last good one, and outputs that are not one
-probability are refused. All on the shipped tiny model and real interpreters."""
+interpreter sees them, and fails closed (a card whose digest cannot be read is refused unless
+--allow-unsealed), a graph that would allocate without bound is refused, a model that fails when
+run is refused in one line, `--serve` checks a model like `--model` does and keeps serving the
+last good one, and outputs that are not one probability are refused. All on the shipped tiny
+model and real interpreters."""
 
 from __future__ import annotations
 
@@ -15,15 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import rewrite_tflite
 
 from dermedge.edge import serve as S
-from dermedge.edge.card import check_digest, check_model_file, embed_card, read_card
+from dermedge.edge.card import (
+    check_digest,
+    check_model_file,
+    embed_card,
+    read_card,
+    without_digest,
+)
 from dermedge.edge.runtime import EdgeError, EdgeModel
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "dermedge" / "models" / "tiny.tflite"
 DEFAULT = REPO / "dermedge" / "models" / "default.tflite"
+ASSETS = REPO / "tests" / "assets"
 
 
 def _flipped(blob: bytes, rng: random.Random, bits: int = 4) -> bytes:
@@ -35,9 +45,138 @@ def _flipped(blob: bytes, rng: random.Random, bits: int = 4) -> bytes:
 
 
 def test_shipped_models_match_their_digest() -> None:
-    for path in (TINY, DEFAULT):
+    """The bundled models and every test model with a card are sealed, so they keep loading
+    now that a card without a readable digest is refused."""
+    carded = [p for p in sorted(ASSETS.glob("*.tflite")) if "nocard" not in p.name]
+    assert len(carded) >= 3
+    for path in (TINY, DEFAULT, *carded):
         assert check_digest(path.read_bytes()) is True, path
         assert len(read_card(path)["file_sha256"]) == 64
+
+
+def _cli(*args: str, module: str = "dermedge.edge.cli") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _one_line_refusal(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def _negated_last_layer(blob: bytes) -> bytes:
+    """The attack: the last layer's int8 weights and int32 bias negated in place (P(malignant)
+    becomes 1 - P: every decision inverted), and the card's digest key damaged so that the
+    digest is no longer found. The card itself still reads as valid JSON."""
+    fb = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    sg = model.subgraphs[0]
+    last_fc = [op for op in sg.operators if len(op.inputs) == 3][-1]
+    out = bytearray(blob)
+    for tensor, dtype in zip(last_fc.inputs[1:], (np.int8, np.int32), strict=True):
+        data = bytes(np.asarray(model.buffers[sg.tensors[tensor].buffer].data, dtype=np.uint8))
+        at = blob.find(data)
+        assert at > 0 and blob.count(data) == 1
+        negated = (-np.frombuffer(data, dtype).astype(np.int64)).clip(np.iinfo(dtype).min)
+        out[at : at + len(data)] = negated.astype(dtype).tobytes()
+    key = blob.find(b'{"file_sha256": "')
+    out[key : key + 17] = b'{"file_sha2xx": "'
+    return bytes(out)
+
+
+def test_a_damaged_digest_key_fails_closed(tmp_path: Path, capfd) -> None:
+    """Damaging the "file_sha256" key used to skip the check: the negated model loaded and
+    inverted every decision. Now it is refused unless --allow-unsealed, which warns loudly."""
+    model = tmp_path / "negated.tflite"
+    model.write_bytes(_negated_last_layer(TINY.read_bytes()))
+    assert check_digest(model.read_bytes()) is None  # no digest to be found any more
+    for refuse in (lambda: EdgeModel(model), lambda: read_card(model)):
+        with pytest.raises((EdgeError, ValueError), match="no readable file digest"):
+            refuse()
+    with pytest.raises(ValueError, match="--allow-unsealed"):
+        check_model_file(model.read_bytes())
+    capfd.readouterr()
+    attacked = EdgeModel(model, allow_unsealed=True)
+    assert "NOT SEALED" in capfd.readouterr().err and not attacked.sealed
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8)
+    honest = EdgeModel(TINY).predict(pixels)
+    np.testing.assert_allclose(attacked.predict(pixels), 1 - honest, atol=0.02)  # the stakes
+    shown = read_card(model, allow_unsealed=True)
+    assert "file_sha256" not in shown and shown["name"] == read_card(TINY)["name"]
+
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(pixels[0]).save(photo)
+    assert "--allow-unsealed" in _one_line_refusal(_cli("-m", str(model), str(photo)))
+    r = _cli("-m", str(model), "--allow-unsealed", str(photo))
+    assert r.returncode == 0 and "NOT SEALED" in r.stderr, r.stderr
+    from dermedge.cli import main
+
+    runner = CliRunner()
+    for args in (["card", str(model)], ["calibrate", str(model), "--data", ".", "--out", "x"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and "no readable file digest" in r.output, r.output
+    r = runner.invoke(main, ["card", str(model), "--allow-unsealed"])
+    assert r.exit_code == 0 and "NOT SEALED" in r.stderr and "simple-isic" in r.stdout
+
+
+def _gather_out_of_range(fb, model) -> None:
+    """Append a GATHER with a constant index out of range after the output: the graph loads and
+    allocates, and every invoke fails ("gather index out of bounds")."""
+    sg = model.subgraphs[0]
+    out = int(sg.outputs[0])
+    mid = fb.TensorT()
+    mid.name, mid.shape, mid.type, mid.buffer = (
+        b"pre",
+        sg.tensors[out].shape,
+        sg.tensors[out].type,
+        0,
+    )
+    index_buffer = fb.BufferT()
+    index_buffer.data = np.frombuffer(np.int32(7).tobytes(), np.uint8).copy()
+    model.buffers.append(index_buffer)
+    index = fb.TensorT()
+    index.name, index.shape, index.type = b"index", np.asarray([1], np.int32), fb.TensorType.INT32
+    index.buffer = len(model.buffers) - 1
+    sg.tensors += [mid, index]
+    for op in sg.operators:
+        op.outputs = np.asarray([len(sg.tensors) - 2 if o == out else o for o in op.outputs])
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.GATHER
+    code.version = 1
+    model.operatorCodes.append(code)
+    gather = fb.OperatorT()
+    gather.opcodeIndex = len(model.operatorCodes) - 1
+    gather.inputs = np.asarray([len(sg.tensors) - 2, len(sg.tensors) - 1], np.int32)
+    gather.outputs = np.asarray([out], np.int32)
+    gather.builtinOptionsType = fb.BuiltinOptions.GatherOptions
+    gather.builtinOptions = fb.GatherOptionsT()
+    gather.builtinOptions.axis = 1
+    sg.operators.append(gather)
+
+
+def test_a_model_that_fails_when_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    """It used to load and then end the first classification in a RuntimeError traceback."""
+    src = ASSETS / "tiny_fp32.tflite"
+    model = tmp_path / "fails.tflite"
+    card = without_digest(read_card(src))
+    model.write_bytes(embed_card(rewrite_tflite(src.read_bytes(), _gather_out_of_range), card))
+    with pytest.raises(EdgeError, match="failed when run: gather index out of bounds"):
+        EdgeModel(model)
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (150, 90, 80)).save(photo)
+    assert "failed when run" in _one_line_refusal(_cli("-m", str(model), str(photo)))
+    r = _cli("calibrate", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "o.tflite"),
+             module="dermedge.cli")  # fmt: skip
+    assert "failed when run" in _one_line_refusal(r)
+    with pytest.raises(S.ServeError, match="failed when run"):
+        S.make_server(str(model), "127.0.0.1", 0)
 
 
 def test_one_changed_byte_anywhere_is_refused(tmp_path: Path) -> None:
