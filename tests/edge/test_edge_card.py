@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -172,3 +173,176 @@ def test_inspect_model() -> None:
     except ImportError:
         return  # op names need LiteRT's schema; codes otherwise
     assert info["ops"]["CONV_2D"] == 2
+
+
+# --- hostile cards: refused when embedded, refused in one line when read, never a traceback ----
+
+EXTERNAL = {
+    "dataset": "derm7pt",
+    "n": 100,
+    "positives": 30,
+    "auc": 0.8,
+    "auc_ci95": [0.7, 0.9],
+    "at_card_threshold": {"sensitivity": 0.9, "specificity": 0.5, "tp": 27, "fn": 3},
+    "threshold": 0.4034,
+    "ece": 0.1,
+    "overlap_checked": True,
+    "overlapping": 0,
+    "date": "2026-12-01T00:00:00+00:00",
+    "tool_version": "0.1.0",
+}
+CALIBRATION = {
+    "site": "clinic-a",
+    "date": "2026-12-01T00:00:00+00:00",
+    "tool": {"dermedge": "0.1.0"},
+    "threshold": 0.3,
+    "original_threshold": 0.4034,
+    "target_sensitivity": 0.95,
+    "margin_se": 1.0,
+    "effective_target": 0.97,
+    "data": {"counts": {"benign": 40, "malignant": 30}, "skipped": 0},
+    "before": {"threshold": 0.4034, "sensitivity": 0.8, "specificity": 0.6},
+    "after": {"threshold": 0.3, "sensitivity": 0.95, "specificity": 0.4},
+}
+HOSTILE = (None, "x", 3, -1.5, True, [1], {}, {"a": None})
+
+
+def _good_card() -> dict:
+    card = without_digest(read_card(FP32))
+    return {**card, "external": {"derm7pt": EXTERNAL}, "calibration": CALIBRATION}
+
+
+def _variants() -> list[tuple[str, dict]]:
+    """The good card with one entry (top level, an external or a calibration field, at any
+    depth) replaced by each hostile value."""
+    out = []
+
+    def walk(path: tuple[str, ...], node: dict) -> None:
+        for key, value in node.items():
+            for bad in HOSTILE:
+                out.append(("/".join((*path, key)), _replaced(_good_card(), (*path, key), bad)))
+            if isinstance(value, dict) and (path or key in ("external", "calibration", "input")):
+                walk((*path, key), value)
+
+    walk((), _good_card())
+    return out
+
+
+def _replaced(card: dict, path: tuple[str, ...], value) -> dict:
+    node = card
+    for key in path[:-1]:
+        node[key] = dict(node[key])
+        node = node[key]
+    node[path[-1]] = value
+    return card
+
+
+def _readers(card: dict) -> None:
+    """Everything that shows or uses a card; raises only ValueError / EdgeError."""
+    from dermedge.convert.card_cli import summary_lines
+    from dermedge.edge.card_text import calibration_lines, external_lines
+
+    external_lines(card), calibration_lines(card), summary_lines(card)
+
+
+def test_card_fuzz_embed_refuses_or_every_reader_copes(tmp_path: Path) -> None:
+    """Each of some 500 damaged cards is refused by embed_card with one line, or embedded and
+    then read, shown and loaded without any other exception."""
+    from dermedge.edge.runtime import EdgeError
+
+    blob = FP32.read_bytes()
+    variants = _variants()
+    assert len(variants) > 400
+    crashes, refused = [], 0
+    for where, card in variants:
+        try:
+            data = embed_card(blob, card)
+        except ValueError as e:
+            assert str(e) and "\n" not in str(e), (where, str(e))
+            refused += 1
+            continue
+        except Exception as e:  # noqa: BLE001 - the point: nothing else may escape
+            crashes.append((where, "embed", f"{type(e).__name__}: {e}"))
+            continue
+        path = tmp_path / "m.tflite"
+        path.write_bytes(data)
+        try:
+            _readers(read_card(path))
+            EdgeModel(path)
+        except (ValueError, EdgeError):
+            pass
+        except Exception as e:  # noqa: BLE001
+            crashes.append((where, "read", f"{type(e).__name__}: {e}"))
+    assert crashes == [], crashes[:5]
+    assert refused > 100
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "says"),
+    [
+        ("classes_null", {"classes": None}, "'classes' must be a list, not null"),
+        ("input_null", {"input": None}, "'input' must be a dict, not null"),
+        ("external_null_entry", {"external": {"derm7pt": None}}, "external['derm7pt']"),
+        (
+            "external_bad_ci",
+            {"external": {"derm7pt": {**EXTERNAL, "auc_ci95": 0.7}}},
+            "auc_ci95",
+        ),
+        (
+            "external_str_auc",
+            {"external": {"derm7pt": {**EXTERNAL, "auc": "high"}}},
+            "external['derm7pt']['auc']",
+        ),
+        ("calibration_list", {"calibration": [0.3]}, "'calibration' must be a dict"),
+        (
+            "calibration_counts",
+            {"calibration": {**CALIBRATION, "data": {"counts": {"malignant": "30"}}}},
+            "['counts']['malignant']",
+        ),
+        (
+            "calibration_no_original",
+            {"calibration": {k: v for k, v in CALIBRATION.items() if k != "original_threshold"}},
+            "original_threshold",
+        ),
+    ],
+)
+def test_malformed_cards_are_refused_on_embed_and_on_read(
+    tmp_path: Path, name: str, edit: dict, says: str
+) -> None:
+    """embed_card refuses them; a file that carries one anyway (written by hand, sealed) is
+    refused in one line by read_card, EdgeModel, edge-classify -v and dermedge card."""
+    from click.testing import CliRunner
+
+    from dermedge.cli import main
+    from dermedge.edge import card as K
+    from dermedge.edge.cli import main as edge_main
+    from dermedge.edge.runtime import EdgeError
+
+    card = {**_good_card(), **edit}
+    with pytest.raises(ValueError, match=re.escape(says)):
+        embed_card(FP32.read_bytes(), card)
+    raw = K._card_json({"file_sha256": "0" * 64, **card})
+    model = tmp_path / f"{name}.tflite"
+    model.write_bytes(K.seal(K._embed(FP32.read_bytes(), raw)))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        read_card(model)
+    with pytest.raises(EdgeError, match=re.escape(says)):
+        EdgeModel(model)
+    photo = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (150, 90, 80)).save(photo)
+    for command, args in (
+        (edge_main, ["-v", "-m", str(model), str(photo)]),
+        (main, ["card", str(model)]),
+    ):
+        r = CliRunner().invoke(command, args)
+        assert r.exit_code == 2 and not isinstance(r.exception, TypeError), r.output
+        assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_card_text_copes_with_any_malformed_entry() -> None:
+    """A card from a JSON file (a run folder, a sidecar) is shown without validation by
+    `dermedge card`: its external and calibration lines never raise, whatever an entry holds."""
+    for _, card in _variants():
+        _readers(card)
