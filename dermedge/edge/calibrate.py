@@ -554,6 +554,19 @@ def _points(model: Any, calib: Cases, held: Cases | None, threshold: float) -> d
     is_flag=True,
     help="Use a model whose card records no readable file digest (loud warning) [refuse].",
 )
+@click.option(
+    "--adapt",
+    "adapt_head",
+    is_flag=True,
+    help="Also re-fit the last layer on the site's cases (the model's feature output), kept only "
+    "when it beats threshold-only calibration; the guard learns the site's features.",
+)
+@click.option(
+    "--curve",
+    is_flag=True,
+    help="With --adapt: a learning curve on the site's cases (curve.md, curve.png): would more "
+    "cases pay?",
+)
 def calibrate(
     model_path: str,
     root: str,
@@ -565,6 +578,8 @@ def calibrate(
     min_cases: int,
     threads: int | None,
     allow_unsealed: bool,
+    adapt_head: bool,
+    curve: bool,
 ) -> None:
     """Choose the referral threshold for one site from its own labelled cases, and write a copy
     of the model with it (the card records the calibration). Runs on the edge install."""
@@ -574,6 +589,16 @@ def calibrate(
     model = _load_model(model_path, threads, allow_unsealed)
     card = model.card or {}
     index = read_site_data(root)
+    if curve and not adapt_head:
+        raise CalibrationError("--curve needs --adapt")
+    if adapt_head:
+        from dermedge.edge import adapt_site
+
+        opts = adapt_site.Options(
+            site or Path(index.root).name, target_sensitivity, holdout, seed, min_cases, curve
+        )
+        adapt_site.run(model, src, dst, index, opts)
+        return
     cases, bad = _score(model, index.records)
     calib, held = _split_cases(cases, holdout, seed)
     check_sample(calib, min_cases)

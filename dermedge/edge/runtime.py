@@ -238,6 +238,7 @@ class EdgeModel:
         self._check_input()
         self._check_output()
         self.guard = self._guard()
+        self.head = self._head()
         self._try_once()
 
     def _try_once(self) -> None:
@@ -308,6 +309,26 @@ class EdgeModel:
                     f"{self.path}: the model's output spans {lo:.3g}..{hi:.3g}, not a "
                     "probability in 0..1"
                 )
+
+    def _head(self) -> Any:
+        """The card's site head (`dermedge calibrate --adapt`), checked against the feature output;
+        None for a model used with its own last layer."""
+        spec = (self.card or {}).get("head")
+        if not spec:
+            return None
+        from dermedge.edge.adapt import Head
+
+        try:
+            head = Head.from_card(spec)
+        except ValueError as e:
+            raise EdgeError(f"{self.path}: {e}") from e
+        shape = self._features["shape"] if self._features is not None else None
+        if shape is None or int(np.prod(shape[1:])) != head.dim:
+            raise EdgeError(
+                f"{self.path}: the card has a site head over {head.dim} features but the "
+                "model has no such second output"
+            )
+        return head
 
     def _guard(self) -> Any:
         """The card's unfamiliar-input guard, checked against the model's feature output."""
@@ -387,8 +408,12 @@ class EdgeModel:
         """P(malignant) for uint8 RGB input of shape (N, size, size, 3) or (size, size, 3)."""
         return self.predict_features(pixels)[0]
 
-    def predict_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(P(malignant), penultimate features or None for a model without a feature output)."""
+    def predict_features(
+        self, pixels: np.ndarray, adapted: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(P(malignant), penultimate features or None for a model without a feature output).
+        With a site head in the card, P(malignant) is the head's (`adapted=False`: the model's
+        own output, as shipped)."""
         x = np.asarray(pixels)
         if x.ndim == 3:
             x = x[None]
@@ -409,7 +434,10 @@ class EdgeModel:
             )
         column = self.positive if out.shape[1] > 1 else 0
         prob = np.clip(out[:, column], 0.0, 1.0)
-        return prob, None if feats is None else feats.reshape(x.shape[0], -1)
+        feats = None if feats is None else feats.reshape(x.shape[0], -1)
+        if adapted and self.head is not None and feats is not None:
+            prob = self.head.prob(feats, prob)
+        return prob, feats
 
     def decide(
         self, prob: float, features: np.ndarray | None = None, pixels: np.ndarray | None = None
