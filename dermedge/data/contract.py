@@ -144,6 +144,7 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
     """Decode a file, bytes or PIL image to 8-bit RGB with EXIF orientation applied.
 
     Raises ImageError with a one-line reason for empty, truncated, corrupt or non-image input.
+    An upright RGB PIL image comes back as it is (not copied: a 24 MP copy is 72 MB).
     """
     if isinstance(source, Image.Image):
         img = source
@@ -170,8 +171,31 @@ def load_rgb(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Imag
         except Image.DecompressionBombError as e:
             raise ImageError("image too large (decompression bomb guard)") from e
     with contextlib.suppress(Exception):  # a broken EXIF block must not lose a fine photo
-        img = ImageOps.exif_transpose(img) or img
-    return _to_8bit_rgb(img)
+        if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+            img = ImageOps.exif_transpose(img) or img
+    return _to_8bit_rgb_in_strips(img)
+
+
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
+
+
+_ALPHA_MODES = ("P", "RGBA", "LA", "RGBa", "La", "PA")
+_STRIP_PIXELS = 1_000_000  # pixels converted at a time from alpha/palette images (4 MB RGBA)
+
+
+def _to_8bit_rgb_in_strips(img: Image.Image) -> Image.Image:
+    """`_to_8bit_rgb`, a strip of rows at a time for images with alpha or a palette: their
+    whole-image conversion holds four full-size RGBA copies (a 24 MP RGBA PNG peaked at 530 MB),
+    this one the decoded image, the RGB result and one strip's temporaries. Same pixels."""
+    w, h = img.size
+    rows = max(1, _STRIP_PIXELS // w)
+    if img.mode not in _ALPHA_MODES or h <= rows:
+        return _to_8bit_rgb(img)
+    out = Image.new("RGB", (w, h))
+    for top in range(0, h, rows):
+        box = (0, top, w, min(h, top + rows))
+        out.paste(_to_8bit_rgb(img.crop(box)), box)
+    return out
 
 
 def _extent(counts: np.ndarray, length: int) -> tuple[int, int] | None:

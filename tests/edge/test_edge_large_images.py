@@ -123,3 +123,53 @@ def test_the_limit_holds_for_bytes_too(tmp_path: Path) -> None:
     data = _png(tmp_path / "b.png", 6000, 6000, False, True).read_bytes()
     with pytest.raises(C.ImageError, match="image too large: 6000x6000 = 36 MP"):
         C.load_rgb(data)
+
+
+def _alpha_png(path: Path, w: int, h: int, ctype: int) -> Path:
+    """A real 8-bit PNG with alpha (6 RGBA, 4 LA) or a palette with tRNS transparency (3),
+    written row by row with varying colour and alpha."""
+    ch = {3: 1, 4: 2, 6: 4}[ctype]
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    z = zlib.compressobj(6)
+    with open(path, "wb") as f:
+        f.write(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
+        )
+        if ctype == 3:
+            f.write(chunk(b"PLTE", bytes(range(256)) * 3) + chunk(b"tRNS", bytes(range(256))))
+        pixel = [bytes([(y * 7) & 255, (y * 3) & 255, 200, (y * 5) & 255][:ch]) for y in range(256)]
+        data = [z.compress(b"\x00" + pixel[y & 255] * w) for y in range(h)]
+        f.write(chunk(b"IDAT", b"".join(data) + z.flush()) + chunk(b"IEND", b""))
+    return path
+
+
+def test_alpha_and_palette_pngs_within_the_limit_stay_within_budget(tmp_path: Path) -> None:
+    """24 MP (the limit) RGBA, LA and transparent-palette PNGs used to peak at 530-560 MB:
+    four full-size RGBA copies in the alpha composite, and a copy from exif_transpose."""
+    rss = {}
+    for name, ctype in (("rgba", 6), ("la", 4), ("palette", 3)):
+        png = _alpha_png(tmp_path / f"{name}.png", 6000, 4000, ctype)
+        code, err, rss[name] = _peak_rss_mb(str(png))
+        assert code == 0 and "Traceback" not in err, err
+    print("peak RSS MB:", {k: round(v) for k, v in rss.items()})
+    assert max(rss.values()) < BUDGET_MB, rss
+
+
+def test_strip_conversion_gives_the_whole_image_conversion(tmp_path: Path) -> None:
+    """Alpha and palette images converted a strip at a time equal the one-piece conversion."""
+    rng = np.random.default_rng(0)
+    w, h = 700, 3 * (C._STRIP_PIXELS // 700) + 5  # three strips and a ragged one
+    rgba = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+    pal = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "P")
+    pal.putpalette(list(rng.integers(0, 256, 768)))
+    pal.info["transparency"] = bytes(rng.integers(0, 256, 256, dtype=np.uint8))
+    for img in (rgba, rgba.convert("LA"), pal):
+        p = tmp_path / f"{img.mode}.png"
+        img.save(p)
+        with Image.open(p) as whole:
+            want = np.asarray(C._to_8bit_rgb(whole))
+        got = C.load_rgb(p)
+        assert got.mode == "RGB" and np.array_equal(np.asarray(got), want), img.mode
