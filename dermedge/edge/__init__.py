@@ -1,9 +1,10 @@
 """On-device inference for dermedge, without TensorFlow: model card, .tflite runtime, camera loop.
 
 `EdgeModel` (runtime), `read_card`/`embed_card`/`inspect_model` (card) are imported on first use,
-so `import dermedge.edge` stays cheap. A site's own threshold, step by step (what `dermedge
-calibrate` does, from `edge.calibrate`): `read_site_data(root)`, `score(model, records) -> (Cases,
-skipped)`, `holdout_split(records, fraction, seed)`, `new_threshold(cases, target, margin_se)`,
+so `import dermedge.edge` stays cheap; `resolve_model("tiny")` is the file of a bundled model
+(or a path, checked). A site's own threshold, step by step (what `dermedge calibrate` does, from
+`edge.calibrate`): `read_site_data(root)`, `score(model, records) -> (Cases, skipped)`,
+`holdout_split(records, fraction, seed)`, `new_threshold(cases, target, margin_se)`,
 `operating_point(cases, threshold)`, `calibration_record(...)`, `calibrated_card(card, record)`
 and `write_model(src, card, out)` (a copy of the model file carrying that card).
 """
@@ -20,6 +21,7 @@ _EXPORTS = {
     "read_card": "card",
     "embed_card": "card",
     "inspect_model": "card",
+    "resolve_model": "cli",
     "CalibrationError": "calibrate",
     "Cases": "calibrate",
     "read_site_data": "calibrate",
