@@ -139,9 +139,10 @@ def dataset(root: Path, limit: int | None = None) -> list[tuple[str, Path]]:
     return [(r.path, Path(r.path)) for r in recs]
 
 
-def scores(model: EdgeModel, items: list[tuple[str, object]]) -> np.ndarray:
-    """Guard score of each picture through the model's own contract (unreadable ones skipped)."""
-    out = []
+def scores(model: EdgeModel, items: list[tuple[str, object]]) -> tuple[np.ndarray, float]:
+    """Guard score of each picture through the model's own contract (unreadable ones skipped),
+    and the share that gets no decision (blank, or flagged without skin colours)."""
+    out, none = [], 0
     for _, src in items:
         try:
             x = preprocess(src, model.contract)
@@ -149,7 +150,26 @@ def scores(model: EdgeModel, items: list[tuple[str, object]]) -> np.ndarray:
             continue
         _, f = model.predict_features(x)
         out.append(float(model.guard.score(f)[0]))
-    return np.asarray(out)
+        none += model.classify(x)["decision"] == "none"
+    return np.asarray(out), none / max(1, len(out))
+
+
+def outcomes(model: EdgeModel, root: Path) -> dict[str, dict[str, int]]:
+    """Per class of a labelled set, how many photos got each decision now, and before the guard
+    learned to tell lesions from other pictures (then every flagged photo got no decision)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in read_dataset(root).records:
+        try:
+            res = model.classify(r.path)
+        except ImageError:
+            continue
+        c = out.setdefault(r.label, {"n": 0, "before_none": 0, "model_sends_on": 0})
+        c["n"] += 1
+        c[res["decision"]] = c.get(res["decision"], 0) + 1
+        c["before_none"] += bool(res.get("unfamiliar"))
+        x = preprocess(r.path, model.contract)  # the model's own say, without the guard
+        c["model_sends_on"] += bool(model.predict(x)[0] >= model.threshold)
+    return out
 
 
 def run(model_path: Path, name: str, out_dir: Path, plain: Path | None = None) -> dict:
@@ -166,12 +186,13 @@ def run(model_path: Path, name: str, out_dir: Path, plain: Path | None = None) -
     cut = model.guard.cutoff
     result, dist = {}, {}
     for label, (items, want) in sets.items():
-        s = scores(model, items)
+        s, none = scores(model, items)
         flagged = float(np.mean(s > cut)) if s.size else float("nan")
         result[label] = {
             "n": int(s.size),
             "expect": want,
             "flagged": flagged,
+            "no_decision": none,
             "passed": 1 - flagged,
             "median_score": float(np.median(s)) if s.size else None,
         }
@@ -182,6 +203,9 @@ def run(model_path: Path, name: str, out_dir: Path, plain: Path | None = None) -
         "cutoff": cut,
         "fit": (model.card or {}).get("guard", {}).get("fit"),
         "sets": result,
+        "outcomes": {
+            k: outcomes(model, DATA / k) for k in ("derm7pt", "isic2020") if (DATA / k).is_dir()
+        },
     }
     if plain is not None:
         report["latency"] = latency(model_path, plain)
@@ -203,7 +227,7 @@ def latency(guarded: Path, plain: Path, runs: int = 300) -> dict:
         for k, m in models.items():
             t0 = time.perf_counter()
             prob, feats = m.predict_features(x)
-            m.decide(float(prob[0]), feats)
+            m.decide(float(prob[0]), feats, x[0])
             if i >= 20:  # warm-up
                 times[k].append(1000 * (time.perf_counter() - t0))
     med = {k: float(np.median(v)) for k, v in times.items()}
@@ -216,14 +240,34 @@ def _markdown(r: dict) -> str:
         "",
         f"Cut-off {r['cutoff']:.3f} (95% of the validation split passes). Model `{r['model']}`.",
         "",
-        "| pictures | n | should | flagged (TNR for non-lesion sets) | passed | median score |",
-        "|---|---|---|---|---|---|",
+        "| pictures | n | should | flagged (TNR for non-lesion sets) | passed | no decision "
+        "| median score |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k, v in r["sets"].items():
         lines.append(
             f"| {k} | {v['n']} | {v['expect']} | {100 * v['flagged']:.1f}% | "
-            f"{100 * v['passed']:.1f}% | {v['median_score']:.2f} |"
+            f"{100 * v['passed']:.1f}% | {100 * v.get('no_decision', 0):.1f}% | "
+            f"{v['median_score']:.2f} |"
         )
+    lines += [
+        "",
+        "Decisions on labelled sets (`cannot assess` sends the patient on like `refer`; `none` is",
+        "no decision). *Before*: every flagged photo got no decision. *Model alone*: the share the",
+        "model's probability refers, without any guard.",
+        "",
+        "| set | class | n | refer | cannot assess | routine | none (now) | none (before) "
+        "| sent on now | model alone |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, per in r.get("outcomes", {}).items():
+        for cls, c in sorted(per.items()):
+            sent = c.get("refer", 0) + c.get("cannot assess", 0)
+            lines.append(
+                f"| {k} | {cls} | {c['n']} | {c.get('refer', 0)} | {c.get('cannot assess', 0)} | "
+                f"{c.get('routine', 0)} | {c.get('none', 0)} | {c['before_none']} | "
+                f"{sent / c['n']:.3f} | {c['model_sends_on'] / c['n']:.3f} |"
+            )
     if "latency" in r:
         lat = r["latency"]
         lines += [

@@ -7,6 +7,8 @@
 //   --offline  PAUSE stop: the test stops the server; reload, and the page must still classify
 //   --frames=N classify N frames before the first result (default 12)
 //   --gate     the video is not a lesion: wait for N frames the model's guard gates, report, stop
+//   --unsure   the video is unlike the training images but skin-coloured: wait for the page's
+//              decision (it must send the patient on: "cannot assess"), report, stop
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -20,6 +22,7 @@ const [url, video, outDir, ...flags] = process.argv.slice(2);
 const offline = flags.includes('--offline');
 const swap = flags.includes('--swap');
 const gate = flags.includes('--gate'); // expect the guard to gate every frame: report and stop
+const unsure = flags.includes('--unsure'); // expect a decision that sends the patient on
 const frames = Number((flags.find((f) => f.startsWith('--frames=')) || '--frames=12').split('=')[1]);
 const exe = process.env.CHROMIUM || '/usr/bin/chromium';
 const userDataDir = mkdtempSync(join(tmpdir(), 'dermedge-chromium-'));
@@ -125,7 +128,15 @@ try {
       decision_text: await page.textContent('#decision'), prob_text: await page.textContent('#prob'),
     }));
   }
-  if (!gate) { // the lesion run: online, model swap, offline
+  if (unsure) {
+    const s = await waitFrames(page, frames, { needDecision: true });
+    await page.screenshot({ path: join(outDir, 'phone-unsure.png'), fullPage: true });
+    console.log('RESULT ' + JSON.stringify({
+      phase: 'unsure', decision: s.smoothed.decision, last: s.last,
+      decision_text: await page.textContent('#decision'),
+    }));
+  }
+  if (!gate && !unsure) { // the lesion run: online, model swap, offline
   const s1 = await waitFrames(page, frames, { needOffline: true, needDecision: true });
   await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true });
 

@@ -294,43 +294,72 @@ def test_phone_page_end_to_end(browser_env, tmp_path: Path) -> None:
     print(json.dumps(summary, indent=1))
 
 
-def test_phone_page_gates_a_picture_unlike_the_training_images(browser_env, tmp_path: Path) -> None:
-    """The shipped tiny model's guard on the page (LiteRT.js, second output): a real photograph
-    that is not a lesion gets the guard's message and no decision, as in Python."""
+def _photo_frames(names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """scikit-image sample photos as 640x480 camera frames (the page sees their centre square)."""
     import skimage.data
 
+    return {
+        n: np.asarray(
+            Image.fromarray(getattr(skimage.data, n)())
+            .convert("RGB")
+            .resize((640, 480), Image.Resampling.BICUBIC)
+        )
+        for n in names
+    }
+
+
+def _page_run(model: Path, frame: np.ndarray, tmp_path: Path, name: str, flags: tuple) -> dict:
+    """Serve `model`, show `frame` to the page as its camera, return the driver's RESULT."""
+    video = tmp_path / f"{name}.y4m"
+    write_y4m(frame, video)
+    out = ARTIFACTS / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    srv = make_server(str(model), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        res = _run_page(srv.url, video, out, srv, None, flags=flags)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return res
+
+
+def test_phone_page_gates_a_picture_unlike_the_training_images(browser_env, tmp_path: Path) -> None:
+    """The shipped tiny model's guard on the page (LiteRT.js, second output): a real photograph
+    that is no lesion photo (flagged, without skin colours) gets no decision, as in Python."""
     from dermedge.edge.camera import NO_LESION
     from dermedge.edge.runtime import EdgeModel
 
     model = REPO / "dermedge" / "models" / "tiny.tflite"
     edge = EdgeModel(model)
     assert edge.guard is not None
-    # the camera frame is the photo at 640x480; the page and Python see its centre square
-    frames = {
-        n: np.asarray(
-            Image.fromarray(getattr(skimage.data, n)())
-            .convert("RGB")
-            .resize((640, 480), Image.Resampling.BICUBIC)
-        )
-        for n in ("astronaut", "coffee", "chelsea")
-    }
-    flagged = [n for n, f in frames.items() if edge.classify(f[:, 80:560])["unfamiliar"]]
-    assert flagged, "the Python guard flags none of the photos"
-    video = tmp_path / "photo.y4m"
-    write_y4m(frames[flagged[0]], video)
-    out = ARTIFACTS / "phone-guard"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    srv = make_server(str(model), "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        res = _run_page(srv.url, video, out, srv, None, flags=("--gate", "--frames=5"))["gate"]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    frames = _photo_frames(("coins", "brick"))
+    gated = [n for n, f in frames.items() if edge.classify(f[:, 80:560])["decision"] == "none"]
+    assert gated, "Python gives every photo a decision"
+    res = _page_run(model, frames[gated[0]], tmp_path, "phone-guard", ("--gate", "--frames=5"))
+    res = res["gate"]
     assert res["unfamiliar_frames"] >= 5 and res["good_frames"] == 0 and res["smoothed"] is None
     assert res["last"]["unfamiliar"] and res["last"]["prob"] is None
     assert res["last"]["guard_score"] > edge.guard.cutoff
     assert res["quality_text"].startswith(NO_LESION)  # the camera loop's reason, word for word
     assert "REFER" not in res["decision_text"] and "routine" not in res["decision_text"]
-    assert (out / "phone-guard.png").stat().st_size > 1000
+    assert (ARTIFACTS / "phone-guard" / "phone-guard.png").stat().st_size > 1000
+
+
+def test_phone_page_sends_an_unfamiliar_lesion_on(browser_env, tmp_path: Path) -> None:
+    """A skin-coloured picture the guard flags is never hidden or routine on the page: its
+    decision is "cannot assess" (refer), as edge-classify's."""
+    from dermedge.edge.runtime import CANNOT_ASSESS, EdgeModel
+
+    model = REPO / "dermedge" / "models" / "tiny.tflite"
+    edge = EdgeModel(model)
+    frames = _photo_frames(("chelsea", "coffee", "astronaut"))
+    unsure = [
+        n for n, f in frames.items() if edge.classify(f[:, 80:560])["decision"] == CANNOT_ASSESS
+    ]
+    assert unsure, "Python sends none of the photos on as 'cannot assess'"
+    res = _page_run(model, frames[unsure[0]], tmp_path, "phone-unsure", ("--unsure", "--frames=5"))
+    res = res["unsure"]
+    assert res["decision"] == CANNOT_ASSESS and res["last"]["unfamiliar"]
+    assert res["decision_text"].startswith("CANNOT ASSESS: refer")
