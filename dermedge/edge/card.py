@@ -804,8 +804,11 @@ def _summary(buf: Any) -> dict[str, Any]:
 
 
 def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Summary of a .tflite for `dermedge convert --inspect`: size, I/O, ops, metadata, card."""
+    """Summary of a .tflite for `dermedge convert --inspect`: size, I/O, ops, metadata, card, and
+    whether the file matches the digest its card records (`sealed`; an unsealed card is shown,
+    being looked at, not run; a damaged file is refused)."""
     with model_bytes(path) as buf:
         info: dict[str, Any] = {"path": os.fspath(path), **safe_walk("the model", _summary, buf)}
-    info["card"] = read_card(path)
+        info["sealed"] = check_sealed(buf, allow_unsealed=True)
+    info["card"] = read_card(path, allow_unsealed=True)
     return info
