@@ -38,6 +38,7 @@ EPS = 1e-4  # the shipped probability is clipped to [EPS, 1 - EPS] before its lo
 MAX_ITER = 50
 TOL = 1e-8
 GUARD_PASS_RATE = 0.95  # of the site's own cases that pass the refitted guard (out of fold)
+FULL_REFIT_CASES = 300  # from this many site cases on, the guard's covariance is refitted too
 
 
 def _b64(a: np.ndarray) -> str:
@@ -435,22 +436,35 @@ def learning_curve(
 # --- the guard learns the site ------------------------------------------------------------------
 
 
+def _site_guard(old: Any, f: np.ndarray, y: np.ndarray, k: int, full: bool) -> Any:
+    """A guard on the site's features: its own PPCA when `full`, else the shipped guard's
+    covariance (components, variances, residual) around the site's class means."""
+    from dermedge.edge import guard as guard_mod
+
+    if full or old is None:
+        return guard_mod.fit(f, y, f, k=k)
+    means = np.stack([f[y == c].mean(axis=0) for c in (0, 1)])
+    return dataclasses.replace(old, means=means)
+
+
 def refit_guard(
     old: Any, features: np.ndarray, y: np.ndarray, folds: np.ndarray
 ) -> tuple[Any, dict[str, Any]]:
-    """The unfamiliar-input guard refitted on the site's own features: its cut-off passes
-    GUARD_PASS_RATE of the site's cases out of fold; any `far_cutoff` moves by the same factor
-    as the cut-off. Returns (guard, figures)."""
+    """The unfamiliar-input guard refitted on the site's own features: the class means always,
+    the covariance too from FULL_REFIT_CASES cases on (fewer cannot estimate it: the held-out
+    cases would all look far); its cut-off passes GUARD_PASS_RATE of the site's cases out of
+    fold; any `far_cutoff` moves by the same factor as the cut-off. Returns (guard, figures)."""
     from dermedge.edge import guard as guard_mod
 
     f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    full = f.shape[0] >= FULL_REFIT_CASES
     k = min(guard_mod.COMPONENTS, max(1, int(f.shape[0] * 0.8) - 3))
     oof = np.zeros(f.shape[0])
     for j in np.unique(folds):
         tr, te = folds != j, folds == j
-        g = guard_mod.fit(f[tr], y[tr], f[te], k=k)
-        oof[te] = g.score(f[te])
-    new = guard_mod.fit(f, y, f, k=k)
+        oof[te] = _site_guard(old, f[tr], y[tr], k, full).score(f[te])
+    new = _site_guard(old, f, y, k, full)
     cutoff = float(np.quantile(oof, GUARD_PASS_RATE, method="higher"))
     factor = cutoff / float(old.cutoff) if old is not None and old.cutoff > 0 else 1.0
     changes: dict[str, Any] = {"cutoff": cutoff}
@@ -459,7 +473,8 @@ def refit_guard(
         changes["far_cutoff"] = float(far) * factor
     new = dataclasses.replace(new, **changes)
     figures = {
-        "k": k,
+        "refit": "means and covariance" if full or old is None else "class means",
+        "k": k if full or old is None else int(old.components.shape[0]),
         "cutoff": cutoff,
         "old_cutoff": None if old is None else float(old.cutoff),
         "far_cutoff": changes.get("far_cutoff"),

@@ -95,6 +95,34 @@ def calibration_lines(card: dict[str, Any] | None) -> list[str]:
         f"on those cases: sens {_fmt(after.get('sensitivity'))}, spec "
         f"{_fmt(after.get('specificity'))}; internal and external figures were measured at "
         "the trained threshold",
+    ] + adaptation_lines(card)
+
+
+def adaptation_lines(card: dict[str, Any] | None) -> list[str]:
+    """One line when the card carries a site head (`calibrate --adapt`): adapted to which site,
+    on how many cases, and its cross-validated AUC against the shipped model's; or one saying
+    that adaptation was tried and the shipped head kept; else nothing."""
+    head = _dict(_dict(card).get("head"))
+    rec = _dict(head.get("record")) or _dict(
+        _dict(_dict(card).get("calibration")).get("adaptation")
+    )
+    if not rec:
+        return []
+    counts = _dict(rec.get("counts"))
+    ci = rec.get("cv_auc_ci95")
+    lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+    figures = (
+        f"out-of-fold AUC {_fmt(rec.get('cv_auc'))} [{_fmt(lo)}, {_fmt(hi)}] vs shipped "
+        f"{_fmt(rec.get('shipped_auc'))} on {_count(counts.get('malignant'))} malignant + "
+        f"{_count(counts.get('benign'))} benign cases ({_text(rec.get('date'), 10)})"
+    )
+    if head:
+        return [
+            f"adapted to site {_text(head.get('site') or rec.get('site'), 60)!r}: last layer "
+            f"re-fitted on the site's cases; {figures}; the model's own output is the shipped head"
+        ]
+    return [
+        f"adaptation tried for site {_text(rec.get('site'), 60)!r}, shipped head kept: {figures}"
     ]
 
 

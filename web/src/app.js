@@ -6,6 +6,7 @@ import { cropBox, preprocess } from './preprocess.js';
 import { fixBatchDimension, readTflite } from './tflite.js';
 import { assess, sceneChange, signature, Smoother } from './quality.js';
 import { assessGuard, CANNOT_ASSESS, Guard, GUARD_MESSAGE } from './guard.js';
+import { Head, headText } from './head.js';
 
 const $ = (id) => document.getElementById(id);
 const VERSION = document.querySelector('meta[name="dermedge-version"]').content;
@@ -23,6 +24,7 @@ const state = {
   goodFrames: 0,
   unfamiliarFrames: 0,
   last: null,
+  lastAdapted: null, // with a site head: {shipped, features} of the last frame
   smoothed: null,
   inferMs: [],
   offlineReady: false,
@@ -50,8 +52,11 @@ class Classifier {
     const output = info.outputs.find((t) => size1(t) <= 2);
     if (!input || !output) throw new Error('model has no input or probability output tensor');
     const guard = card.guard ? new Guard(card.guard) : null;
-    const features = guard ? info.outputs.find((t) => size1(t) === guard.dim) : null;
+    const head = card.head ? new Head(card.head) : null; // a site's own last layer (calibrate --adapt)
+    const dim = guard ? guard.dim : head ? head.dim : null;
+    const features = dim ? info.outputs.find((t) => size1(t) === dim) : null;
     if (guard && !features) throw new Error(`the card has a guard of ${guard.dim} features but the model has no such output`);
+    if (head && (!features || head.dim !== dim)) throw new Error(`the card has a site head over ${head.dim} features but the model has no such output`);
     if (input.dtype !== 'uint8' && input.dtype !== 'float32') {
       throw new Error(`model input type ${input.dtype} is not supported in the browser; convert with uint8 input`);
     }
@@ -61,16 +66,17 @@ class Classifier {
       throw new Error(`model input shape [${shape}] does not match the card's contract (${size}x${size}x3)`);
     }
     const model = await loadAndCompile(fixBatchDimension(modelBytes), { accelerator: 'wasm' });
-    return new Classifier(model, input, output, size, guard, features);
+    return new Classifier(model, input, output, size, guard, features, head);
   }
 
-  constructor(model, input, output, size, guard, features) {
+  constructor(model, input, output, size, guard, features, head = null) {
     this.model = model;
     this.input = input;
     this.output = output;
     this.size = size;
     this.guard = guard;
     this.features = features;
+    this.head = head;
   }
 
   /** pixels: Uint8Array size*size*3 raw RGB 0..255 -> {prob: P(malignant), guardScore, unfamiliar} */
@@ -104,15 +110,18 @@ class Classifier {
       for (const t of outs) { // told apart by size: LiteRT.js need not keep the file's order
         const data = await t.data();
         if (data.length <= 2) raw = data[0];
-        else if (features && data.length === this.guard.dim) feats = Array.from(data, (v) => dequantize(v, features));
+        else if (features && data.length === features.shape.slice(1).reduce((a, b) => a * b, 1)) feats = Array.from(data, (v) => dequantize(v, features));
       }
     } finally {
       for (const t of outs) t.delete();
     }
-    const prob = dequantize(raw, output);
-    if (!feats) return { prob, guardScore: null, unfamiliar: false };
+    const shipped = dequantize(raw, output);
+    // the site head, when the card has one, on the same features the guard reads
+    const prob = this.head && feats ? this.head.prob(feats, shipped) : shipped;
+    const adapted = this.head && feats ? { shipped, features: feats } : null;
+    if (!feats || !this.guard) return { prob, adapted, guardScore: null, unfamiliar: false };
     const guardScore = this.guard.score(feats);
-    return { prob, guardScore, unfamiliar: guardScore > this.guard.cutoff };
+    return { prob, adapted, guardScore, unfamiliar: guardScore > this.guard.cutoff };
   }
 }
 
@@ -207,7 +216,9 @@ function calibrationText(card) {
   const t = Number(card.threshold).toFixed(3);
   if (!cal) return `threshold ${t} (from training; not calibrated for this site)`;
   const n = (cal.data && cal.data.counts) || {};
-  return `threshold ${t}: calibrated for ${cal.site} on ${n.malignant} malignant + ${n.benign} benign cases`
+  const adapted = headText(card);
+  return (adapted ? `${adapted} · ` : '')
+    + `threshold ${t}: calibrated for ${cal.site} on ${n.malignant} malignant + ${n.benign} benign cases`
     + ` (${String(cal.date || '').slice(0, 10)}; trained ${Number(cal.original_threshold).toFixed(3)})`;
 }
 
@@ -289,7 +300,8 @@ async function main() {
     prevSig = sig;
     const { pixels } = preprocess(rgb, w, h, contract);
     const t1 = performance.now();
-    const { prob, guardScore, unfamiliar } = await clf.predict(pixels);
+    const { prob, adapted, guardScore, unfamiliar } = await clf.predict(pixels);
+    state.lastAdapted = adapted; // the shipped P(malignant) and the features the site head read
     const t2 = performance.now();
     const verdict = assessGuard(unfamiliar, pixels);
     if (verdict === 'not_lesion') { // no lesion photo: gated like a bad frame, start agreeing afresh
@@ -318,6 +330,8 @@ async function main() {
       contract,
       quality: q,
       prob,
+      shipped_prob: adapted ? adapted.shipped : prob,
+      adapted_to: card.head ? card.head.site || null : null,
       guard_score: guardScore,
       label: verdict === 'lesion' ? 'unknown' : prob >= threshold ? 'malignant' : 'benign',
       unfamiliar,
