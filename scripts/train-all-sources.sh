@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue 26: train (or finish) the all-source EfficientNet-Lite0 candidate, convert it to int8 and
+# judge it, beside the shipped models, by the ship rule (benchmarks/ship_rule.py).
+#
+#   scripts/train-all-sources.sh            # from the repository root; safe to run again
+#
+# Every step is skipped when its output is there, so a stopped run continues where it stopped:
+# the manifest is rebuilt from the recipe (deterministic, seed 0) if absent; a run folder with a
+# config.json and no model.keras is resumed (`dermedge train --resume`); a checkpoint committed
+# under checkpoints/all-sources-lite0/ (by a session that ran out of time) is restored first.
+set -euo pipefail
+export DERMEDGE_DATA="${DERMEDGE_DATA:-$(cd .. && pwd)/shared/data}"
+NAME="${NAME:-all-sources-lite0}"
+RUN="runs/train/$NAME"
+SAVED="checkpoints/$NAME"
+mkdir -p runs/logs
+LOG="runs/logs/$NAME.log"
+
+if [ ! -f runs/data/all-sources/manifest.csv ]; then
+    dermedge data split --recipe dermedge/data/recipes/all-sources.toml --out runs/data/all-sources
+fi
+
+if [ ! -f "$RUN/config.json" ] && [ -f "$SAVED/config.json" ]; then
+    echo "restoring the committed checkpoint $SAVED -> $RUN"
+    mkdir -p "$RUN/checkpoints"
+    cp "$SAVED"/config.json "$SAVED"/manifest.csv "$SAVED"/manifest.json "$RUN"/
+    cp "$SAVED"/checkpoints/* "$RUN"/checkpoints/
+fi
+
+if [ -f "$RUN/model.keras" ]; then
+    echo "$RUN is finished"
+elif [ -f "$RUN/config.json" ]; then
+    nice -n 5 dermedge train --name "$NAME" --resume --quiet >>"$LOG" 2>&1
+else
+    # the recipe: Lite0 224 px, field + lesion-scale augmentation, classes balanced per
+    # (sub-)source, 2 frozen epochs then 6 fine-tuning the top 12 blocks at 2e-4
+    nice -n 5 dermedge train --data runs/data/all-sources --arch efficientnet_lite0 --img-size 224 \
+        --augment field-scale --balance source --epochs 2 --fine-tune-epochs 6 \
+        --unfreeze-blocks 12 --fine-tune-lr 2e-4 --name "$NAME" --quiet >>"$LOG" 2>&1
+fi
+
+if [ ! -f "runs/convert/$NAME/model_int8.tflite" ]; then
+    nice -n 5 dermedge convert "$RUN" --quant int8 --calib-images 600 >>"$LOG" 2>&1
+fi
+
+# the old models' training manifests (rebuilt: same commands as the README's Reproduce)
+if [ ! -f runs/data/isic-ham/manifest.csv ]; then
+    dermedge data split "$DERMEDGE_DATA/isic-mvb" --link "$DERMEDGE_DATA/ham10000-thumbs" --out runs/data/isic-mvb
+    dermedge data split "$DERMEDGE_DATA/ham10000-thumbs" --extend runs/data/isic-mvb --out runs/data/isic-ham
+fi
+nice -n 5 python benchmarks/ship_rule.py \
+    --model default=dermedge/models/default.tflite --model tiny=dermedge/models/tiny.tflite \
+    --model "$NAME=runs/convert/$NAME/model_int8.tflite" \
+    --manifest runs/data/all-sources \
+    --train-manifest default=runs/data/isic-ham --train-manifest tiny=runs/data/isic-mvb \
+    --train-manifest "$NAME=$RUN/manifest.csv" \
+    --out "benchmarks/results/ship_rule_$NAME"
