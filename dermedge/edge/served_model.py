@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -197,8 +198,10 @@ class ServedModel:
         too_large = f"{self.path}: too large to serve (over {MAX_MODEL_BYTES} bytes)"
         if stamp[2] > MAX_MODEL_BYTES:
             raise ServeError(too_large)
-        try:
-            with open(self.path, "rb") as f:
+        try:  # non-blocking: a FIFO put in its place must not hang the server
+            with open(os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ServeError(f"{self.path}: not a regular file")
                 blob = f.read(MAX_MODEL_BYTES + 1)  # it may have grown since the stat
         except OSError as e:
             raise ServeError(f"cannot read {self.path}: {e.strerror or e}") from None

@@ -299,7 +299,9 @@ ATTACKS = {
     # the same edit of a card-less model (card in a sidecar): still SIGSEGV in the interpreter
     "sidecar, byte 16 = 0x00": lambda blob: _one_byte(blob, 16, 0x00),
     "classes: null": _classes_null,
-    "600 MB file": lambda blob: b"",
+    "600 MB file": lambda blob: b"",  # these three are made by _attack
+    "a FIFO": lambda blob: b"",  # opening it for reading would wait for a writer forever
+    "a link to /dev/zero": lambda blob: b"",  # endless bytes
 }
 
 
@@ -322,12 +324,16 @@ def _drop(model: Path, blob: bytes) -> None:
 
 def _attack(model: Path, attack: str, good: bytes) -> None:
     """Drop the attack's file in place of the served model."""
-    if attack != "600 MB file":
-        _drop(model, ATTACKS[attack](good))
-        return
     tmp = model.with_name("incoming.tmp")
-    with open(tmp, "wb") as f:
-        f.truncate(600 * 1024 * 1024)  # sparse: no disk, no memory
+    if attack == "600 MB file":
+        with open(tmp, "wb") as f:
+            f.truncate(600 * 1024 * 1024)  # sparse: no disk, no memory
+    elif attack == "a FIFO":
+        os.mkfifo(tmp)
+    elif attack == "a link to /dev/zero":
+        os.symlink("/dev/zero", tmp)
+    else:
+        tmp.write_bytes(ATTACKS[attack](good))
     os.replace(tmp, model)
 
 
