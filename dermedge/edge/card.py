@@ -632,12 +632,16 @@ MAX_TOTAL_TENSOR_BYTES = 2 << 30
 
 
 def _check_graph(buf: Any) -> None:
-    """ValueError for a graph with bad references, negative dimensions or oversized tensors."""
+    """ValueError for a graph with no subgraph (LiteRT crashes on one), bad references,
+    negative dimensions or oversized tensors."""
     model = model_root(buf)
     n_buffers = len(model.tables(MODEL_BUFFERS))
     n_codes = len(model.tables(MODEL_OPCODES))
+    subgraphs = model.tables(MODEL_SUBGRAPHS)
+    if not subgraphs:
+        raise ValueError("the model has no subgraph: nothing to run")
     total = 0
-    for g, sub in enumerate(model.tables(MODEL_SUBGRAPHS)):
+    for g, sub in enumerate(subgraphs):
         tensors = sub.tables(SUBGRAPH_TENSORS)
         for t, node in enumerate(tensors):
             shape = node.numbers(TENSOR_SHAPE, N.Int32Flags)
@@ -676,7 +680,8 @@ DAMAGED = (
 )
 UNSEALED = (
     "the model card records no readable file digest (a damaged card, or a card edited by hand), "
-    "so changed weights would go unnoticed: refusing it; pass --allow-unsealed to use it anyway"
+    "so changed weights would go unnoticed: refusing it (--allow-unsealed uses it anyway, with a "
+    "warning; --serve never does)"
 )
 
 

@@ -124,6 +124,23 @@ def test_a_damaged_digest_key_fails_closed(tmp_path: Path, capfd) -> None:
     assert r.exit_code == 0 and "NOT SEALED" in r.stderr and "simple-isic" in r.stdout
 
 
+def test_a_sealed_model_without_subgraphs_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """Its root table's `subgraphs` entry cleared and the file sealed again (a digest proves no
+    more than that the file is whole): LiteRT would end the process with a segfault."""
+    import struct
+
+    from dermedge.edge.card import seal
+
+    blob = bytearray(TINY.read_bytes())
+    (root,) = struct.unpack_from("<I", blob, 0)
+    (back,) = struct.unpack_from("<i", blob, root)
+    struct.pack_into("<H", blob, root - back + 4 + 2 * 2, 0)  # field 2: Model.subgraphs
+    model = tmp_path / "empty.tflite"
+    model.write_bytes(seal(bytes(blob)))
+    assert check_digest(model.read_bytes()) is True
+    assert "no subgraph" in _one_line_refusal(_cli("-m", str(model), str(REPO / "README.md")))
+
+
 def _gather_out_of_range(fb, model) -> None:
     """Append a GATHER with a constant index out of range after the output: the graph loads and
     allocates, and every invoke fails ("gather index out of bounds")."""
