@@ -60,7 +60,7 @@ def test_notebook_runs_top_to_bottom_in_the_quick_setting(
     nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[notebook]'")
     pytest.importorskip("ipykernel", reason="pip install -e '.[notebook]'")
     pytest.importorskip("tensorflow", reason="the notebook trains: pip install -e '.[train]'")
-    for name in ("isic-mvb", "isic2020", "derm7pt"):
+    for name in ("isic-mvb", "isic2020", "derm7pt", "ham10000", "isic2017"):
         if not (DATA / name).is_dir():
             pytest.skip(f"real data not found at {DATA / name} (set DERMEDGE_DATA)")
     monkeypatch.setenv("DERMEDGE_NOTEBOOK", "quick")
