@@ -404,8 +404,9 @@ def learning_curve(
     prior: bool = False,
 ) -> list[dict[str, Any]]:
     """Held-out figures by cases per class: each repeat splits the lesions in two halves
-    (grouped, seeded), adapts on `size` cases per class of one half, checks on the other half.
-    Sizes larger than a class's share of the half are skipped. Mean and SD over repeats."""
+    (grouped, seeded), adapts on `size` cases per class of one half (None: all of it) and checks
+    on every lesion it was not fitted on. Sizes larger than a class's share of the half are
+    skipped. Mean and SD over repeats."""
     features, prob, y, groups = data
     rows = []
     for size in sizes:
@@ -416,7 +417,8 @@ def learning_curve(
             if size is not None and min((y[idx] == c).sum() for c in (0, 1)) < size:
                 break
             fit_idx = per_class_sample(idx, y, size, r)
-            points.append(curve_point(data, fit_idx, ~half, target, margin_se, r, prior))
+            rest = ~np.isin(np.asarray(groups), np.asarray(groups)[fit_idx])
+            points.append(curve_point(data, fit_idx, rest, target, margin_se, r, prior))
         if not points:
             continue
         row: dict[str, Any] = {"per_class": "all" if size is None else size, "repeats": len(points)}

@@ -38,6 +38,7 @@ from dermedge.edge.calibrate import (
     margin_of,
     new_threshold,
     operating_point,
+    referral_warning,
     refuse_refer_all,
     report_skipped,
     sensitivity_floor,
@@ -309,6 +310,12 @@ def run(
     adopt = gain["ci95"][0] > 0
     guard, guard_fig = _refit_guard(model, site, fit, held)
     previous = _previous(card)
+    if previous or card.get("calibration"):
+        old = previous or card["calibration"]
+        warn(
+            f"{src.name} was {'adapted' if previous else 'calibrated'} for {old.get('site')!r} "
+            f"({(old.get('date') or '')[:10]}): that record is replaced"
+        )
     record = head_record(opts, site, fit, gain, points, held_pts, guard_fig, previous)
     record["adopted"] = adopt
     chosen = fit.threshold if adopt else thr_only
@@ -546,6 +553,9 @@ def print_summary(report: dict[str, Any], card: dict[str, Any], dst: Path, folde
             if old is not None
             else "guard refitted on the site's features"
         )
+    too_many = referral_warning(pts[key])
+    if too_many:
+        warn(too_many)
     floor = sensitivity_floor(pts[key])
     if math.isfinite(floor) and floor < LOW_SENSITIVITY:
         warn(
