@@ -101,11 +101,19 @@ def _crash_reason(returncode: int) -> str:
         return f"the interpreter crashed loading it (signal {-returncode})"
 
 
+# The child of checked_card_isolated: this dermedge (installed or a checkout), then _check_main.
+_CHILD = (
+    "import sys; p = sys.argv.pop(1); p in sys.path or sys.path.insert(0, p); "
+    "from dermedge.edge.served_model import _check_main; sys.exit(_check_main(sys.argv[1:]))"
+)
+
+
 def checked_card_isolated(path: Path, blob: bytes) -> dict[str, Any]:
-    """checked_card in a child process (`python -m dermedge.edge.served_model PATH`, the bytes on
-    stdin): a file that crashes or hangs the interpreter, or trips any bug of the check, is
+    """checked_card in a child process (the bytes on its stdin, the card as JSON on its stdout):
+    a file that crashes or hangs the interpreter, or trips any bug of the check, is
     refused with a one-line ServeError instead of taking the server down."""
-    command = [sys.executable, "-m", "dermedge.edge.served_model", str(path)]
+    here = str(Path(__file__).resolve().parents[2])  # where this dermedge is imported from
+    command = [sys.executable, "-c", _CHILD, here, str(path)]
     try:
         done = subprocess.run(command, input=blob, capture_output=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -237,7 +245,3 @@ class ServedModel:
         self.model = make_asset(blob, "model.tflite")
         self.version = h.hexdigest()[:16]
         self._stamp = stamp
-
-
-if __name__ == "__main__":
-    sys.exit(_check_main(sys.argv[1:]))
