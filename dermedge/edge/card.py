@@ -299,6 +299,13 @@ _INPUT: dict[str, tuple[type, ...]] = {
     "color_constancy_p": _NUM,
     "extra": (dict,),
 }
+# card["threshold_policy"] (and the trainer's, kept inside it by a calibration): calibrate reads it
+_POLICY: dict[str, tuple[type, ...]] = {
+    "target_sensitivity": _OPT_NUM,
+    "margin_se": _OPT_NUM,
+    "effective_target": _OPT_NUM,
+    "training_policy": (dict, type(None)),
+}
 _CALIBRATION_DATA: dict[str, tuple[type, ...]] = {"counts": (dict,), "skipped": (int,)}
 _COUNTS: dict[str, tuple[type, ...]] = {"benign": (int,), "malignant": (int,)}
 
@@ -377,6 +384,11 @@ def check_card_types(card: dict[str, Any]) -> None:
             InputContract.from_dict(card["input"])
         except (ValueError, TypeError, OverflowError) as e:
             raise ValueError(f"model card: {e}"[:200]) from None
+    if card.get("threshold_policy"):
+        _check_fields("threshold_policy", card["threshold_policy"], _POLICY)
+        inner = card["threshold_policy"].get("training_policy")
+        if inner:
+            _check_fields("threshold_policy['training_policy']", inner, _POLICY)
     if card.get("external"):
         _check_external(card["external"])
     if card.get("calibration"):

@@ -221,7 +221,8 @@ def _variants() -> list[tuple[str, dict]]:
         for key, value in node.items():
             for bad in HOSTILE:
                 out.append(("/".join((*path, key)), _replaced(_good_card(), (*path, key), bad)))
-            if isinstance(value, dict) and (path or key in ("external", "calibration", "input")):
+            sections = ("external", "calibration", "input", "threshold_policy")
+            if isinstance(value, dict) and (path or key in sections):
                 walk((*path, key), value)
 
     walk((), _good_card())
@@ -240,9 +241,11 @@ def _replaced(card: dict, path: tuple[str, ...], value) -> dict:
 def _readers(card: dict) -> None:
     """Everything that shows or uses a card; raises only ValueError / EdgeError."""
     from dermedge.convert.card_cli import summary_lines
+    from dermedge.edge.calibrate import margin_of
     from dermedge.edge.card_text import calibration_lines, external_lines
 
     external_lines(card), calibration_lines(card), summary_lines(card)
+    margin_of(card)
 
 
 def test_card_fuzz_embed_refuses_or_every_reader_copes(tmp_path: Path) -> None:
@@ -342,7 +345,9 @@ def test_malformed_cards_are_refused_on_embed_and_on_read(
 
 
 def test_card_text_copes_with_any_malformed_entry() -> None:
-    """A card from a JSON file (a run folder, a sidecar) is shown without validation by
-    `dermedge card`: its external and calibration lines never raise, whatever an entry holds."""
+    """The external and calibration lines of `edge-classify -v` and `dermedge card` never raise,
+    whatever an entry holds (a card from a JSON file, shown before it is checked)."""
+    from dermedge.edge.card_text import calibration_lines, external_lines
+
     for _, card in _variants():
-        _readers(card)
+        external_lines(card), calibration_lines(card)
