@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,7 +117,12 @@ def holdout_split(
 def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, dict[str, str]]:
     """P(malignant) of each readable case through the model's own contract; unreadable files
     are returned with their reason."""
-    x, kept, bad = load_images([r.path for r in records], model.contract, desc="site images")
+    x, kept, bad = load_images(
+        [r.path for r in records],
+        model.contract,
+        desc="site images",
+        progress=sys.stderr.isatty(),  # a bar in a log or pipe glues onto the table
+    )
     report_skipped(bad, "unreadable images")
     prob = np.concatenate(
         [model.predict(x[i : i + batch]) for i in range(0, len(kept), batch)] or [np.zeros(0)]

@@ -29,6 +29,7 @@ from dermedge.edge.files import atomic_write
 from dermedge.edge.guard import MESSAGE as GUARD_MESSAGE
 from dermedge.edge.photo import photo_warning
 from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
+from dermedge.edge.safe_text import csv_row, printable
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("default", "tiny")
@@ -122,8 +123,9 @@ def _folder_images(folder: str) -> tuple[list[tuple[str, str | None]], int]:
     files it holds. Entries that cannot be read (dangling links, loops, FIFOs) are reported."""
     items: list[tuple[str, str | None]] = []
     others = 0
-    for p in sorted(Path(folder).rglob("*")):
-        if any(s.startswith(".") for s in p.relative_to(folder).parts):
+    for p, unreadable in _walk(Path(folder)):
+        if unreadable:
+            items.append((str(p), unreadable))
             continue
         why = entry_problem(p)
         if why is None and p.is_dir():
@@ -137,6 +139,30 @@ def _folder_images(folder: str) -> tuple[list[tuple[str, str | None]], int]:
         else:
             others += 1
     return items, others
+
+
+def _walk(top: Path) -> list[tuple[Path, str | None]]:
+    """(entry, None) for every entry under `top` but hidden ones, sorted, and (folder, why) for a
+    folder that cannot be listed. Iterative, so a folder nested thousands deep is walked, not a
+    RecursionError (Path.rglob and, before Python 3.12, os.walk recurse); links not followed."""
+    found: list[tuple[Path, str | None]] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError as err:
+            if folder != top:
+                found.append((folder, f"cannot list this folder: {err.strerror or err}"))
+            continue
+        for e in entries:
+            path = Path(e.path)
+            found.append((path, None))
+            with contextlib.suppress(OSError):
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(path)
+    return sorted(found)
 
 
 def _glob(pattern: str) -> list[str]:
@@ -158,7 +184,12 @@ def expand_inputs(args: tuple[str, ...]) -> tuple[list[tuple[str, str | None]], 
             ignored += others
             items += found or [(arg, "folder holds no image files")]
         elif not os.path.lexists(arg) and glob.has_magic(arg):
-            matches = _glob(arg)
+            try:
+                matches = _glob(arg)
+            except (RecursionError, OSError) as e:  # ** over a folder nested too deep
+                why = "nested too deep" if isinstance(e, RecursionError) else e.strerror or e
+                items.append((arg, f"cannot expand this pattern ({why}): give the folder"))
+                continue
             if not matches:
                 items.append((arg, "no files match this pattern"))
             sub, others = expand_inputs(tuple(matches))
@@ -207,7 +238,7 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_row(r) for r in rows)  # no cell a spreadsheet would run as a formula
     try:
         atomic_write(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
@@ -239,7 +270,7 @@ def classify_images(
         row = {"file": path, "error": error} if error else _result_row(path, model)
         row["disclaimer"] = DISCLAIMER  # in every record a person may read (JSON, CSV)
         rows.append(row)
-        line = json.dumps(row) if as_json else _table_line(row)
+        line = json.dumps(row) if as_json else printable(_table_line(row))  # one row, one line
         if bar:
             bar.write(line, file=out)
             bar.update()
@@ -332,7 +363,7 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
 
     def emit(event: dict[str, Any]) -> None:
         """Print one session event as a JSON line or a table line."""
-        print(json.dumps(event) if as_json else _camera_line(event), flush=True)
+        print(json.dumps(event) if as_json else printable(_camera_line(event)), flush=True)
 
     _stop_on_signals()
     try:
@@ -341,6 +372,46 @@ def run_camera(model: EdgeModel, opts: dict[str, Any], as_json: bool) -> int:
         raise Fatal(str(e)) from e
     print(json.dumps(summary.to_dict()) if as_json else summary.text(), flush=True)
     return 1 if summary.fault else 0
+
+
+def _as_dict(v: Any) -> dict[str, Any]:
+    """`v` if it is a dict, else an empty one (a card field may be missing or malformed)."""
+    return v if isinstance(v, dict) else {}
+
+
+def _figure(v: Any) -> str:
+    """A card figure with 3 decimals, or n/a when it is not a number."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+
+def show_card(model: EdgeModel) -> None:
+    """`edge-classify -v` alone: what the model card says of the threshold and the figures."""
+    card = _as_dict(model.card)
+    if not card:
+        click.echo(f"{model.path}: no embedded model card (contract and threshold from the flags)")
+        click.echo(DISCLAIMER)
+        return
+    policy = _as_dict(card.get("threshold_policy"))
+    click.echo(
+        printable(
+            f"card      {card.get('name')} ({card.get('arch')}), quantization "
+            f"{card.get('quantization', 'none')}, created {card.get('created')}"
+        )
+    )
+    click.echo(
+        printable(
+            f"threshold {_figure(card.get('threshold'))}: refer at or above it; chosen on "
+            f"{policy.get('chosen_on', 'n/a')} for sensitivity >= "
+            f"{policy.get('target_sensitivity', 'n/a')}"
+        )
+    )
+    test = _as_dict(_as_dict(card.get("metrics")).get("test"))
+    if test:
+        click.echo(
+            f"internal  test split n={test.get('n')}: AUC {_figure(test.get('roc_auc'))}, "
+            f"sens {_figure(test.get('recall'))}, spec {_figure(test.get('specificity'))}"
+        )
+    click.echo(DISCLAIMER)
 
 
 def serve_model(model: str, opts: dict[str, Any]) -> None:
@@ -449,7 +520,10 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     help="A .tflite file, or a bundled model name (default, tiny).",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, 64), help="Interpreter threads [CPU cores, max 4]."
+    "--threads",
+    type=click.IntRange(1, 64),
+    help="Threads the interpreter runs the model on (decoding is not threaded; more threads "
+    "than CPU cores make it slower, not faster) [CPU cores, max 4].",
 )
 @click.option(
     "--delegate", metavar="PATH", help="External delegate library (e.g. libedgetpu.so.1)."
@@ -466,9 +540,9 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     "--camera", metavar="SRC", help="Camera index, /dev/videoN, video file or stream URL."
 )
 @click.option("--picamera", is_flag=True, help="Raspberry Pi camera via picamera2.")
-@click.option("--width", type=int, help="Requested camera frame width.")
-@click.option("--height", type=int, help="Requested camera frame height.")
-@click.option("--fps", type=float, help="Requested camera frame rate.")
+@click.option("--width", type=click.IntRange(1), help="Requested camera frame width.")
+@click.option("--height", type=click.IntRange(1), help="Requested camera frame height.")
+@click.option("--fps", type=click.FloatRange(0, min_open=True), help="Requested camera frame rate.")
 @click.option(
     "--smooth",
     default="3/5",
@@ -535,7 +609,7 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
         return
     if live and inputs:
         raise click.UsageError("give either images/folders or --camera/--picamera, not both")
-    if not live and not inputs:
+    if not live and not inputs and not opts["verbose"]:  # -v alone shows the model card
         raise click.UsageError("give images, folders or globs, --camera SRC, --picamera or --serve")
     if opts["csv_path"]:
         _check_csv_target(opts["csv_path"])
@@ -563,6 +637,9 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
             click.echo(f"calibrated: {line}", err=True)
         for line in external_lines(model.card):
             click.echo(f"external: {line}", err=True)
+    if not live and not inputs:
+        show_card(model)
+        return
     try:
         failed = (
             run_camera(model, opts, opts["as_json"])

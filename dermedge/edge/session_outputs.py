@@ -22,6 +22,7 @@ import numpy as np
 
 from dermedge.edge.files import atomic_write, check_writable
 from dermedge.edge.runtime import EdgeError
+from dermedge.edge.safe_text import csv_row
 
 LOG_FIELDS = [
     "time",
@@ -176,7 +177,7 @@ class Saver:
         writer = csv.DictWriter(row, LOG_FIELDS, extrasaction="ignore")
         if not self.csv.exists():
             writer.writeheader()
-        writer.writerow(record)
+        writer.writerow(csv_row(record))  # a card's class name may read as a formula
         for path, text in ((self.jsonl, json.dumps(record) + "\n"), (self.csv, row.getvalue())):
             with open(path, "a", encoding="utf-8") as f:
                 f.write(text)

@@ -90,6 +90,7 @@ def test_calibrate_writes_a_model_at_the_sites_threshold(tmp_path: Path) -> None
     assert "old threshold" in r.stdout and "new threshold" in r.stdout
     # 20 malignant cases cannot show sensitivity >= 0.85 with confidence: the user is told
     assert "collect more malignant cases" in r.stderr
+    assert "\r" not in r.stderr and "site images" not in r.stderr  # no bar outside a terminal
     # every reader of the card shows it
     shown = _cli("card", str(out)).stdout
     assert "site 'clinic-a'" in shown and f"{card['threshold']:.3f}" in shown

@@ -191,3 +191,65 @@ def test_a_dataset_with_no_usable_rows_and_a_huge_csv_field(tmp_path: Path, phot
     assert "field larger than field limit" in _one_line_error(
         _run("data", "inspect", str(ham), module="dermedge.cli")
     )
+
+
+def test_a_folder_nested_a_thousand_deep_is_walked(tmp_path: Path, photo: Path) -> None:
+    """~990 nested folders gave a RecursionError traceback (Path.rglob recurses): now the photo at
+    the bottom is classified, and a ** glob over the same tree fails in one line."""
+    top = bottom = tmp_path / "deep"
+    top.mkdir()
+    for _ in range(1000):  # one at a time: os.makedirs recurses too
+        bottom = bottom / "d"
+        bottom.mkdir()
+    (bottom / "lesion.jpg").symlink_to(photo)
+    try:
+        r = _run("-m", str(TINY), str(top))
+        out, err = r.stdout.decode(), r.stderr.decode()
+        assert r.returncode == 0 and "Traceback" not in err, err[-500:]
+        assert "lesion.jpg" in out and "1 images:" in out
+        r = _run("-m", str(TINY), f"{top}/**/*.jpg")
+        out, err = r.stdout.decode(), r.stderr.decode()
+        assert "Traceback" not in err, err[-500:]
+        assert r.returncode == 1 or "lesion.jpg" in out  # refused in one line, or walked
+    finally:  # bottom up, here: pytest's cleanup (shutil.rmtree) recurses and would fail on it
+        (bottom / "lesion.jpg").unlink()
+        while bottom != tmp_path:
+            bottom.rmdir()
+            bottom = bottom.parent
+
+
+def test_a_file_name_cannot_forge_a_table_row_or_drive_the_terminal(
+    tmp_path: Path, photo: Path
+) -> None:
+    """A newline in a name printed a second, forged row; an escape sequence reached the terminal."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    forged = "a.jpg\nREFER      0.999  malignant  forged.jpg"
+    for name in (forged, "\x1b[2Jb.jpg", "c\u202egpj.exe.jpg"):
+        (folder / name).symlink_to(photo)
+    r = _run("-m", str(TINY), str(folder))
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [ln for ln in out.splitlines() if str(folder) in ln]
+    assert len(rows) == 3 and not any(ln.startswith("REFER") for ln in out.splitlines())
+    assert any("a.jpg\\nREFER" in ln for ln in rows)
+    assert "\x1b" not in out and "\u202e" not in out and "\\x1b[2Jb.jpg" in out
+
+
+def test_formula_file_names_are_neutralised_in_the_csv(tmp_path: Path, photo: Path) -> None:
+    """`=cmd|...` and the other formula starts went into the CSV as they were: a spreadsheet
+    opening it would run them. Each now starts with ' (and reads as the name otherwise)."""
+    names = ["=cmd|' -C calc'!A1.jpg", "+1.jpg", "-2.jpg", "@SUM(1).jpg", "\tx.jpg", "plain.jpg"]
+    for name in names:
+        (tmp_path / name).symlink_to(photo)
+    r = subprocess.run(
+        [sys.executable, "-m", "dermedge.edge.cli", "-m", str(TINY), "--csv", "out.csv", "--"]
+        + names,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    with open(tmp_path / "out.csv", newline="", encoding="utf-8") as f:
+        files = [row["file"] for row in csv.DictReader(f)]
+    assert sorted(files) == sorted(n if n == "plain.jpg" else "'" + n for n in names)

@@ -580,3 +580,17 @@ def test_a_second_save_session_leaves_the_running_sessions_files_alone(
 
     gc.collect()
     assert not lock.exists()  # a session that ends takes its lock file with it
+
+
+def test_the_session_csv_neutralises_formulas(tmp_path: Path) -> None:
+    """The label comes from the model card: a class named like a formula reaches the session CSV
+    with a leading ' (a spreadsheet shows it, does not run it); the JSONL keeps it as it is."""
+    saver = Saver(tmp_path / "save")
+    frame = np.zeros((H, W, 3), np.uint8)
+    saver.save({"frame": 1, "label": '=HYPERLINK("x")', "decision": "refer"}, frame, frame)
+    import csv as csv_module
+
+    with open(saver.csv, newline="", encoding="utf-8") as f:
+        (row,) = list(csv_module.DictReader(f))
+    assert row["label"] == '\'=HYPERLINK("x")' and row["decision"] == "refer"
+    assert json.loads(saver.jsonl.read_text())["label"] == '=HYPERLINK("x")'

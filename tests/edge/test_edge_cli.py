@@ -232,3 +232,88 @@ def test_help_groups_options_by_mode():
     assert section_of("--tls-cert") == "Phone server (--serve):"
     assert section_of("--threshold") == "Photos and camera:"
     assert "csv_path" in MODE_OPTIONS["images"] and "csv_path" not in MODE_OPTIONS["camera"]
+
+
+def test_verbose_alone_shows_the_model_card() -> None:
+    """`edge-classify -v` with nothing to classify used to be a usage error; it shows the card."""
+    code, out, err = run("-m", INT8, "-v")
+    assert code == 0, err
+    assert "threshold" in out and "refer at or above it" in out and DISCLAIMER in out
+    assert "give images" not in err and "threads" in err  # the runtime details, as with images
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--width", "-640"), ("--height", "0"), ("--fps", "-5"), ("--fps", "0")]
+)
+def test_impossible_camera_sizes_are_refused(flag: str, value: str) -> None:
+    """Negative (or zero) sizes and rates went to the camera as they were; refused in one line."""
+    result = CliRunner().invoke(main, ["-m", INT8, "--camera", "0", flag, value])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and f"Invalid value for '{flag}'" in errors[0], result.stderr
+
+
+def test_threads_help_says_what_threads_do() -> None:
+    """The help said only "Interpreter threads": they run the model (LiteRT's pool; on the
+    2-core test machine 4 or 8 of them start 3 or 7 worker threads), nothing else."""
+    _, out, _ = run("--help")
+    text = " ".join(out.split())
+    assert "decoding is not threaded" in text and "slower, not faster" in text
+    code, _, err = run("-m", INT8, "-v", "--threads", "3")
+    assert code == 0 and "3 threads" in err
+
+
+def _pty_run(args: list[str], stdout_file: Path | None = None) -> str:
+    """What a terminal shows of `edge-classify ARGS` (stderr, and stdout unless it goes to
+    `stdout_file`): a real pseudo-terminal of 120 columns, so tqdm draws its bar."""
+    import fcntl
+    import os
+    import struct
+
+    pty = pytest.importorskip("pty")
+    termios = pytest.importorskip("termios")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = open(stdout_file, "wb") if stdout_file else None  # noqa: SIM115
+    cmd = [sys.executable, "-m", "dermedge.edge.cli", *args]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=out or slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(60)
+    os.close(master)
+    if out:
+        out.close()
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_never_glues_onto_the_table(folder: Path, tmp_path: Path) -> None:
+    """At a terminal the bar is drawn and every row is printed through it (cleared first); with
+    stdout in a file the file holds the table alone; without a terminal there is no bar."""
+    piped = subprocess.run(
+        [sys.executable, "-m", "dermedge.edge.cli", "-m", INT8, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "\r" not in piped.stdout + piped.stderr and "img/s" not in piped.stderr
+    n = piped.stdout.count(str(folder))
+    assert n >= 5
+    screen = _pty_run(["-m", INT8, str(folder)])
+    assert "img/s" in screen  # the bar was drawn: the check below means something
+    rows = [ln for ln in screen.split("\n") if str(folder) in ln]
+    assert len(rows) == n, screen
+    for ln in rows:  # what stays on screen of a line is what follows its last carriage return
+        shown = ln.rstrip("\r").rsplit("\r", 1)[-1]
+        assert shown.split()[0] in ("routine", "REFER", "FAILED", "none", "CANNOT"), repr(ln)
+    table = tmp_path / "table.txt"
+    _pty_run(["-m", INT8, str(folder)], stdout_file=table)
+    text = table.read_text()
+    assert "\r" not in text and "img/s" not in text and text.count(str(folder)) == n
