@@ -3,6 +3,7 @@ JSONL and CSV), written so a kill never leaves half a decision, and the session'
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -83,8 +84,10 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _release(fd: int, lock: Path) -> None:
-    """Remove a session's lock file, then let go of the lock (at its end, or the process's)."""
-    lock.unlink(missing_ok=True)
+    """Remove a session's lock file, then let go of the lock (at its end, or the process's);
+    a folder removed or replaced meanwhile leaves nothing to remove."""
+    with contextlib.suppress(OSError):
+        lock.unlink(missing_ok=True)
     os.close(fd)
 
 
