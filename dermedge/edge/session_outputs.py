@@ -56,18 +56,23 @@ def _hold_lock(path: Path) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:  # a file system without locks: the file still names the session
+        pass
     return fd
 
 
 def _is_live(lock: Path) -> bool:
-    """Whether a live session holds `lock` (a killed one's lock is released by the kernel)."""
+    """Whether a live session holds `lock` (a killed one's lock is released by the kernel);
+    True when that cannot be told (another user's lock, no locks here): its files are left."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # BlockingIOError: held by a live session
         return True
     finally:
         os.close(fd)  # closing releases a lock taken here
