@@ -455,7 +455,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path | Non
     ax.set_ylabel("on held-out cases")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="center left", bbox_to_anchor=(0.01, 0.58), fontsize=7)
     ax.set_title(title, fontsize=9)
     return save_png(fig, path)
 
