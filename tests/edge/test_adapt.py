@@ -302,6 +302,31 @@ def test_runtime_refuses_a_head_over_other_features(tmp_path: Path) -> None:
     bad.write_bytes(embed_card(TINY.read_bytes(), {**card, "head": head.to_card()}))
     with pytest.raises(EdgeError, match="site head over 10 features"):
         EdgeModel(bad)
+    site = _isic_site(tmp_path / "isic", n=20)
+    r = _cli(
+        "calibrate", str(bad), "--data", str(site), "--adapt", "--out", str(tmp_path / "x.tflite")
+    )
+    assert r.returncode == 2 and "site head over 10 features" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_threshold_only_calibration_of_an_adapted_model_keeps_its_head(
+    adapted, tmp_path: Path
+) -> None:
+    """Plain `calibrate` on an adapted model moves the threshold of the head's scores."""
+    site, out, r = adapted
+    assert r.returncode == 0, r.stderr[-2000:]
+    dst = tmp_path / "recal.tflite"
+    r2 = _cli("calibrate", str(out), "--data", str(site), "--out", str(dst))
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    card, before = read_card(dst), read_card(out)
+    assert card["head"] == before["head"]
+    model = EdgeModel(dst)
+    photos = [q for label in ("benign", "malignant") for q in sorted((site / label).iterdir())]
+    y = np.asarray([int(q.parent.name == "malignant") for q in photos])
+    p = np.asarray([model.classify(q)["prob"] for q in photos])
+    margin = read_card(TINY)["threshold_policy"]["margin_se"]
+    assert card["threshold"] == pytest.approx(choose_threshold(y, p, 0.95, margin)["threshold"])
 
 
 def test_the_default_models_site_guard_still_flags_pictures_that_are_no_lesion(
