@@ -23,6 +23,7 @@ FIGURES = (  # the tags of the cells that must show a figure (image/png)
     "figure:derm7pt-roc",
     "figure:per-diagnosis",
     "figure:site-roc",
+    "figure:adapt-roc",
 )
 
 
@@ -85,4 +86,5 @@ def test_notebook_runs_top_to_bottom_in_the_quick_setting(
     }
     assert pngs == {tag: pngs.get(tag, 0) for tag in FIGURES}
     assert all(pngs[tag] >= 1 for tag in FIGURES), f"figures missing: {pngs}"
-    assert (tmp_path / "runs" / "convert" / "walkthrough-site.tflite").is_file()
+    for model in ("walkthrough-site.tflite", "walkthrough-adapted.tflite"):
+        assert (tmp_path / "runs" / "convert" / model).is_file()
