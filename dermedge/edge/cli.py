@@ -28,7 +28,7 @@ from dermedge.edge.card import model_io, read_card
 from dermedge.edge.files import atomic_write
 from dermedge.edge.guard import MESSAGE as GUARD_MESSAGE
 from dermedge.edge.photo import photo_warning
-from dermedge.edge.runtime import EdgeError, EdgeModel, load_runtime
+from dermedge.edge.runtime import CANNOT_ASSESS, EdgeError, EdgeModel, load_runtime
 from dermedge.edge.safe_text import csv_row, printable
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -41,10 +41,15 @@ CSV_FIELDS = [
     "threshold",
     "unfamiliar",
     "guard_score",
+    "reason",
     "warning",
     "error",
     "disclaimer",
 ]
+
+
+# how the table shows each decision: the ones that send the patient on stand out
+DECISION_WORDS = {"refer": "REFER", CANNOT_ASSESS: "CANNOT ASSESS: refer"}
 
 
 class Fatal(click.ClickException):
@@ -207,9 +212,14 @@ def _result_row(path: str, model: EdgeModel) -> dict[str, Any]:
         result = model.classify(img)
     except ImageError as e:
         return {"file": path, "error": str(e)}
-    row = {"file": path, **result, "prob": round(result["prob"], 4), "threshold": model.threshold}
+    prob = result["prob"]
+    row = {**result, "file": path, "prob": None if prob is None else round(prob, 4)}
+    row["threshold"] = model.threshold
+    if result["decision"] == "none":  # no decision: the reason says why, no quality advice
+        return row
     quality = photo_warning(img, model.contract.size)
-    warnings = [w for w in (GUARD_MESSAGE if result.get("unfamiliar") else None, quality) if w]
+    flag = GUARD_MESSAGE if result.get("unfamiliar") and "reason" not in result else None
+    warnings = [w for w in (result.get("reason"), flag, quality) if w]
     return {**row, "warning": "; ".join(warnings)} if warnings else row
 
 
@@ -217,7 +227,9 @@ def _table_line(row: dict[str, Any]) -> str:
     """One result row as a line of the printed table (the decision in capitals when refer)."""
     if "error" in row:
         return f"{'FAILED':<9} {'-':>6}  {'-':<10} {row['file']}: {row['error']}"
-    decision = row["decision"].upper() if row["decision"] == "refer" else row["decision"]
+    if row["decision"] == "none":  # no decision, so no probability either
+        return f"{'none':<9} {'-':>6}  {'-':<10} {row['file']}  [{row.get('reason', '')}]"
+    decision = DECISION_WORDS.get(row["decision"], row["decision"])
     line = f"{decision:<9} {row['prob']:>6.3f}  {row['label']:<10} {row['file']}"
     return f"{line}  [{row['warning']}]" if "warning" in row else line
 
@@ -254,6 +266,28 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
 
 
+def summary_line(rows: list[dict[str, Any]], model: EdgeModel, ignored: int) -> str:
+    """The closing line: how many images got each decision (none hidden), failed, flagged."""
+    count = {d: sum(r.get("decision") == d for r in rows) for d in ("refer", CANNOT_ASSESS)}
+    routine = sum(r.get("decision") == "routine" for r in rows)
+    none = sum(r.get("decision") == "none" for r in rows)
+    failed = sum("error" in r for r in rows)
+    summary = (
+        f"{len(rows)} images: {count['refer']} refer, {count[CANNOT_ASSESS]} cannot assess "
+        f"(refer), {routine} routine, {none} no decision (blank or not a lesion photo), "
+        f"{failed} failed (threshold {model.threshold:.3f}, model {model.name})"
+    )
+    unfamiliar = sum(bool(r.get("unfamiliar")) for r in rows)
+    if unfamiliar:
+        summary += f"; {unfamiliar} unlike the training images"
+    warned = sum("warning" in r and not r.get("unfamiliar") for r in rows)
+    if warned:
+        summary += f"; {warned} with a quality warning (low resolution or blurred)"
+    if ignored:
+        summary += f"; {ignored} non-image files in folders ignored"
+    return summary
+
+
 def classify_images(
     model: EdgeModel, args: tuple[str, ...], as_json: bool, csv_path: str | None
 ) -> int:
@@ -280,21 +314,7 @@ def classify_images(
     if bar:
         bar.close()
     failed = sum("error" in r for r in rows)
-    refer = sum(r.get("decision") == "refer" for r in rows)
-    routine = sum(r.get("decision") == "routine" for r in rows)
-    summary = (
-        f"{len(rows)} images: {refer} refer, {routine} routine, {failed} failed "
-        f"(threshold {model.threshold:.3f}, model {model.name})"
-    )
-    unfamiliar = sum(bool(r.get("unfamiliar")) for r in rows)
-    if unfamiliar:
-        summary += f"; {unfamiliar} unlike the training images (no decision: not a lesion photo?)"
-    warned = sum("warning" in r and not r.get("unfamiliar") for r in rows)
-    if warned:
-        summary += f"; {warned} with a quality warning (low resolution or blurred)"
-    if ignored:
-        summary += f"; {ignored} non-image files in folders ignored"
-    print(summary, file=note)
+    print(summary_line(rows, model, ignored), file=note)
     if csv_path:
         _write_csv(csv_path, rows)
     return failed
@@ -305,7 +325,7 @@ def _camera_line(event: dict[str, Any]) -> str:
     kind = event["event"]
     head = f"{event.get('t_s', 0):7.2f}s {event.get('frame', ''):>7}  "
     if kind == "decision":
-        decision = event["decision"].upper() if event["decision"] == "refer" else event["decision"]
+        decision = DECISION_WORDS.get(event["decision"], event["decision"])
         saved = f"  saved {event['frame_file']}" if "frame_file" in event else ""
         return f"{head}{decision:<8} P(mal)={event['prob']:.3f} ({event['votes']}) {event['label']}{saved}"
     if kind == "quality":

@@ -261,7 +261,9 @@ class Summary:
             parts.append(f"{self.corrupt} corrupt frames skipped")
         n = sum(self.decisions.values())
         parts.append(
-            f"{n} decisions ({self.decisions['refer']} refer, {self.decisions['routine']} routine)"
+            f"{n} decisions ({self.decisions['refer']} refer, "
+            f"{self.decisions['cannot assess']} cannot assess (refer), "
+            f"{self.decisions['routine']} routine)"
         )
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnects")

@@ -110,6 +110,7 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
         "warning",
         "unfamiliar",
         "guard_score",
+        "reason",
         "error",
         "disclaimer",
     }
@@ -124,9 +125,9 @@ def test_csv_is_written_whole(folder: Path, tmp_path: Path) -> None:
 def test_flags_override_the_card(folder: Path) -> None:
     images = str(folder / "*.JPG")
     _, out, _ = run("-m", INT8, "--threshold", "0", images)
-    assert "4 refer, 0 routine" in out
+    assert "4 refer, 0 cannot assess (refer), 0 routine" in out
     _, out, _ = run("-m", INT8, "--threshold", "1", images)
-    assert "0 refer, 4 routine" in out
+    assert "0 refer, 0 cannot assess (refer), 4 routine" in out
     code, out, _ = run("-m", INT8, "--crop", "center", images)
     assert code == 0
     code, _, err = run("-m", INT8, "--size", "96", images)
