@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,30 @@ def test_notebook_runs_top_to_bottom_in_the_quick_setting(
     assert all(pngs[tag] >= 1 for tag in FIGURES), f"figures missing: {pngs}"
     for model in ("walkthrough-site.tflite", "walkthrough-adapted.tflite"):
         assert (tmp_path / "runs" / "convert" / model).is_file()
+
+
+def _resolve(modules: str) -> str:
+    """Run a fresh interpreter that resolves every public name of `modules` (comma-separated
+    package names under dermedge) and prints whether TensorFlow got imported."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules.split(',')!r}:\n"
+        "    m = importlib.import_module('dermedge.' + name)\n"
+        "    [getattr(m, n) for n in m.__all__]\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_public_names_of_data_edge_convert_resolve_without_tensorflow() -> None:
+    assert _resolve("data,edge,convert") == "False"
+
+
+@pytest.mark.slow
+def test_public_names_of_train_resolve() -> None:
+    pytest.importorskip("tensorflow", reason="pip install -e '.[train]'")
+    assert _resolve("train") == "True"

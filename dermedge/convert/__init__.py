@@ -49,6 +49,16 @@ def parse_quant(spec: str) -> list[str]:
 
 
 _LAZY = {"run": "pipeline", "Options": "pipeline", "Result": "pipeline", "Tolerances": "gate"}
+__all__ = [
+    "FEATURES",
+    "FILE_NAMES",
+    "REJECTED_DIR",
+    "VARIANTS",
+    "ConvertError",
+    "log",
+    "parse_quant",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:
