@@ -656,6 +656,9 @@ def _check_graph(buf: Any) -> None:
     for g, sub in enumerate(subgraphs):
         tensors = sub.tables(SUBGRAPH_TENSORS)
         for t, node in enumerate(tensors):
+            name_at = node.slot(TENSOR_NAME)
+            if name_at:  # the interpreter's Python side decodes it strictly: a crash, not a refusal
+                node.tab.String(name_at).decode("utf-8")
             shape = node.numbers(TENSOR_SHAPE, N.Int32Flags)
             type_id = node.scalar(TENSOR_TYPE, N.Int8Flags)
             item = _ITEM_BYTES.get(

@@ -233,7 +233,10 @@ class EdgeModel:
         self._interpreter = _make_interpreter(
             rt, self.path, self.threads, str(delegate) if delegate else None, xnnpack
         )
-        self._io_details()
+        try:
+            self._io_details()
+        except (ValueError, RuntimeError, IndexError) as e:  # names, shapes LiteRT cannot give
+            raise EdgeError(f"cannot load {self.path}: {_first_line(e)}") from e
         self._lock = threading.Lock()
         self._check_input()
         self._check_output()

@@ -141,6 +141,24 @@ def test_a_sealed_model_without_subgraphs_is_refused_not_a_crash(tmp_path: Path)
     assert "no subgraph" in _one_line_refusal(_cli("-m", str(model), str(REPO / "README.md")))
 
 
+def test_a_tensor_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """A card-less model (nothing to check it against) whose input tensor's name holds a byte
+    that is not UTF-8: LiteRT's Python side raised UnicodeDecodeError from get_input_details."""
+    from dermedge.data.contract import InputContract
+    from dermedge.edge.card import model_io
+
+    src = ASSETS / "tiny_fp32_nocard.tflite"
+    blob = bytearray(src.read_bytes())
+    name = model_io(src)["inputs"][0]["name"].encode()
+    at = blob.find(name)
+    assert at > 0 and blob.count(name) == 1
+    blob[at] = 0xFF
+    model = tmp_path / "name.tflite"
+    model.write_bytes(bytes(blob))
+    with pytest.raises(EdgeError, match="utf-8"):
+        EdgeModel(model, contract=InputContract(size=64, crop="squash"), threshold=0.5)
+
+
 def _gather_out_of_range(fb, model) -> None:
     """Append a GATHER with a constant index out of range after the output: the graph loads and
     allocates, and every invoke fails ("gather index out of bounds")."""
@@ -319,3 +337,29 @@ def test_serve_checks_the_model_at_start_and_on_each_swap(tmp_path: Path) -> Non
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_card_less_model_made_to_crash_the_interpreter_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """No digest vouches for a card-less file: edited at byte 16 it kills an interpreter with
+    SIGSEGV. edge-classify loads such a file in a child process first and refuses it in one line
+    (before: the process died with no word); the intact file still classifies."""
+    good = (ASSETS / "tiny_fp32_nocard.tflite").read_bytes()
+    bad = tmp_path / "crash.tflite"
+    blob = bytearray(good)
+    blob[16] = 0x00
+    bad.write_bytes(bytes(blob))
+    photo = sorted((REPO.parent / "shared" / "data" / "isic-mvb" / "test" / "benign").glob("*.jpg"))
+    if not photo:
+        pytest.skip("isic-mvb not found beside the checkout")
+    flags = ["--crop", "squash", "--threshold", "0.5", str(photo[0])]
+    cmd = [sys.executable, "-m", "dermedge.edge.cli", "--model"]
+    r = subprocess.run([*cmd, str(bad), *flags], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "crashed" in r.stderr or "Error:" in r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.strip()]) <= 2
+    good_path = tmp_path / "good.tflite"
+    good_path.write_bytes(good)
+    r = subprocess.run([*cmd, str(good_path), *flags], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "1 images:" in r.stdout, r.stderr
