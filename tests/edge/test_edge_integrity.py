@@ -339,12 +339,10 @@ def test_serve_checks_the_model_at_start_and_on_each_swap(tmp_path: Path) -> Non
         srv.server_close()
 
 
-def test_a_card_less_model_made_to_crash_the_interpreter_is_refused_in_one_line(
-    tmp_path: Path,
-) -> None:
-    """No digest vouches for a card-less file: edited at byte 16 it kills an interpreter with
-    SIGSEGV. edge-classify loads such a file in a child process first and refuses it in one line
-    (before: the process died with no word); the intact file still classifies."""
+def test_a_damaged_card_less_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    """No digest vouches for a card-less file: edited at byte 16 (an edit that once killed the
+    interpreter with SIGSEGV) it is refused in one line by the graph check; the intact file still
+    classifies."""
     good = (ASSETS / "tiny_fp32_nocard.tflite").read_bytes()
     bad = tmp_path / "crash.tflite"
     blob = bytearray(good)
