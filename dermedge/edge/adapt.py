@@ -438,51 +438,71 @@ def learning_curve(
 # --- the guard learns the site ------------------------------------------------------------------
 
 
-def _site_guard(old: Any, f: np.ndarray, y: np.ndarray, k: int, full: bool) -> Any:
-    """A guard on the site's features: its own PPCA when `full`, else the shipped guard's
-    covariance (components, variances, residual) around the site's class means."""
-    from dermedge.edge import guard as guard_mod
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Rounded to float32 as the card stores it: score with what the device uses."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
 
-    if full or old is None:
-        return guard_mod.fit(f, y, f, k=k)
+
+def _ppca(old: Any, f: np.ndarray, y: np.ndarray, k: int) -> Any:
+    """The shipped guard with the site's class means and PPCA covariance (top `k` components,
+    their variances, one residual variance), as dermedge.edge.guard.fit computes them, from the
+    SVD of the centred features (n x d, not the d x d eigenproblem: n is small here)."""
     means = np.stack([f[y == c].mean(axis=0) for c in (0, 1)])
-    return dataclasses.replace(old, means=means)
+    centred = f - means[y]
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    d, dof = f.shape[1], max(1, f.shape[0] - 2)
+    eig = sv**2 / dof
+    k = min(k, d - 1, eig.size)
+    floor = max(float(eig[0]) * 1e-6, 1e-12)
+    rest = (float((centred**2).sum()) / dof - float(eig[:k].sum())) / (d - k)
+    return dataclasses.replace(
+        old,
+        means=_f32(means),
+        components=_f32(vt[:k]),
+        variances=_f32(np.maximum(eig[:k], floor)),
+        residual_variance=float(np.float32(max(rest, floor))),
+    )
+
+
+def _site_guard(old: Any, f: np.ndarray, y: np.ndarray, k: int, full: bool) -> Any:
+    """The shipped guard refitted on the site's features: its own PPCA when `full`, else the
+    shipped covariance around the site's class means."""
+    if full:
+        return _ppca(old, f, y, k)
+    return dataclasses.replace(old, means=_f32(np.stack([f[y == c].mean(axis=0) for c in (0, 1)])))
 
 
 def refit_guard(
     old: Any, features: np.ndarray, y: np.ndarray, folds: np.ndarray
 ) -> tuple[Any, dict[str, Any]]:
-    """The unfamiliar-input guard refitted on the site's own features: the class means always,
-    the covariance too from FULL_REFIT_CASES cases on (fewer cannot estimate it: the held-out
-    cases would all look far); its cut-off passes GUARD_PASS_RATE of the site's cases out of
-    fold; any `far_cutoff` moves by the same factor as the cut-off. Returns (guard, figures)."""
-    from dermedge.edge import guard as guard_mod
+    """The model's unfamiliar-input guard refitted on the site's own features: the class means
+    always, the covariance too from FULL_REFIT_CASES cases on (fewer cannot estimate it: the
+    held-out cases would all look far); its cut-off passes GUARD_PASS_RATE of the site's cases
+    out of fold; any `far_cutoff` moves by the same factor as the cut-off. Returns (guard,
+    figures)."""
+    from dermedge.edge.guard import COMPONENTS
 
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     full = f.shape[0] >= FULL_REFIT_CASES
-    k = min(guard_mod.COMPONENTS, max(1, int(f.shape[0] * 0.8) - 3))
+    k = min(COMPONENTS, max(1, int(f.shape[0] * 0.8) - 3))
     oof = np.zeros(f.shape[0])
     for j in np.unique(folds):
         tr, te = folds != j, folds == j
         oof[te] = _site_guard(old, f[tr], y[tr], k, full).score(f[te])
-    new = _site_guard(old, f, y, k, full)
     cutoff = float(np.quantile(oof, GUARD_PASS_RATE, method="higher"))
-    factor = cutoff / float(old.cutoff) if old is not None and old.cutoff > 0 else 1.0
     changes: dict[str, Any] = {"cutoff": cutoff}
-    far = getattr(old, "far_cutoff", None) if old is not None else None
-    if far is not None and any(x.name == "far_cutoff" for x in dataclasses.fields(new)):
-        changes["far_cutoff"] = float(far) * factor
-    new = dataclasses.replace(new, **changes)
+    far = getattr(old, "far_cutoff", None)
+    if far is not None and old.cutoff > 0:
+        changes["far_cutoff"] = float(far) * cutoff / float(old.cutoff)
+    new = dataclasses.replace(_site_guard(old, f, y, k, full), **changes)
     figures = {
-        "refit": "means and covariance" if full or old is None else "class means",
-        "k": k if full or old is None else int(old.components.shape[0]),
+        "refit": "means and covariance" if full else "class means",
+        "k": int(new.components.shape[0]),
         "cutoff": cutoff,
-        "old_cutoff": None if old is None else float(old.cutoff),
+        "old_cutoff": float(old.cutoff),
         "far_cutoff": changes.get("far_cutoff"),
         "site_pass_rate_out_of_fold": float((oof <= cutoff).mean()),
-        "site_pass_rate_old_guard": (
-            None if old is None else float((old.score(f) <= old.cutoff).mean())
-        ),
+        "site_pass_rate_old_guard": float((old.score(f) <= old.cutoff).mean()),
     }
     return new, figures
