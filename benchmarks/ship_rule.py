@@ -9,9 +9,10 @@ Each candidate runs through the edge runtime (int8 as shipped) on
     known) are left out and counted, so an older model is not scored on photos it learnt;
   - Derm7pt after site adaptation: a last layer refitted (dermedge.edge.adapt) on one half
     (grouped by case, stratified), checked on the other half; mean over seeded halvings.
-The rule (README, Models): a candidate *holds up* when its per-source test AUCs reach the floors
-(HAM10000 >= 0.92, ISIC 2017 >= 0.82, ISIC 2020 >= 0.80; isic-mvb is reported, never a
-criterion: its benign photos are all HAM10000 nevi). Among those that hold up, the shipped model is
+The rule (README, Model): a candidate *holds up* when its per-source test AUCs reach the floors
+(HAM10000 >= 0.92, ISIC 2017 >= 0.82, ISIC 2020 >= 0.80), each measured on at least 20 malignant
+test images it never saw (isic-mvb is reported, never a criterion: its benign photos are all
+HAM10000 nevi). Among those that hold up, the shipped model is
 the one with the best Derm7pt AUC, as shipped and adapted (their mean). Features and
 probabilities are computed once per model file and cached under runs/ship_rule/.
 
@@ -45,6 +46,7 @@ from dermedge.plotting import new_figure, save_png
 
 FLOORS = {"ham10000": 0.92, "isic2017": 0.82, "isic2020": 0.80}  # per-source test AUC floors
 DERM7PT_TARGETS = {"auc": 0.85, "sensitivity": 0.90, "specificity": 0.30}
+MIN_POSITIVES = 20  # a floor is judged on at least this many malignant test images unseen
 ADAPT_SEEDS = (0, 1, 2, 3, 4)
 TARGET_SENSITIVITY, MARGIN_SE = 0.95, 1.0  # the card's threshold policy, for the adapted head
 N_BOOT = 1000
@@ -327,8 +329,11 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
     that ranks those that hold up (mean of Derm7pt AUC as shipped and adapted)."""
     failed = []
     for src, floor in FLOORS.items():
-        auc = res["sources"].get(src, {}).get("auc")
-        if auc is None or auc < floor:
+        row = res["sources"].get(src, {})
+        auc, pos = row.get("auc"), row.get("positives", MIN_POSITIVES)
+        if auc is not None and pos < MIN_POSITIVES:
+            failed.append(f"{src} not measurable ({pos} malignant test images unseen)")
+        elif auc is None or auc < floor:
             failed.append(f"{src} {'n/a' if auc is None else f'{auc:.3f}'} < {floor}")
     d7, ad = res["derm7pt"], res["derm7pt_adapted"]
     targets = {
@@ -401,7 +406,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         if r["verdict"]["failed"]:
-            lines.append(f"- {r['model']}: below the floor on {', '.join(r['verdict']['failed'])}")
+            lines.append(f"- {r['model']}: fails the floors: {', '.join(r['verdict']['failed'])}")
         if not r["overlap_checked"]:
             lines.append(f"- {r['model']}: its training data is unknown; overlap not checked")
     return "\n".join(lines) + "\n"

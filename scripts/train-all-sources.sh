@@ -32,11 +32,11 @@ if [ -f "$RUN/model.keras" ]; then
 elif [ -f "$RUN/config.json" ]; then
     nice -n 5 dermedge train --name "$NAME" --resume --quiet >>"$LOG" 2>&1
 else
-    # the recipe: Lite0 224 px, field + lesion-scale augmentation, classes balanced per
-    # (sub-)source, 2 frozen epochs then 6 fine-tuning the top 12 blocks at 2e-4
+    # the recipe (issue 26's, plus lesion scale): Lite0 224 px, field + lesion-scale augmentation,
+    # classes balanced per (sub-)source, 2 frozen epochs then 4 fine-tuning the top 10 blocks at 2e-4
     nice -n 5 dermedge train --data runs/data/all-sources --arch efficientnet_lite0 --img-size 224 \
-        --augment field-scale --balance source --epochs 2 --fine-tune-epochs 6 \
-        --unfreeze-blocks 12 --fine-tune-lr 2e-4 --name "$NAME" --quiet >>"$LOG" 2>&1
+        --augment field-scale --balance source --epochs 2 --fine-tune-epochs 4 \
+        --unfreeze-blocks 10 --fine-tune-lr 2e-4 --name "$NAME" --quiet >>"$LOG" 2>&1
 fi
 
 if [ ! -f "runs/convert/$NAME/model_int8.tflite" ]; then

@@ -75,6 +75,11 @@ def test_verdict_floors_and_choice(rule):
     assert rule.choose([b]) is None
     missing = _result("d", {"ham10000": 0.95}, 0.9, 0.9)
     assert rule.verdict(missing)["failed"] == ["isic2017 n/a < 0.82", "isic2020 n/a < 0.8"]
+    few = _result("e", good, 0.9, 0.9)  # a HAM10000 AUC on 6 melanomas it never saw
+    few["sources"]["ham10000"]["positives"] = 6
+    assert rule.verdict(few)["failed"] == [
+        "ham10000 not measurable (6 malignant test images unseen)"
+    ]
 
 
 def test_fallback_head_ranks_separable_features(rule):
@@ -92,7 +97,7 @@ def test_fallback_head_ranks_separable_features(rule):
 def test_ship_rule_end_to_end_on_real_photos(rule, isic_dir, data_dir, tmp_path, monkeypatch):
     """A two-source manifest of real photos and a 40-photo Derm7pt stand-in, the shipped tiny
     model: JSON, MD and PNG written, every figure present, features cached and reused."""
-    from conftest import write_isic_manifest
+    from dermedge_testing import write_isic_manifest
 
     derm = data_dir / "derm7pt"
     if not derm.is_dir():
