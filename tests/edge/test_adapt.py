@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, _need
+from dermedge_testing import DATA, REPO, _need
 
 from dermedge.data.contract import preprocess
 from dermedge.edge import adapt as ad
@@ -365,3 +365,16 @@ def test_adapt_is_edge_only() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_site_guard_ppca_is_the_guards_own_fit(tmp_path: Path) -> None:
+    """The refit's PPCA (SVD of the centred features) scores as dermedge.edge.guard.fit does."""
+    from dermedge.edge import guard as guard_mod
+
+    model = EdgeModel(TINY)
+    y, _, f = _site_arrays(model, _derm7pt_site(tmp_path / "fit"))
+    _, _, check = _site_arrays(model, _derm7pt_site(tmp_path / "check", n=10, skip=40))
+    ours = ad._ppca(model.guard, f, y, 16)
+    theirs = guard_mod.fit(f, y, f, k=16)
+    assert ours.components.shape == theirs.components.shape == (16, model.guard.dim)
+    assert np.allclose(ours.score(check), theirs.score(check), rtol=1e-4)
