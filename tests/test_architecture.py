@@ -108,3 +108,24 @@ def test_every_package_is_named_in_the_interfaces_doc() -> None:
     doc = (REPO / "docs" / "INTERFACES.md").read_text()
     packages = [d.name for d in (REPO / "dermedge").iterdir() if (d / "__init__.py").is_file()]
     assert all(f"dermedge.{name}" in doc or f"`{name}`" in doc for name in packages), packages
+
+
+def test_tests_import_no_top_level_name_another_package_can_own() -> None:
+    """`tests` and `conftest` can be owned by an installed package (tf2onnx installs a top-level
+    `tests`, which then wins over this folder under plain `pytest`): the suite's own helpers are
+    imported as `dermedge_testing`."""
+    tests = Path(__file__).resolve().parent
+    bad = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            bad += [
+                f"{path.relative_to(tests)}: {n}"
+                for n in names
+                if n.split(".")[0] in {"tests", "conftest"}
+            ]
+    assert not bad, bad

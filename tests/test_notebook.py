@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO
+from dermedge_testing import DATA, REPO
 
 NOTEBOOK = REPO / "notebooks" / "walkthrough.ipynb"
 FIGURES = (  # the tags of the cells that must show a figure (image/png)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, _need
+from dermedge_testing import DATA, REPO, _need
 
 from dermedge.data.index import Record
 from dermedge.edge.calibrate import data_digest, holdout_split

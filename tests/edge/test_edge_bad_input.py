@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, _need
+from dermedge_testing import DATA, _need
 
 from dermedge import DISCLAIMER
 from dermedge.edge.card import read_card

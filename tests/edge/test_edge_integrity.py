@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import rewrite_tflite
+from dermedge_testing import rewrite_tflite
 
 from dermedge.edge import serve as S
 from dermedge.edge.card import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, _need
+from dermedge_testing import DATA, _need
 from PIL import Image
 
 from dermedge.data import contract as C

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, REPO, _need, rewrite_tflite
+from dermedge_testing import DATA, REPO, _need, rewrite_tflite
 from PIL import Image
 
 from dermedge.data.contract import preprocess

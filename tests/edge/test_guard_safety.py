@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, _need
+from dermedge_testing import DATA, REPO, _need
 from PIL import Image
 
 from dermedge.data.index import read_dataset

@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 from click.testing import CliRunner  # noqa: E402
-from conftest import isic_photos, write_isic_manifest  # noqa: E402
+from dermedge_testing import isic_photos, write_isic_manifest  # noqa: E402
 
 from dermedge.cli import main  # noqa: E402
 

@@ -20,7 +20,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import isic_photos, write_isic_manifest  # noqa: E402
+from dermedge_testing import isic_photos, write_isic_manifest  # noqa: E402
 
 from dermedge.data.contract import InputContract  # noqa: E402
 from dermedge.data.index import Record  # noqa: E402

@@ -176,8 +176,9 @@ def test_archs_listed():
 
 
 def _real_photo(size: int = 96) -> np.ndarray:
+    from dermedge_testing import DATA
+
     from dermedge.data.contract import InputContract, preprocess
-    from conftest import DATA
 
     photo = next((DATA / "derm7pt" / "images" / "NEL").glob("*.jpg"), None)
     if photo is None:
