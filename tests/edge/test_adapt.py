@@ -378,3 +378,21 @@ def test_site_guard_ppca_is_the_guards_own_fit(tmp_path: Path) -> None:
     theirs = guard_mod.fit(f, y, f, k=16)
     assert ours.components.shape == theirs.components.shape == (16, model.guard.dim)
     assert np.allclose(ours.score(check), theirs.score(check), rtol=1e-4)
+
+
+def test_guard_refit_moves_a_far_cutoff_with_the_cutoff(tmp_path: Path) -> None:
+    """A guard with a second, higher cut-off keeps its ratio to the re-chosen cut-off."""
+    import dataclasses
+
+    from dermedge.edge.guard import Guard
+
+    @dataclasses.dataclass
+    class FarGuard(Guard):
+        far_cutoff: float = 0.0
+
+    model = EdgeModel(TINY)
+    old = FarGuard(**dataclasses.asdict(model.guard), far_cutoff=3 * model.guard.cutoff)
+    y, _, f = _site_arrays(model, _derm7pt_site(tmp_path / "fit", n=20))
+    new, fig = ad.refit_guard(old, f, y, ad.grouped_folds(y, [str(i) for i in range(y.size)], 5, 0))
+    assert new.cutoff != pytest.approx(old.cutoff)
+    assert new.far_cutoff == pytest.approx(3 * new.cutoff) and fig["far_cutoff"] == new.far_cutoff
