@@ -61,7 +61,7 @@ def test_notebook_runs_top_to_bottom_in_the_quick_setting(
 ) -> None:
     nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[notebook]'")
     nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[notebook]'")
-    pytest.importorskip("ipykernel", reason="pip install -e '.[notebook]'")
+    kernelspec = pytest.importorskip("ipykernel.kernelspec", reason="pip install -e '.[notebook]'")
     pytest.importorskip("tensorflow", reason="the notebook trains: pip install -e '.[train]'")
     for name in ("isic-mvb", "isic2020", "derm7pt", "ham10000", "isic2017"):
         if not (DATA / name).is_dir():
@@ -69,11 +69,14 @@ def test_notebook_runs_top_to_bottom_in_the_quick_setting(
     monkeypatch.setenv("DERMEDGE_NOTEBOOK", "quick")
     monkeypatch.setenv("DERMEDGE_DATA", str(DATA))
     monkeypatch.setenv("DERMEDGE_RUNS", str(tmp_path / "runs"))
+    # a kernel of this very interpreter (not whatever `python3` kernel another install put first)
+    kernelspec.write_kernel_spec(tmp_path / "jupyter" / "kernels" / "dermedge-test")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb,
         timeout=600,
-        kernel_name="python3",
+        kernel_name="dermedge-test",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     client.execute()  # CellExecutionError (with the cell and its traceback) on any error
