@@ -106,6 +106,83 @@ def half_splits(
     return {"mean": mean, "splits": rows}
 
 
+SKIMAGE = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+)
+
+
+def not_lesions(model: EdgeModel) -> np.ndarray:
+    """Features of scikit-image's sample photographs (no lesion in any of them)."""
+    import skimage.data
+    from PIL import Image
+
+    from dermedge.data.contract import preprocess
+
+    x = [
+        preprocess(
+            np.asarray(Image.fromarray(getattr(skimage.data, n)()).convert("RGB")), model.contract
+        )
+        for n in SKIMAGE
+    ]
+    feats = model.predict_features(np.stack(x), adapted=False)[1]
+    assert feats is not None
+    return feats
+
+
+def guard_check(model_path: Path, data: tuple[np.ndarray, ...]) -> list[dict[str, Any]]:
+    """The guard refitted on the site (half, 50 and 20 per class): the pass rate of the site's
+    held-out cases and the share of non-lesion photos still flagged, against the shipped guard."""
+    model = EdgeModel(model_path)
+    f, _, y, g = data
+    other = not_lesions(model)
+    old = model.guard
+    rows = []
+    for per_class in (None, 50, 20):
+        vals = []
+        for seed in range(SPLITS):
+            idx = np.flatnonzero(ad.grouped_folds(y, g, 2, seed) == 0)
+            fit = ad.per_class_sample(idx, y, per_class, seed)
+            rest = ~np.isin(g, g[fit])
+            folds = ad.grouped_folds(y[fit], g[fit], ad.FOLDS, seed)
+            new, fig = ad.refit_guard(old, f[fit], y[fit], folds)
+            vals.append(
+                [
+                    float((new.score(f[rest]) <= new.cutoff).mean()),
+                    float((old.score(f[rest]) <= old.cutoff).mean()),
+                    float((new.score(other) > new.cutoff).mean()),
+                    float((old.score(other) > old.cutoff).mean()),
+                ]
+            )
+        m = np.mean(vals, axis=0)
+        rows.append(
+            {
+                "per_class": "all" if per_class is None else per_class,
+                "refit": fig["refit"],
+                "site_pass_rate": m[0],
+                "site_pass_rate_shipped_guard": m[1],
+                "not_lesion_flagged": m[2],
+                "not_lesion_flagged_shipped_guard": m[3],
+                "not_lesion_photos": len(SKIMAGE),
+            }
+        )
+    return rows
+
+
 def fit_time(model_path: Path, n: int = 500) -> dict[str, float]:
     """Seconds to adapt on `n` Derm7pt cases from their files: decode, inference, fit (CV)."""
     index = read_dataset(DATA / "derm7pt")
@@ -199,6 +276,29 @@ def markdown(name: str, res: dict[str, Any]) -> str:
             "",
         ]
     lines += [
+        "## The guard learns the site (held-out Derm7pt cases that pass; scikit-image photos "
+        "still flagged)",
+        "",
+        format_table(
+            [
+                [
+                    str(r["per_class"]),
+                    r["refit"],
+                    f"{r['site_pass_rate_shipped_guard']:.3f} -> {r['site_pass_rate']:.3f}",
+                    f"{r['not_lesion_flagged_shipped_guard']:.3f} -> {r['not_lesion_flagged']:.3f}",
+                ]
+                for r in res["guard"]
+            ],
+            [
+                "per class",
+                "refitted",
+                "site cases passing",
+                f"{len(SKIMAGE)} non-lesion photos flagged",
+            ],
+        ),
+        "",
+    ]
+    lines += [
         f"## Time ({t['cases']} cases from their files; {res['machine'].get('cpu_model', '?')}, "
         f"{res['machine'].get('usable_cpus')} CPUs shared with other jobs; load average "
         f"{res['loadavg_start']} at the start, {res['loadavg_end']} at the end)",
@@ -245,6 +345,7 @@ def main() -> None:
         res["curve_prior"] = ad.learning_curve(
             data, target, margin, repeats=args.repeats, prior=True
         )
+    res["guard"] = guard_check(args.model, data)
     res["timing"] = fit_time(args.model)
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)

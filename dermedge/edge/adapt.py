@@ -38,7 +38,6 @@ EPS = 1e-4  # the shipped probability is clipped to [EPS, 1 - EPS] before its lo
 MAX_ITER = 50
 TOL = 1e-8
 GUARD_PASS_RATE = 0.95  # of the site's own cases that pass the refitted guard (out of fold)
-FULL_REFIT_CASES = 300  # from this many site cases on, the guard's covariance is refitted too
 
 
 def _b64(a: np.ndarray) -> str:
@@ -443,32 +442,9 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).astype(np.float64)
 
 
-def _ppca(old: Any, f: np.ndarray, y: np.ndarray, k: int) -> Any:
-    """The shipped guard with the site's class means and PPCA covariance (top `k` components,
-    their variances, one residual variance), as dermedge.edge.guard.fit computes them, from the
-    SVD of the centred features (n x d, not the d x d eigenproblem: n is small here)."""
-    means = np.stack([f[y == c].mean(axis=0) for c in (0, 1)])
-    centred = f - means[y]
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    d, dof = f.shape[1], max(1, f.shape[0] - 2)
-    eig = sv**2 / dof
-    k = min(k, d - 1, eig.size)
-    floor = max(float(eig[0]) * 1e-6, 1e-12)
-    rest = (float((centred**2).sum()) / dof - float(eig[:k].sum())) / (d - k)
-    return dataclasses.replace(
-        old,
-        means=_f32(means),
-        components=_f32(vt[:k]),
-        variances=_f32(np.maximum(eig[:k], floor)),
-        residual_variance=float(np.float32(max(rest, floor))),
-    )
-
-
-def _site_guard(old: Any, f: np.ndarray, y: np.ndarray, k: int, full: bool) -> Any:
-    """The shipped guard refitted on the site's features: its own PPCA when `full`, else the
-    shipped covariance around the site's class means."""
-    if full:
-        return _ppca(old, f, y, k)
+def _site_guard(old: Any, f: np.ndarray, y: np.ndarray) -> Any:
+    """The shipped guard around the site's class means (its covariance kept: refitted on the
+    site's cases it let far more non-lesion photos pass on `tiny`, benchmarks/adapt_curve.py)."""
     return dataclasses.replace(old, means=_f32(np.stack([f[y == c].mean(axis=0) for c in (0, 1)])))
 
 
@@ -476,29 +452,23 @@ def refit_guard(
     old: Any, features: np.ndarray, y: np.ndarray, folds: np.ndarray
 ) -> tuple[Any, dict[str, Any]]:
     """The model's unfamiliar-input guard refitted on the site's own features: the class means
-    always, the covariance too from FULL_REFIT_CASES cases on (fewer cannot estimate it: the
-    held-out cases would all look far); its cut-off passes GUARD_PASS_RATE of the site's cases
-    out of fold; any `far_cutoff` moves by the same factor as the cut-off. Returns (guard,
-    figures)."""
-    from dermedge.edge.guard import COMPONENTS
-
+    are the site's, and the cut-off passes GUARD_PASS_RATE of the site's cases out of fold (each
+    fold scored by means from the other folds); any `far_cutoff` moves by the same factor as the
+    cut-off. Returns (guard, figures)."""
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
-    full = f.shape[0] >= FULL_REFIT_CASES
-    k = min(COMPONENTS, max(1, int(f.shape[0] * 0.8) - 3))
     oof = np.zeros(f.shape[0])
     for j in np.unique(folds):
         tr, te = folds != j, folds == j
-        oof[te] = _site_guard(old, f[tr], y[tr], k, full).score(f[te])
+        oof[te] = _site_guard(old, f[tr], y[tr]).score(f[te])
     cutoff = float(np.quantile(oof, GUARD_PASS_RATE, method="higher"))
     changes: dict[str, Any] = {"cutoff": cutoff}
     far = getattr(old, "far_cutoff", None)
     if far is not None and old.cutoff > 0:
         changes["far_cutoff"] = float(far) * cutoff / float(old.cutoff)
-    new = dataclasses.replace(_site_guard(old, f, y, k, full), **changes)
+    new = dataclasses.replace(_site_guard(old, f, y), **changes)
     figures = {
-        "refit": "means and covariance" if full else "class means",
-        "k": int(new.components.shape[0]),
+        "refit": "class means and cut-off",
         "cutoff": cutoff,
         "old_cutoff": float(old.cutoff),
         "far_cutoff": changes.get("far_cutoff"),

@@ -367,19 +367,6 @@ def test_adapt_is_edge_only() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_site_guard_ppca_is_the_guards_own_fit(tmp_path: Path) -> None:
-    """The refit's PPCA (SVD of the centred features) scores as dermedge.edge.guard.fit does."""
-    from dermedge.edge import guard as guard_mod
-
-    model = EdgeModel(TINY)
-    y, _, f = _site_arrays(model, _derm7pt_site(tmp_path / "fit"))
-    _, _, check = _site_arrays(model, _derm7pt_site(tmp_path / "check", n=10, skip=40))
-    ours = ad._ppca(model.guard, f, y, 16)
-    theirs = guard_mod.fit(f, y, f, k=16)
-    assert ours.components.shape == theirs.components.shape == (16, model.guard.dim)
-    assert np.allclose(ours.score(check), theirs.score(check), rtol=1e-4)
-
-
 def test_guard_refit_moves_a_far_cutoff_with_the_cutoff(tmp_path: Path) -> None:
     """A guard with a second, higher cut-off keeps its ratio to the re-chosen cut-off."""
     import dataclasses
