@@ -267,6 +267,10 @@ def markdown(name: str, res: dict[str, Any]) -> str:
         "",
         curve_table(res["curve"]),
         "",
+        "`kept`: the share of repeats in which `calibrate --adapt` keeps the new layer (its "
+        "out-of-fold AUC gain's 95% CI above 0); sens/spec: at the policy's threshold; "
+        f"spec@target: the held-out ROC's at sensitivity {res['target']}.",
+        "",
     ]
     if res.get("curve_prior"):
         lines += [

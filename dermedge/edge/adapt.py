@@ -379,7 +379,9 @@ def curve_point(
     at = binary_metrics(yc, pc, a.threshold["threshold"])
     t_only = choose_threshold(y[fit_idx], prob[fit_idx], target, margin_se)["threshold"]
     old = binary_metrics(yc, prob[check], t_only)
+    gain = paired_auc_gain(y[fit_idx], a.oof, prob[fit_idx], 1000, seed)
     return {
+        "adopted": float(gain["ci95"][0] > 0),  # would `calibrate --adapt` keep the new layer?
         "auc": at["roc_auc"],
         "sensitivity": at["recall"],
         "specificity": at["specificity"],

@@ -404,6 +404,7 @@ def curve_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['threshold_only_sensitivity']:.3f}",
                 f"{r['threshold_only_specificity']:.3f}",
                 f"{r['fit_s']:.2f}",
+                f"{r['adopted']:.0%}",
                 str(r["repeats"]),
             ]
             for r in rows
@@ -419,6 +420,7 @@ def curve_table(rows: list[dict[str, Any]]) -> str:
             "thr-only sens",
             "thr-only spec",
             "fit s",
+            "kept",
             "repeats",
         ],
     )
