@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from dermedge_testing import DATA, REPO, _need
 
-from dermedge.data.contract import preprocess
+from dermedge.data.contract import load_rgb, preprocess
 from dermedge.edge import adapt as ad
 from dermedge.edge.card import embed_card, read_card
 from dermedge.edge.runtime import EdgeError, EdgeModel
@@ -383,3 +383,36 @@ def test_guard_refit_moves_a_far_cutoff_with_the_cutoff(tmp_path: Path) -> None:
     new, fig = ad.refit_guard(old, f, y, ad.grouped_folds(y, [str(i) for i in range(y.size)], 5, 0))
     assert new.cutoff != pytest.approx(old.cutoff)
     assert new.far_cutoff == pytest.approx(3 * new.cutoff) and fig["far_cutoff"] == new.far_cutoff
+
+
+def test_camera_and_video_sessions_apply_the_site_head(adapted, tmp_path: Path) -> None:
+    """A still video of a site photo through the camera loop: its decision's P(malignant) is the
+    head's on that frame (as `classify` gives it), not the model's own output."""
+    cv2 = pytest.importorskip("cv2")
+    from dermedge.edge.camera import Session, SessionOptions
+    from dermedge.edge.sources import OpenCVSource
+
+    site, out, r = adapted
+    assert r.returncode == 0, r.stderr[-2000:]
+    rgb = np.asarray(load_rgb(next((site / "malignant").iterdir())))
+    bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
+    video = tmp_path / "still.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for _ in range(8):
+        writer.write(bgr)
+    writer.release()
+    cap = cv2.VideoCapture(str(video))
+    ok, decoded = cap.read()
+    cap.release()
+    assert ok
+    frame = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    probs = {}
+    for name, path in (("adapted", out), ("shipped", TINY)):
+        model = EdgeModel(path)
+        events: list[dict] = []
+        Session(model, OpenCVSource(str(video)), SessionOptions(), events.append).run()
+        decisions = [e for e in events if e["event"] == "decision"]
+        assert decisions, events[-3:]
+        probs[name] = decisions[0]["prob"]
+        assert probs[name] == pytest.approx(model.classify(frame)["prob"], abs=1e-4)
+    assert abs(probs["adapted"] - probs["shipped"]) > 1e-3
