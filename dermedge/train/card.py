@@ -14,6 +14,7 @@ from typing import Any
 from dermedge import CLASSES, DISCLAIMER, __version__
 from dermedge.data.contract import InputContract
 from dermedge.data.io import atomic_write_text
+from dermedge.metrics import clean_json
 
 SCHEMA = "dermedge.card/1"
 CARD_FILE = "model_card.json"
@@ -77,7 +78,8 @@ def make_card(
 def write_card(card: dict[str, Any], run_dir: str | Path) -> Path:
     """Write `model_card.json` atomically into `run_dir`."""
     path = Path(run_dir) / CARD_FILE
-    atomic_write_text(path, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    # NaN -> null: a source without one class (HAM10000's vidir_molemax test split) has no AUC
+    atomic_write_text(path, json.dumps(clean_json(card), indent=2, allow_nan=False) + "\n")
     return path
 
 

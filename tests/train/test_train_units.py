@@ -329,3 +329,15 @@ def test_scale_zoom_is_log_uniform_over_the_range():
     assert np.mean(s < 1) == pytest.approx(np.log(1 / 0.56) / np.log(1.8 / 0.56), abs=0.02)
     basic = zoom_scale(u, Augment()).numpy()
     assert basic.min() >= 0.85 - 1e-6 and basic.max() <= 1.15 + 1e-6
+
+
+def test_run_card_with_a_one_class_source_is_written_with_nulls(tmp_path):
+    import json
+
+    from dermedge.train.card import write_card
+
+    # a sub-source whose test split has no malignant image has no AUC (NaN): the card says null
+    card = {"metrics": {"test_per_source": {"ham10000:vidir_molemax": {"roc_auc": float("nan")}}}}
+    path = write_card(card, tmp_path)
+    row = json.loads(path.read_text())["metrics"]["test_per_source"]["ham10000:vidir_molemax"]
+    assert row == {"roc_auc": None}
