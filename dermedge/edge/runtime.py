@@ -313,44 +313,36 @@ class EdgeModel:
                     "probability in 0..1"
                 )
 
-    def _head(self) -> Any:
-        """The card's site head (`dermedge calibrate --adapt`), checked against the feature output;
-        None for a model used with its own last layer."""
-        spec = (self.card or {}).get("head")
+    def _feature_entry(self, key: str, kind: Any, what: str) -> Any:
+        """The card's `key` entry read by `kind.from_card`, checked against the model's feature
+        output (its dimension); None when the card has none. EdgeError when it does not fit."""
+        spec = (self.card or {}).get(key)
         if not spec:
             return None
-        from dermedge.edge.adapt import Head
-
         try:
-            head = Head.from_card(spec)
+            entry = kind.from_card(spec)
         except ValueError as e:
             raise EdgeError(f"{self.path}: {e}") from e
         shape = self._features["shape"] if self._features is not None else None
-        if shape is None or int(np.prod(shape[1:])) != head.dim:
+        if shape is None or int(np.prod(shape[1:])) != entry.dim:
             raise EdgeError(
-                f"{self.path}: the card has a site head over {head.dim} features but the "
+                f"{self.path}: the card has {what} of {entry.dim} features but the "
                 "model has no such second output"
             )
-        return head
+        return entry
+
+    def _head(self) -> Any:
+        """The card's site head (`dermedge calibrate --adapt`); None for a model used with its
+        own last layer."""
+        from dermedge.edge.adapt import Head
+
+        return self._feature_entry("head", Head, "a site head")
 
     def _guard(self) -> Any:
         """The card's unfamiliar-input guard, checked against the model's feature output."""
-        spec = (self.card or {}).get("guard")
-        if not spec:
-            return None
         from dermedge.edge.guard import Guard
 
-        try:
-            guard = Guard.from_card(spec)
-        except ValueError as e:
-            raise EdgeError(f"{self.path}: {e}") from e
-        shape = self._features["shape"] if self._features is not None else None
-        if shape is None or int(np.prod(shape[1:])) != guard.dim:
-            raise EdgeError(
-                f"{self.path}: the card has a guard of {guard.dim} features but the "
-                f"model has no such second output"
-            )
-        return guard
+        return self._feature_entry("guard", Guard, "a guard")
 
     def _resize(self, batch: int, size: int) -> None:
         """Resize the input tensor to (batch, size, size, 3), reallocate, refresh the details."""

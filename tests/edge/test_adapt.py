@@ -300,13 +300,13 @@ def test_runtime_refuses_a_head_over_other_features(tmp_path: Path) -> None:
     head = ad.Head(np.ones(10), np.zeros(10), np.ones(10), 0.0, 0.0)
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(embed_card(TINY.read_bytes(), {**card, "head": head.to_card()}))
-    with pytest.raises(EdgeError, match="site head over 10 features"):
+    with pytest.raises(EdgeError, match="site head of 10 features"):
         EdgeModel(bad)
     site = _isic_site(tmp_path / "isic", n=20)
     r = _cli(
         "calibrate", str(bad), "--data", str(site), "--adapt", "--out", str(tmp_path / "x.tflite")
     )
-    assert r.returncode == 2 and "site head over 10 features" in r.stderr
+    assert r.returncode == 2 and "site head of 10 features" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -6,12 +6,13 @@
 // (skinShare, the same integer test as guard.skin_share) is sent on ("cannot assess": refer);
 // only a flagged frame without them is "no lesion in view" and gets no decision.
 
-function floats(b64, n) {
+/** A card's base64 little-endian float32 array as Float64Array of n values (guard and head). */
+export function floats(b64, n, what = 'guard') {
   const bin = atob(b64);
   const bytes = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
   const a = new Float32Array(bytes.buffer);
-  if (a.length !== n) throw new Error(`guard array of ${a.length} values, expected ${n}`);
+  if (a.length !== n) throw new Error(`${what} array of ${a.length} values, expected ${n}`);
   return Float64Array.from(a);
 }
 

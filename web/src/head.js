@@ -4,24 +4,17 @@
 // own logit; P(malignant) = sigmoid(sum((f - mean) / scale * w) + offset * logit(p) + bias).
 // The model's own output is untouched: without a head the page uses it as shipped.
 
-const EPS = 1e-4; // the shipped probability is clipped to [EPS, 1 - EPS] before its logit
+import { floats } from './guard.js';
 
-function floats(b64, n) {
-  const bin = atob(b64);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  const a = new Float32Array(bytes.buffer);
-  if (a.length !== n) throw new Error(`head array of ${a.length} values, expected ${n}`);
-  return Float64Array.from(a);
-}
+const EPS = 1e-4; // the shipped probability is clipped to [EPS, 1 - EPS] before its logit
 
 export class Head {
   constructor(spec) {
     if (!spec || spec.kind !== 'logistic-standardised/1') throw new Error(`unknown head kind ${spec && spec.kind}`);
     this.dim = spec.dim;
-    this.weights = floats(spec.weights, spec.dim);
-    this.mean = floats(spec.mean, spec.dim);
-    this.scale = floats(spec.scale, spec.dim);
+    this.weights = floats(spec.weights, spec.dim, 'head');
+    this.mean = floats(spec.mean, spec.dim, 'head');
+    this.scale = floats(spec.scale, spec.dim, 'head');
     this.bias = Number(spec.bias);
     this.offset = Number(spec.offset);
     this.site = spec.site || '';
