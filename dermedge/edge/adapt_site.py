@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,12 @@ def score_features(
     and the feature output of each readable case."""
     from dermedge.edge.runtime import EdgeError
 
-    x, kept, bad = load_images([r.path for r in records], model.contract, desc="site images")
+    x, kept, bad = load_images(
+        [r.path for r in records],
+        model.contract,
+        desc="site images",
+        progress=sys.stderr.isatty(),  # a bar in a log or pipe glues onto the table
+    )
     report_skipped(bad, "unreadable images")
     probs, feats = [], []
     try:
