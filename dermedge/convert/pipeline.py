@@ -43,6 +43,7 @@ from dermedge.convert.gate_images import load_calib, load_split
 from dermedge.data.contract import InputContract
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import manifest_sha256
+from dermedge.metrics import clean_json
 from dermedge.runs import runs_root
 
 __all__ = [  # the stage's own names, and load_split (its room gate_images) that callers import here
@@ -189,7 +190,7 @@ def run(arg: str, opts: Options) -> Result:
         report = gate_report.report(ctx, all_rows, notes, passed, round(time.time() - t0, 1))
         md = gate_report.markdown(report, opts)
         atomic_write_text(
-            work / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n"
+            work / "report.json", json.dumps(clean_json(report), indent=2, allow_nan=False) + "\n"
         )
         atomic_write_text(work / "report.md", md)
         _deliver(work, out_dir, produced, opts.quant)

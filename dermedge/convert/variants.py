@@ -68,7 +68,10 @@ def _make_variant(
         _gate_info(ctx, verdict, failures, thr, runtime, cmp),
     )
     card["threshold"] = thr["threshold"]
-    card["threshold_policy"] = {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
+    # clean: a source without malignant val images has a NaN sensitivity in the policy
+    card["threshold_policy"] = clean_json(
+        {**(src.card.get("threshold_policy") or {}), **thr["policy"]}
+    )
     rel = name if verdict == "pass" else f"{REJECTED_DIR}/{name}"
     final = _file_variant(ctx, tfl, card, rel, verdict == "pass", row)
     produced.append(rel)
