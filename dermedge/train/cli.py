@@ -194,6 +194,12 @@ def _fail(e: BaseException) -> click.ClickException:
     is_flag=True,
     help="float16 compute on GPUs (bfloat16 on CPUs), float32 weights; the saved model is float32.",
 )
+@click.option(
+    "--source-by",
+    metavar="COLUMN",
+    help="--data is a dataset folder: name each image's source by this metadata column (HAM10000: "
+    "dataset -> ham10000:vidir_molemax, ...) for --balance source and per-source thresholds.",
+)
 @click.option("--quiet", is_flag=True, help="No per-step progress bars (one line per epoch).")
 def train(**opts: Any) -> None:
     """Train a Keras model, pick its operating threshold on val, evaluate it on test.

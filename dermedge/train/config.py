@@ -57,6 +57,7 @@ class TrainConfig:
     cache_dir: str | None = None
     cache: str = "auto"  # CACHES: decoded pixels in memory, streamed from shards, or auto by size
     mixed_precision: bool = False  # float16 compute on GPUs (bfloat16 on CPU); weights float32
+    source_by: str | None = None  # a dataset folder's metadata column naming sub-sources
     extra: dict[str, Any] = field(default_factory=dict)
 
     def phases(self) -> list[dict[str, Any]]:

@@ -70,7 +70,11 @@ def _is_manifest(p: Path) -> bool:
 
 
 def resolve_records(
-    data: str, run_dir: Path | None, seed: int = 0, split_dataset: bool = True
+    data: str,
+    run_dir: Path | None,
+    seed: int = 0,
+    split_dataset: bool = True,
+    source_by: str | None = None,
 ) -> tuple[list[Record], Path | None]:
     """Records of a manifest (folder or CSV) or of a dataset folder.
 
@@ -83,6 +87,10 @@ def resolve_records(
     if not p.exists():
         raise TrainError(f"--data {data}: no such file or folder")
     if _is_manifest(p):
+        if source_by:
+            raise TrainError(
+                "--source-by applies to a dataset folder: a manifest names its sources"
+            )
         csv_path = p if p.is_file() else p / "manifest.csv"
         try:
             records = read_manifest(csv_path)
@@ -106,7 +114,7 @@ def resolve_records(
     from dermedge.data.split import make_split, write_manifest
 
     try:
-        index = read_dataset(p)
+        index = read_dataset(p, source_by)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise TrainError(f"--data {data}: {e}") from e
     if not split_dataset:
@@ -242,7 +250,7 @@ def _new_run(cfg: TrainConfig, exist_ok: bool) -> _Run:
         raise TrainError(f"{e} (or --resume to continue it)") from e
     cfg.name = run_dir.name
     try:
-        records, csv_path = resolve_records(cfg.data, run_dir, cfg.seed)
+        records, csv_path = resolve_records(cfg.data, run_dir, cfg.seed, source_by=cfg.source_by)
     except TrainError:
         if not any(run_dir.iterdir()):
             run_dir.rmdir()

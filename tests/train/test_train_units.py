@@ -341,3 +341,35 @@ def test_run_card_with_a_one_class_source_is_written_with_nulls(tmp_path):
     path = write_card(card, tmp_path)
     row = json.loads(path.read_text())["metrics"]["test_per_source"]["ham10000:vidir_molemax"]
     assert row == {"roc_auc": None}
+
+
+def test_train_data_folder_with_sub_sources(tmp_path, ham_dir, isic_dir):
+    import csv
+
+    from dermedge_testing import write_isic_manifest
+
+    from dermedge.train.trainer import TrainError, resolve_records
+
+    with open(ham_dir / "HAM10000_metadata.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    picked = rows[:20] + [r for r in rows if r["dx"] == "mel"][:20]
+    root = tmp_path / "ham"
+    (root / "images").mkdir(parents=True)
+    for r in picked:
+        (root / "images" / f"{r['image_id']}.jpg").symlink_to(
+            ham_dir / "images" / f"{r['image_id']}.jpg"
+        )
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(picked)
+    run = tmp_path / "run"
+    run.mkdir()
+    records, csv_path = resolve_records(str(root), run, source_by="dataset")
+    assert csv_path == run / "manifest.csv"
+    assert {r.source for r in records} == {f"ham:{r['dataset']}" for r in picked}
+    manifest = write_isic_manifest(tmp_path / "m", isic_dir, [("train", 2, "train", 0)], "isic")
+    with pytest.raises(TrainError, match="--source-by applies to a dataset folder"):
+        resolve_records(str(manifest), None, source_by="dataset")
+    with pytest.raises(TrainError, match="no column 'clinic'"):
+        resolve_records(str(root), None, source_by="clinic")
