@@ -1,78 +1,82 @@
 #!/usr/bin/env bash
-# Issue 26: train (or finish) the all-source EfficientNet-Lite0 candidate, convert it to int8 and
-# judge it, beside the shipped models, by the ship rule (benchmarks/ship_rule.py).
+# Issue 26: train (or finish) the all-source EfficientNet-Lite0 candidates, convert them to int8
+# and judge them, beside the shipped models, by the ship rule (benchmarks/ship_rule.py).
 #
-#   scripts/train-all-sources.sh            # from the repository root; safe to run again
+#   DERMEDGE_DATA=../shared/data scripts/train-all-sources.sh    # from the repository root
 #
 # Every step is skipped when its output is there, so a stopped run continues where it stopped:
-# the manifest is rebuilt from the recipe (deterministic, seed 0) if absent; a run folder with a
-# config.json and no model.keras is resumed (`dermedge train --resume`); a checkpoint committed
-# under checkpoints/<run>/ (by a session that ran out of time) is restored first.
-# Time here (2 shared CPU cores): 48 min for the first run, ~35 min for the second, ~6 min per
+# the manifest is rebuilt from the recipe (deterministic: seed 0, CSV sha256 83b9b9cd...) if
+# absent; a run folder with a config.json and no model.keras is resumed (`dermedge train
+# --resume`); a run committed under checkpoints/<run>/ (a finished model.keras, or a checkpoint
+# of an unfinished run) is restored into runs/train/<run>/ first.
+# Time here (2 shared CPU cores): 48 min for the first run, 27 min for the second, ~6 min per
 # int8 conversion, ~5 min for the ship rule.
 set -euo pipefail
 export DERMEDGE_DATA="${DERMEDGE_DATA:-$(cd .. && pwd)/shared/data}"
 NAME="${NAME:-all-sources-lite0}"
-RUN="runs/train/$NAME"
+FT="$NAME-ft"
+DATA=runs/data/all-sources
 mkdir -p runs/logs
 LOG="runs/logs/$NAME.log"
 
-if [ ! -f runs/data/all-sources/manifest.csv ]; then
-    dermedge data split --recipe dermedge/data/recipes/all-sources.toml --out runs/data/all-sources
+if [ ! -f "$DATA/manifest.csv" ]; then
+    dermedge data split --recipe dermedge/data/recipes/all-sources.toml --out "$DATA"
 fi
 
-for run in "$NAME" "$NAME-ft"; do
-    saved="checkpoints/$run"
-    if [ ! -f "runs/train/$run/config.json" ] && [ -f "$saved/config.json" ]; then
-        echo "restoring the committed checkpoint $saved -> runs/train/$run"
-        mkdir -p "runs/train/$run/checkpoints"
-        cp "$saved"/*.json "$saved"/manifest.csv "runs/train/$run"/
-        cp "$saved"/checkpoints/* "runs/train/$run/checkpoints/"
-        [ -f "$saved/model.keras" ] && cp "$saved/model.keras" "runs/train/$run/"
+restore() {  # checkpoints/<run>/ -> runs/train/<run>/ (the manifest from the recipe's)
+    local run=$1 saved="checkpoints/$1" dest="runs/train/$1"
+    if [ -f "$dest/config.json" ] || [ ! -f "$saved/config.json" ]; then
+        return 0
     fi
-done
+    echo "restoring the committed run $saved -> $dest"
+    mkdir -p "$dest/checkpoints"
+    cp "$saved"/* "$dest"/ 2>/dev/null || true
+    if [ -d "$saved/checkpoints" ]; then cp "$saved"/checkpoints/* "$dest/checkpoints/"; fi
+    cp "$DATA/manifest.csv" "$DATA/manifest.json" "$dest/"
+}
+restore "$NAME"
+restore "$FT"
 
-if [ -f "$RUN/model.keras" ]; then
-    echo "$RUN is finished"
-elif [ -f "$RUN/config.json" ]; then
-    nice -n 5 dermedge train --data runs/data/all-sources --name "$NAME" --resume --quiet >>"$LOG" 2>&1
-else
-    # the recipe (issue 26's, plus lesion scale): Lite0 224 px, field + lesion-scale augmentation,
-    # classes balanced per (sub-)source, 2 frozen epochs then 4 fine-tuning the top 10 blocks at 2e-4
-    nice -n 5 dermedge train --data runs/data/all-sources --arch efficientnet_lite0 --img-size 224 \
-        --augment field-scale --balance source --epochs 2 --fine-tune-epochs 4 \
-        --unfreeze-blocks 10 --fine-tune-lr 2e-4 --name "$NAME" --quiet >>"$LOG" 2>&1
-fi
-
-# then 4 more epochs with the whole backbone (16 blocks) trainable, from its weights: short runs
-# rank well as shipped but adapt worse; a longer-trained backbone adapts better (issue 26)
-FT="$NAME-ft"
-if [ ! -f "runs/train/$FT/model.keras" ]; then
-    if [ -f "runs/train/$FT/config.json" ]; then
-        nice -n 5 dermedge train --data runs/data/all-sources --name "$FT" --resume --quiet >>"$LOG" 2>&1
+train_or_resume() {  # NAME, then the options of a fresh run
+    local run=$1
+    shift
+    if [ -f "runs/train/$run/model.keras" ]; then
+        echo "runs/train/$run is finished"
+    elif [ -f "runs/train/$run/config.json" ]; then
+        nice -n 5 dermedge train --data "$DATA" --name "$run" --resume --quiet >>"$LOG" 2>&1
     else
-        nice -n 5 dermedge train --data runs/data/all-sources --arch efficientnet_lite0 \
-            --weights "$RUN/model.keras" --epochs 0 --fine-tune-epochs 4 --unfreeze-blocks 16 \
-            --fine-tune-lr 1e-4 --augment field-scale --balance source --name "$FT" --quiet >>"$LOG" 2>&1
+        nice -n 5 dermedge train --data "$DATA" --name "$run" --quiet "$@" >>"$LOG" 2>&1
     fi
-fi
+}
 
+# 1. the recipe (issue 26's, plus lesion scale): Lite0 224 px, field + lesion-scale augmentation,
+#    classes balanced per (sub-)source, 2 frozen epochs then 4 fine-tuning the top 10 blocks at 2e-4
+if [ ! -f "runs/train/$FT/model.keras" ]; then
+    train_or_resume "$NAME" --arch efficientnet_lite0 --img-size 224 --augment field-scale \
+        --balance source --epochs 2 --fine-tune-epochs 4 --unfreeze-blocks 10 --fine-tune-lr 2e-4
+fi
+# 2. then 4 more epochs with all 16 blocks trainable, from its weights: a short run ranks well as
+#    shipped but adapts worse; a longer-trained backbone adapts better (issue 26)
+train_or_resume "$FT" --arch efficientnet_lite0 --weights "runs/train/$NAME/model.keras" \
+    --epochs 0 --fine-tune-epochs 4 --unfreeze-blocks 16 --fine-tune-lr 1e-4 \
+    --augment field-scale --balance source
+
+# 3. int8 behind the accuracy gate, and the ship rule on every candidate there is
+models=(--model default=dermedge/models/default.tflite --model tiny=dermedge/models/tiny.tflite)
+trained=(--train-manifest default=runs/data/isic-ham --train-manifest tiny=runs/data/isic-mvb)
 for run in "$NAME" "$FT"; do
+    [ -f "runs/train/$run/model.keras" ] || continue
     if [ ! -f "runs/convert/$run/model_int8.tflite" ]; then
         nice -n 5 dermedge convert "runs/train/$run" --quant int8 --calib-images 600 >>"$LOG" 2>&1
     fi
+    models+=(--model "$run=runs/convert/$run/model_int8.tflite")
+    trained+=(--train-manifest "$run=runs/train/$run/manifest.csv")
 done
 
-# the old models' training manifests (rebuilt: same commands as the README's Reproduce)
+# the shipped models' training manifests (rebuilt with the README's Reproduce commands)
 if [ ! -f runs/data/isic-ham/manifest.csv ]; then
     dermedge data split "$DERMEDGE_DATA/isic-mvb" --link "$DERMEDGE_DATA/ham10000-thumbs" --out runs/data/isic-mvb
     dermedge data split "$DERMEDGE_DATA/ham10000-thumbs" --extend runs/data/isic-mvb --out runs/data/isic-ham
 fi
-nice -n 5 python benchmarks/ship_rule.py \
-    --model default=dermedge/models/default.tflite --model tiny=dermedge/models/tiny.tflite \
-    --model "$NAME=runs/convert/$NAME/model_int8.tflite" \
-    --model "$FT=runs/convert/$FT/model_int8.tflite" \
-    --manifest runs/data/all-sources \
-    --train-manifest default=runs/data/isic-ham --train-manifest tiny=runs/data/isic-mvb \
-    --train-manifest "$NAME=$RUN/manifest.csv" --train-manifest "$FT=runs/train/$FT/manifest.csv" \
+nice -n 5 python benchmarks/ship_rule.py "${models[@]}" "${trained[@]}" --manifest "$DATA" \
     --out benchmarks/results/ship_rule_all-sources
