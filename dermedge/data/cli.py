@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from dermedge.data.analysis import Analysis, analyse, link_name, shortcut_audit, summary
 from dermedge.data.index import MISSING_IMAGE, read_dataset
@@ -222,8 +223,16 @@ def split_cmd(
     if (root is None) == (recipe is None):
         raise click.UsageError("give a dataset ROOT or --recipe FILE (one of the two)")
     if recipe is not None:
-        if link or extend or own_splits or source_by:
-            raise click.UsageError("--recipe names its datasets, links and sources itself")
+        ctx = click.get_current_context()
+        given = [
+            k
+            for k in ("mode", "val", "test", "seed")
+            if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE
+        ]
+        if link or extend or own_splits or source_by or given:
+            raise click.UsageError(
+                "--recipe names its datasets, links, sources, modes, fractions and seed itself"
+            )
         _split_recipe(recipe, data_root, name, out)
         return
     assert root is not None

@@ -287,6 +287,9 @@ def test_bad_recipes_fail_in_one_line(small_sources, tmp_path, text, message):
 def test_split_needs_root_or_recipe_not_both(tmp_path):
     r = CliRunner().invoke(main, ["data", "split"])
     assert r.exit_code == 2 and "give a dataset ROOT or --recipe FILE" in r.output
+    recipe = REPO / "dermedge/data/recipes/all-sources.toml"
+    r = CliRunner().invoke(main, ["data", "split", "--recipe", str(recipe), "--seed", "3"])
+    assert r.exit_code == 2 and "--recipe names its datasets" in r.output
 
 
 def test_shipped_all_sources_recipe_reads(data_dir):
