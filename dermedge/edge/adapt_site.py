@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,6 @@ import click
 import numpy as np
 
 from dermedge import DISCLAIMER, __version__
-from dermedge.data.images import load_images
 from dermedge.data.index import Index, Record
 from dermedge.data.io import atomic_write_text
 from dermedge.edge import adapt as ad
@@ -41,8 +39,8 @@ from dermedge.edge.calibrate import (
     operating_point,
     referral_warning,
     refuse_refer_all,
-    report_skipped,
     sensitivity_floor,
+    site_pixels,
     training_policy,
     warn,
     write_model,
@@ -94,13 +92,7 @@ def score_features(
     and the feature output of each readable case."""
     from dermedge.edge.runtime import EdgeError
 
-    x, kept, bad = load_images(
-        [r.path for r in records],
-        model.contract,
-        desc="site images",
-        progress=sys.stderr.isatty(),  # a bar in a log or pipe glues onto the table
-    )
-    report_skipped(bad, "unreadable images")
+    x, kept, bad = site_pixels(model, records)
     probs, feats = [], []
     try:
         for i in range(0, len(kept), batch):

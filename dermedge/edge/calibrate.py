@@ -114,9 +114,9 @@ def holdout_split(
     return ~held, held
 
 
-def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, dict[str, str]]:
-    """P(malignant) of each readable case through the model's own contract; unreadable files
-    are returned with their reason."""
+def site_pixels(model: Any, records: list[Record]) -> tuple[Any, list[int], dict[str, str]]:
+    """The readable cases' pixels by the model's contract, their indices, and the unreadable
+    files with their reasons (reported); a bar only at a terminal."""
     x, kept, bad = load_images(
         [r.path for r in records],
         model.contract,
@@ -124,6 +124,13 @@ def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, di
         progress=sys.stderr.isatty(),  # a bar in a log or pipe glues onto the table
     )
     report_skipped(bad, "unreadable images")
+    return x, kept, bad
+
+
+def score(model: Any, records: list[Record], batch: int = 32) -> tuple[Cases, dict[str, str]]:
+    """P(malignant) of each readable case through the model's own contract; unreadable files
+    are returned with their reason."""
+    x, kept, bad = site_pixels(model, records)
     prob = np.concatenate(
         [model.predict(x[i : i + batch]) for i in range(0, len(kept), batch)] or [np.zeros(0)]
     )
