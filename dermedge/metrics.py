@@ -193,6 +193,31 @@ def choose_threshold(
 
 
 MIN_SOURCE_POSITIVES = 20  # fewer malignant val images than this: a source is reported, not binding
+# "pooled-floor": the pooled target (with its margin), and no validation source under this one
+SOURCE_FLOOR_SENSITIVITY = 0.90
+THRESHOLD_POOLS = ("worst-source", "pooled", "pooled-floor")
+
+
+def threshold_for_policy(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    sources: Sequence[str] | None,
+    pool: str,
+    target_sensitivity: float = 0.95,
+    margin_se: float = 0.0,
+) -> dict[str, Any]:
+    """The threshold a card's policy chooses: `pool` "pooled" (the target on the pooled split),
+    "worst-source" (the target in every source) or "pooled-floor" (the pooled target, and at
+    least SOURCE_FLOOR_SENSITIVITY in every source: the worst source can no longer drag the
+    threshold, and with it every other source's specificity, down to its own lowest scores)."""
+    if pool not in THRESHOLD_POOLS:
+        raise ValueError(f"unknown threshold pool {pool!r}; expected one of {THRESHOLD_POOLS}")
+    if pool == "pooled":
+        sources = None
+    floor = SOURCE_FLOOR_SENSITIVITY if pool == "pooled-floor" else None
+    return choose_threshold_across_sources(
+        y_true, prob, sources, target_sensitivity, margin_se, floor
+    )
 
 
 def choose_threshold_across_sources(
@@ -201,8 +226,10 @@ def choose_threshold_across_sources(
     sources: Sequence[str] | None,
     target_sensitivity: float = 0.95,
     margin_se: float = 0.0,
+    floor: float | None = None,
 ) -> dict[str, Any]:
-    """A threshold that meets the sensitivity target in every validation source, not only pooled.
+    """A threshold that meets the sensitivity target in every validation source, not only pooled
+    (or, given `floor`, the pooled target and `floor` in every source: pool "pooled-floor").
 
     The pooled threshold keeps its margin of `margin_se` standard errors; each source with at
     least MIN_SOURCE_POSITIVES malignant images gets its own threshold for the point target (a
@@ -217,7 +244,7 @@ def choose_threshold_across_sources(
     if len(names) < 2:
         return {**pooled, "pool": "pooled"}
     src = np.asarray(sources)
-    own = _source_thresholds(y, p, src, names, target_sensitivity)
+    own = _source_thresholds(y, p, src, names, target_sensitivity if floor is None else floor)
     binding = {n: t for n, t in own.items() if t is not None}
     if not binding:
         return {**pooled, "pool": "pooled"}
@@ -230,7 +257,8 @@ def choose_threshold_across_sources(
         "threshold": thr,
         "sensitivity": achieved["recall"],
         "specificity": achieved["specificity"],
-        "pool": "worst-source",
+        "pool": "worst-source" if floor is None else "pooled-floor",
+        **({} if floor is None else {"source_floor": float(floor)}),
         "binding_source": worst if thr < pooled["threshold"] else "pooled",
         "per_source": per_source,
     }

@@ -9,6 +9,7 @@ import click
 
 from dermedge.convert import VARIANTS, ConvertError, parse_quant
 from dermedge.edge.runtime import EdgeError
+from dermedge.metrics import THRESHOLD_POOLS
 
 if TYPE_CHECKING:
     from dermedge.convert import pipeline
@@ -26,6 +27,8 @@ _OPTIONS_AS_GIVEN = (
     "threads",
     "seed",
     "rethreshold",
+    "margin",
+    "threshold_pool",
 )
 
 
@@ -104,6 +107,18 @@ _OPTIONS_AS_GIVEN = (
     show_default=True,
     help="Re-choose each variant's operating threshold on the validation split with the card's "
     "policy (target sensitivity), through the edge runtime, instead of reusing Keras' threshold.",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 1),
+    help="Serve with this input margin (a share of the side added around every photo, edge "
+    "pixels repeated; the card's contract.margin) instead of the trained one; the threshold "
+    "is chosen again on val.",
+)
+@click.option(
+    "--threshold-pool",
+    type=click.Choice(THRESHOLD_POOLS),
+    help="Choose the threshold with this pool instead of the trained card's (chosen again on val).",
 )
 @click.option("--threads", type=click.IntRange(1), help="Edge runtime threads for the gate.")
 @click.option("--seed", default=0, show_default=True, help="Calibration sample seed.")

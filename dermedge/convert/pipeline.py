@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +70,10 @@ class Options:
     seed: int = 0
     rethreshold: bool = True
     guard: bool = True  # give each passing variant its unfamiliar-input guard (convert/guard.py)
+    margin: float | None = None  # serve with this contract margin (contract.add_margin)
+    threshold_pool: str | None = (
+        None  # choose the threshold with this pool (metrics.THRESHOLD_POOLS)
+    )
 
 
 @dataclass
@@ -145,7 +149,7 @@ def run(arg: str, opts: Options) -> Result:
     """Convert the model `arg` names into each variant of `opts.quant`, gate every one through the
     edge runtime against the Keras model, and deliver the files with report.json/.md."""
     t0 = time.time()
-    src = source.resolve(arg, opts.data, opts.card)
+    src = _reframe(source.resolve(arg, opts.data, opts.card), opts)
     records = source.records(src.manifest)
     _check_test_split(records, src.manifest)
     calib_recs = (
@@ -158,7 +162,9 @@ def run(arg: str, opts: Options) -> Result:
     log(f"loading {src.model_path}")
     model = source.load_keras(src.model_path)
     contract_failures, notes = _check_contract(model, src)
-    x_test, y_test, val = _gate_images(records, src.contract, opts.rethreshold)
+    x_test, y_test, val = _gate_images(records, src.contract, opts.rethreshold or _reframed(src))
+    if _reframed(src):
+        src = _keras_threshold_reframed(model, src, val)
     calib, y_cal = None, np.zeros(0)
     if calib_recs:
         calib, y_cal, _ = load_calib(calib_recs, src.contract)
@@ -195,6 +201,81 @@ def run(arg: str, opts: Options) -> Result:
         atomic_write_text(work / "report.md", md)
         _deliver(work, out_dir, produced, opts.quant)
     return Result(out_dir, all_rows, report, md, passed)
+
+
+def _reframed(src: source.Source) -> bool:
+    """Whether --margin / --threshold-pool changed the card the model was trained with."""
+    return "reframed" in src.card
+
+
+def _reframe(src: source.Source, opts: Options) -> source.Source:
+    """The source served with --margin and/or --threshold-pool instead of the trained card's.
+
+    The training-time metrics and threshold were measured without them: they move to
+    card["reframed"] and the Keras threshold is chosen again on val (`_keras_threshold_reframed`).
+    """
+    if opts.margin is None and opts.threshold_pool is None:
+        return src
+    from dermedge.metrics import THRESHOLD_POOLS
+
+    if opts.threshold_pool is not None and opts.threshold_pool not in THRESHOLD_POOLS:
+        raise ConvertError(
+            f"--threshold-pool {opts.threshold_pool}: expected one of {THRESHOLD_POOLS}"
+        )
+    policy = dict(src.card.get("threshold_policy") or {})
+    if "target_sensitivity" not in policy:
+        raise ConvertError("--margin/--threshold-pool need the card's threshold_policy (target)")
+    try:
+        contract = replace(
+            src.contract, margin=src.contract.margin if opts.margin is None else opts.margin
+        )
+    except ValueError as e:
+        raise ConvertError(f"--margin: {e}") from None
+    card = {k: v for k, v in src.card.items() if k != "metrics"}
+    card["reframed"] = {
+        "trained": {
+            "margin": src.contract.margin,
+            "threshold": src.threshold,
+            "threshold_pool": policy.get("pool"),
+            "metrics": src.card.get("metrics"),
+        },
+        "served": {
+            "margin": contract.margin,
+            "threshold_pool": opts.threshold_pool or policy.get("pool"),
+        },
+    }
+    card["input"] = contract.to_dict()
+    card["threshold_policy"] = {**policy, "pool": opts.threshold_pool or policy.get("pool")}
+    return replace(src, card=card, contract=contract)
+
+
+def _keras_threshold_reframed(model: Any, src: source.Source, val: ValSet | None) -> source.Source:
+    """The Keras threshold chosen again, by the card's policy, on val through the new contract."""
+    from dermedge.metrics import threshold_for_policy
+
+    if val is None:
+        raise ConvertError("--margin/--threshold-pool need a val split with both classes")
+    x_val, y_val, val_sources = val
+    log(f"Keras on {len(y_val)} val images: the threshold for the served contract and policy")
+    policy = src.card["threshold_policy"]
+    chosen = threshold_for_policy(
+        y_val,
+        keras_predict(model, x_val),
+        val_sources,
+        policy["pool"] or "pooled",
+        float(policy["target_sensitivity"]),
+        float(policy.get("margin_se", 0.0)),
+    )
+    card = {**src.card, "threshold": chosen["threshold"]}
+    card["threshold_policy"] = {
+        **policy,
+        "margin_se": chosen["margin_se"],
+        "effective_target": chosen["effective_target"],
+        "binding_source": chosen.get("binding_source"),
+        "per_source": chosen.get("per_source"),
+    }
+    card["metrics"] = {"val": {"n": len(y_val), **chosen}}
+    return replace(src, card=card, threshold=chosen["threshold"])
 
 
 def _check_test_split(records: list[Any], manifest: Path) -> None:

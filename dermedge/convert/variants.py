@@ -269,11 +269,15 @@ def _variant_threshold(
     policy = card.get("threshold_policy") or {}
     if y_val is None or p_val is None or "target_sensitivity" not in policy:
         return keep
-    from dermedge.metrics import choose_threshold_across_sources
+    from dermedge.metrics import threshold_for_policy
 
-    pool = val_sources if policy.get("pool") == "worst-source" else None
-    chosen = choose_threshold_across_sources(
-        y_val, p_val, pool, float(policy["target_sensitivity"]), float(policy.get("margin_se", 0.0))
+    chosen = threshold_for_policy(
+        y_val,
+        p_val,
+        val_sources,
+        policy.get("pool") or "pooled",
+        float(policy["target_sensitivity"]),
+        float(policy.get("margin_se", 0.0)),
     )
     return {
         "threshold": chosen["threshold"],

@@ -39,7 +39,10 @@ class InputContract:
     `crop` is "squash" (whole frame resized, aspect not kept - how the ISIC/Kaggle sets were made),
     "center" (largest centred square) or "fov" (a dermatoscope's circular field of view, found
     from the dark vignette: the largest square inside that circle, falling back to the centre
-    square). `color_constancy` "shades_of_gray" then white-balances the size x size result
+    square). `margin` > 0 then frames the size x size result with that share of its side on every
+    side, repeating its edge pixels, and resizes it back (`add_margin`): the lesion is shown with
+    more skin around it, as in the training photos, however tightly the photo was cropped.
+    `color_constancy` "shades_of_gray" then white-balances the result
     (Shades of Gray, Minkowski norm `color_constancy_p`; see `shades_of_gray`). `mean`/`std`
     document the normalization the model applies inside itself: (x - mean) / std.
     """
@@ -57,6 +60,7 @@ class InputContract:
     high_bit_depth: str = "scale-to-8bit"
     color_constancy: str = "none"
     color_constancy_p: float = 6.0
+    margin: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +76,9 @@ class InputContract:
             )
         if not 1.0 <= float(self.color_constancy_p) <= 64.0:
             raise ValueError(f"color_constancy_p {self.color_constancy_p} out of range 1..64")
+        ok = isinstance(self.margin, (int, float)) and not isinstance(self.margin, bool)
+        if not (ok and 0.0 <= self.margin <= 1.0):
+            raise ValueError(f"margin {self.margin} out of range 0..1 (a share of the side)")
         if not 16 <= int(self.size) <= 2048:
             raise ValueError(f"input size {self.size} out of range 16..2048")
 
@@ -79,6 +86,8 @@ class InputContract:
         """JSON-ready form, stored in model cards."""
         d = asdict(self)
         d["value_range"] = list(self.value_range)
+        if not self.margin:  # written as before: earlier cards and image caches keep their keys
+            del d["margin"]
         return d
 
     @classmethod
@@ -340,6 +349,21 @@ def shades_of_gray(rgb: np.ndarray, p: float = 6.0) -> np.ndarray:
     return out
 
 
+def add_margin(pixels: np.ndarray, margin: float) -> np.ndarray:
+    """Frame a size x size RGB input with round(margin * size) pixels on every side, repeating its
+    edge pixels, and bilinearly resize it back to size x size: the lesion looks as if photographed
+    with more skin around it. A tight crop (another dermatoscope, a closer hold) otherwise reads
+    as "the lesion fills the frame", which the models learnt as a sign of malignancy (issue 26).
+    The pad is floor(margin * size + 0.5) pixels, so the page's port pads the same."""
+    size = pixels.shape[0]
+    pad = math.floor(float(margin) * size + 0.5)
+    if pad <= 0:
+        return pixels
+    framed = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    out = Image.fromarray(framed, "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
 def center_box(width: int, height: int) -> tuple[int, int, int, int]:
     """Largest centred square (left, top, right, bottom)."""
     side = min(width, height)
@@ -365,7 +389,7 @@ def preprocess(
 ) -> np.ndarray:
     """Turn a photo (path, bytes, PIL image or HxWx3 RGB uint8 array) into the model's input.
 
-    Steps: decode, crop, bilinear resize, then the optional colour constancy on the result.
+    Steps: decode, crop, bilinear resize, the optional margin, then the optional colour constancy.
     Returns a C-contiguous uint8 array of shape (size, size, 3), RGB, values 0..255.
     """
     contract = contract or InputContract()
@@ -384,6 +408,8 @@ def preprocess(
     if img.size != size:
         img = img.resize(size, Image.Resampling.BILINEAR)
     out = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    if contract.margin:
+        out = add_margin(out, contract.margin)
     if contract.color_constancy == "shades_of_gray":
         out = shades_of_gray(out, float(contract.color_constancy_p))
     return out

@@ -297,6 +297,7 @@ _INPUT: dict[str, tuple[type, ...]] = {
     "high_bit_depth": (str,),
     "color_constancy": (str,),
     "color_constancy_p": _NUM,
+    "margin": _NUM,
     "extra": (dict,),
 }
 # card["threshold_policy"] (and the trainer's, kept inside it by a calibration): calibrate reads it

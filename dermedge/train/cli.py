@@ -146,7 +146,8 @@ def _fail(e: BaseException) -> click.ClickException:
     default=DEFAULTS["threshold_pool"],
     show_default=True,
     help="Choose the threshold so the sensitivity target holds in every validation source "
-    "(with >= 20 malignant), or on the pooled validation split.",
+    "(with >= 20 malignant), on the pooled validation split, or pooled with a floor of 0.90 "
+    "in every source (pooled-floor).",
 )
 @click.option(
     "--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism."

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+from dermedge.metrics import THRESHOLD_POOLS
 
-THRESHOLD_POOLS = ("worst-source", "pooled")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 BALANCES = ("class", "source")
 
@@ -46,7 +46,9 @@ class TrainConfig:
     patience: int = 5
     augment: bool = True
     augmentation: str = "basic"  # basic | field | none | scale | field-scale (choices.AUGMENTS)
-    threshold_pool: str = "worst-source"  # worst-source: the target met in every val source; pooled
+    threshold_pool: str = (
+        "worst-source"  # metrics.THRESHOLD_POOLS: worst-source, pooled, pooled-floor
+    )
     deterministic: bool = True
     dropout: float = 0.2
     label_smoothing: float = 0.0

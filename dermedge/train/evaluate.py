@@ -30,6 +30,7 @@ from dermedge.metrics import (  # noqa: F401  (re-exported: this module's public
     label_arrays,
     per_source_metrics,
     roc_auc,
+    threshold_for_policy,
     wilson_ci,
 )
 from dermedge.plotting import new_figure, save_png

@@ -498,9 +498,13 @@ def _choose_threshold(
     cfg: TrainConfig, val: Any, p_val: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The operating threshold chosen on val (per source when pooled by worst source)."""
-    val_sources = val.sources if cfg.threshold_pool == "worst-source" else None
-    thr = ev.choose_threshold_across_sources(
-        val.y, p_val, val_sources, cfg.target_sensitivity, cfg.sensitivity_margin
+    thr = ev.threshold_for_policy(
+        val.y,
+        p_val,
+        val.sources,
+        cfg.threshold_pool,
+        cfg.target_sensitivity,
+        cfg.sensitivity_margin,
     )
     for src, row in thr.get("per_source", {}).items():
         log(

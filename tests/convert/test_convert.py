@@ -521,3 +521,40 @@ def test_int8_with_int8_io(env, run_dir):
     )
     report = json.loads((out / "report.json").read_text())
     assert report["rows"][1]["agreement"] >= 0.9
+
+
+def test_margin_and_threshold_pool_reframe_the_served_card(env, run_dir):
+    """`--margin/--threshold-pool`: the card serves the new contract, its threshold is chosen again
+    on val through it, and what the model was trained with is kept under `reframed`."""
+    import keras
+
+    from dermedge.data.contract import InputContract
+    from dermedge.data.images import load_images
+    from dermedge.data.manifest import read_manifest
+    from dermedge.edge.runtime import EdgeModel
+    from dermedge.metrics import choose_threshold
+
+    trained = json.loads((run_dir / "model_card.json").read_text())
+    out = env.tmp / "out-margin"
+    args = ["--quant", "fp32", "--margin", "0.2", "--threshold-pool", "pooled", "--out", str(out)]
+    res = _convert(str(run_dir), *args, *LOOSE)
+    assert res.exit_code == 0, res.output
+    model = EdgeModel(out / "model_fp32.tflite")
+    card = model.card
+    assert model.contract.margin == 0.2 and card["input"]["margin"] == 0.2
+    assert card["reframed"]["trained"]["margin"] == 0.0
+    assert card["reframed"]["trained"]["threshold"] == trained["threshold"]
+    assert card["threshold_policy"]["pool"] == "pooled"
+    served = InputContract(size=SIZE, margin=0.2)
+    val = [r for r in read_manifest(run_dir / "manifest.csv") if r.split == "val"]
+    x, kept, _ = load_images(
+        [r.path for r in val], served, cache_dir=env.tmp / "c2", progress=False
+    )
+    y = np.array([val[i].label == "malignant" for i in kept])
+    p = keras.saving.load_model(run_dir / "model.keras").predict(x.astype("float32"), verbose=0)
+    policy = card["threshold_policy"]
+    expect = choose_threshold(y, p.ravel(), policy["target_sensitivity"], policy["margin_se"])
+    assert card["threshold"] == pytest.approx(expect["threshold"], abs=1e-6)
+    assert np.allclose(model.predict(x[:8]), p[:8].ravel(), atol=1e-4)  # the margin is applied
+    bad = CliRunner().invoke(main, ["convert", str(run_dir), "--margin", "1.5"])
+    assert bad.exit_code == 2 and "1.5" in bad.output

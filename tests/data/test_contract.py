@@ -15,6 +15,7 @@ from dermedge.data.contract import (
     COLOR_CONSTANCY,
     ImageError,
     InputContract,
+    add_margin,
     crop_box,
     find_fov_box,
     load_rgb,
@@ -191,6 +192,35 @@ def test_color_constancy_contract_round_trips_and_old_cards_mean_none():
     assert set(COLOR_CONSTANCY) == {"none", "shades_of_gray"}
 
 
+def test_margin_round_trips_and_a_contract_without_one_keeps_its_card_and_cache_key():
+    c = InputContract(size=128, margin=0.2)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["margin"] == 0.2 and InputContract.from_dict(d) == c
+    assert "margin" not in InputContract().to_dict()  # earlier cards and caches: same bytes
+    assert InputContract.from_dict(InputContract().to_dict()).margin == 0.0
+    for bad in (-0.1, 1.5, None, "wide"):
+        with pytest.raises(ValueError, match="margin"):
+            InputContract.from_dict({**d, "margin": bad})
+
+
+def test_margin_shows_the_lesion_smaller_with_its_edge_pixels_around_it():
+    """A dark disc filling the frame shrinks to (size / (size + 2 pad))^2 of its area, and the
+    new border repeats the photo's edge pixels."""
+    size, margin = 96, 0.25
+    yy, xx = np.mgrid[:size, :size]
+    photo = np.full((size, size, 3), (200, 150, 130), np.uint8)
+    photo[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2] = (60, 30, 20)
+    photo[:, 0] = (210, 160, 140)  # a distinct left edge column, repeated into the margin
+    framed = preprocess(photo, InputContract(size=size, margin=margin))
+    assert np.array_equal(framed, add_margin(photo, margin))
+    assert np.array_equal(add_margin(photo, 0.0), photo)
+    dark = lambda a: float((a.mean(axis=2) < 120).mean())  # noqa: E731
+    pad = 24  # floor(0.25 * 96 + 0.5)
+    expect = dark(photo) * (size / (size + 2 * pad)) ** 2
+    assert abs(dark(framed) - expect) < 0.02, (dark(photo), dark(framed), expect)
+    assert np.abs(framed[size // 2, :8].astype(int) - (210, 160, 140)).max() <= 2
+
+
 def test_shades_of_gray_removes_a_colour_cast(lesion):
     sog = InputContract(size=128, color_constancy="shades_of_gray")
     plain = preprocess(lesion.read_bytes(), InputContract(size=128))
@@ -226,7 +256,10 @@ def test_camera_frames_get_colour_constancy_like_preprocess(data_dir):
     camera = pytest.importorskip("dermedge.edge.camera")
     rng = np.random.default_rng(11)
     for crop in ("fov", "center", "squash"):
-        contract = InputContract(size=96, crop=crop, color_constancy="shades_of_gray")
+        margin = 0.2 if crop == "fov" else 0.0
+        contract = InputContract(
+            size=96, crop=crop, color_constancy="shades_of_gray", margin=margin
+        )
         model = SimpleNamespace(contract=contract, threshold=0.5)
         source = SimpleNamespace(description="test frames")
         session = camera.Session(model, source, camera.SessionOptions(), emit=lambda e: None)

@@ -142,6 +142,23 @@ def test_color_constancy_matches_python_on_real_photos(data_dir: Path) -> None:
     assert changed >= len(cases) // 2  # the step really does something on real photos
 
 
+def test_margin_matches_python_exactly_on_real_photos(data_dir: Path) -> None:
+    """The page frames a photo with the card's margin pixel for pixel as Python does."""
+    photos = _real_photos(data_dir, per_set=4)
+    contracts = [
+        InputContract(size=224, crop="squash", margin=0.2),
+        InputContract(size=97, crop="fov", margin=0.15),
+        InputContract(size=64, crop="center", margin=0.5, color_constancy="shades_of_gray"),
+    ]
+    cases = [(a, c) for _, a in photos for c in contracts]
+    out = _run_js(cases)
+    for (a, c), r in zip(cases, out, strict=True):
+        js = np.frombuffer(base64.b64decode(r["pixels"]), np.uint8).reshape(c.size, c.size, 3)
+        py = preprocess(a, c)
+        assert np.array_equal(js, py), (c, int(np.abs(js.astype(int) - py.astype(int)).max()))
+        assert not np.array_equal(py, preprocess(a, replace(c, margin=0.0)))
+
+
 def test_quality_gate_matches_python(isic_dir: Path) -> None:
     quality = pytest.importorskip("dermedge.edge.quality")
     frames = []

@@ -247,6 +247,40 @@ def test_threshold_meets_the_target_in_every_source():
     assert single["threshold"] == pooled["threshold"] and single["pool"] == "pooled"
 
 
+def test_pooled_floor_keeps_the_pooled_target_and_a_floor_in_every_source():
+    from dermedge.metrics import (
+        SOURCE_FLOOR_SENSITIVITY,
+        binary_metrics,
+        choose_threshold,
+        threshold_for_policy,
+    )
+
+    rng = np.random.default_rng(1)
+    # source "b" scores its malignant lesions lower; the worst-source rule lets it set the threshold
+    y = np.r_[np.ones(200), np.zeros(200), np.ones(40), np.zeros(40)]
+    p = np.r_[
+        rng.uniform(0.45, 1, 200), rng.uniform(0, 0.5, 200),
+        rng.uniform(0.05, 0.8, 40), rng.uniform(0, 0.4, 40),
+    ]  # fmt: skip
+    src = np.array(["a"] * 400 + ["b"] * 80)
+    worst = threshold_for_policy(y, p, src, "worst-source", 0.95)
+    floor = threshold_for_policy(y, p, src, "pooled-floor", 0.95)
+    pooled = threshold_for_policy(y, p, src, "pooled", 0.95)
+    assert pooled["threshold"] == choose_threshold(y, p, 0.95)["threshold"]
+    assert worst["threshold"] < floor["threshold"] <= pooled["threshold"]
+    assert floor["pool"] == "pooled-floor" and floor["source_floor"] == SOURCE_FLOOR_SENSITIVITY
+    for name in ("a", "b"):
+        m = src == name
+        assert binary_metrics(y[m], p[m], floor["threshold"])["recall"] >= SOURCE_FLOOR_SENSITIVITY
+    assert binary_metrics(y, p, floor["threshold"])["recall"] >= 0.95
+    assert (
+        binary_metrics(y, p, floor["threshold"])["specificity"]
+        > binary_metrics(y, p, worst["threshold"])["specificity"]
+    )
+    with pytest.raises(ValueError, match="unknown threshold pool"):
+        threshold_for_policy(y, p, src, "best-source")
+
+
 def test_training_colour_constancy_matches_the_contract():
     """Re-applied after augmentation, the TF Shades of Gray gives the contract's pixels."""
     import tensorflow as tf

@@ -1,7 +1,8 @@
 // The preprocessing contract in JavaScript: crop ("squash" | "center" | "fov") then a bit-exact
 // port of Pillow's 8-bit BILINEAR resample (Resample.c: triangle filter whose support grows with
 // the downscale factor, fixed-point coefficients, horizontal pass then vertical pass), then the
-// optional Shades of Gray colour constancy on the size x size result. Mirrors dermedge/data/contract.py so the page feeds the model the same numbers as Python.
+// optional margin (edge pixels repeated around the result, resized back) and Shades of Gray colour
+// constancy on the size x size result. Mirrors dermedge/data/contract.py so the page feeds the model the same numbers as Python.
 
 const PRECISION_BITS = 32 - 8 - 2;
 const ONE = 2 ** PRECISION_BITS;
@@ -296,6 +297,29 @@ export function shadesOfGray(rgb, n, p = 6) {
   return out;
 }
 
+/**
+ * contract.add_margin: frame a size x size RGB input with floor(margin * size + 0.5) pixels on
+ * every side, repeating its edge pixels, and resize it back to size x size (Pillow's bilinear).
+ */
+export function addMargin(pixels, size, margin) {
+  const pad = Math.floor(margin * size + 0.5);
+  if (!(pad > 0)) return pixels;
+  const side = size + 2 * pad;
+  const framed = new Uint8Array(side * side * 3);
+  for (let y = 0; y < side; y++) {
+    const sy = Math.min(Math.max(y - pad, 0), size - 1);
+    for (let x = 0; x < side; x++) {
+      const sx = Math.min(Math.max(x - pad, 0), size - 1);
+      const i = (y * side + x) * 3;
+      const j = (sy * size + sx) * 3;
+      framed[i] = pixels[j];
+      framed[i + 1] = pixels[j + 1];
+      framed[i + 2] = pixels[j + 2];
+    }
+  }
+  return resizeBilinear(framed, side, side, size, size);
+}
+
 /** contract.crop_box */
 export function cropBox(rgb, w, h, crop) {
   if (crop === 'squash') return [0, 0, w, h];
@@ -307,8 +331,8 @@ export function cropBox(rgb, w, h, crop) {
 }
 
 /**
- * contract.preprocess on an RGB frame: crop, bilinear resize, then the card's optional colour
- * constancy (contract.color_constancy). Returns {pixels: Uint8Array(size*size*3), box}.
+ * contract.preprocess on an RGB frame: crop, bilinear resize, the card's optional margin
+ * (contract.margin), then its optional colour constancy (contract.color_constancy). Returns {pixels: Uint8Array(size*size*3), box}.
  */
 export function preprocess(rgb, w, h, contract) {
   const size = contract.size | 0;
@@ -323,6 +347,7 @@ export function preprocess(rgb, w, h, contract) {
     ch = box[3] - box[1];
   }
   let pixels = cw === size && ch === size ? img : resizeBilinear(img, cw, ch, size, size);
+  if (contract.margin) pixels = addMargin(pixels, size, contract.margin);
   if ((contract.color_constancy || 'none') === 'shades_of_gray') {
     pixels = shadesOfGray(pixels, size * size, contract.color_constancy_p ?? 6);
   }
