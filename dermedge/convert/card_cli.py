@@ -111,7 +111,8 @@ def summary_lines(card: dict[str, Any]) -> list[str]:
     lines = [
         f"model     {card.get('name')} ({card.get('arch')}), quantization "
         f"{card.get('quantization', 'none (Keras)')}, created {card.get('created')}",
-        f"input     {inp.get('size')}px, crop {inp.get('crop')}",
+        f"input     {inp.get('size')}px, crop {inp.get('crop')}"
+        + (f", margin {inp['margin']} (edge pixels around it)" if inp.get("margin") else ""),
         f"threshold {_fmt(card.get('threshold'))} -> refer (P(malignant) >= threshold), "
         f"policy {json.dumps(card.get('threshold_policy') or {})}",
     ]

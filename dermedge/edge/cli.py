@@ -646,7 +646,9 @@ def main(inputs: tuple[str, ...], **opts: Any) -> None:
     if opts["verbose"]:
         click.echo(
             f"model {model.path} ({model.name}, {model.input_dtype} input, {model.contract.size}px "
-            f"{model.contract.crop}, threshold {model.threshold:.3f}); runtime {model.runtime}, "
+            f"{model.contract.crop}"
+            + (f" + margin {model.contract.margin}" if model.contract.margin else "")
+            + f", threshold {model.threshold:.3f}); runtime {model.runtime}, "
             f"{model.threads} threads; unfamiliar-input guard "
             + (f"on (cut-off {model.guard.cutoff:.3f})" if model.guard else "none in this model"),
             err=True,
