@@ -82,6 +82,26 @@ def test_verdict_floors_and_choice(rule):
     ]
 
 
+def test_when_none_holds_up_only_a_candidate_better_on_every_figure_replaces_the_default(rule):
+    weak = {"ham10000": 0.93, "isic2017": 0.66, "isic2020": 0.67}
+    inc = _result("default", weak, 0.77, 0.86)
+    better = _result("b", {**weak, "isic2017": 0.75, "isic2020": 0.79}, 0.82, 0.85)
+    worse_src = _result("c", {**weak, "isic2017": 0.60, "isic2020": 0.79}, 0.84, 0.88)
+    low_spec = _result("d", {**weak, "isic2017": 0.75, "isic2020": 0.79}, 0.85, 0.88)
+    low_spec["derm7pt"]["specificity"] = 0.1
+    for r in (inc, better, worse_src, low_spec):
+        for row in r["sources"].values():
+            row["positives"] = 60
+        r["verdict"] = rule.verdict(r)
+    assert not any(r["verdict"]["holds_up"] for r in (inc, better, worse_src, low_spec))
+    assert rule.improves_on(better, inc) == []
+    assert rule.improves_on(worse_src, inc) == ["isic2017 0.600 < 0.660"]
+    assert rule.improves_on(low_spec, inc) == ["Derm7pt specificity 0.100 < 0.200"]
+    assert rule.choose([inc, better, worse_src, low_spec]) == "b"
+    assert rule.choose([inc, worse_src]) is None
+    assert rule.choose([better, worse_src]) is None  # no shipped model to improve on
+
+
 def test_fallback_head_ranks_separable_features(rule):
     rng = np.random.default_rng(0)
     y = np.array([0] * 80 + [1] * 80)
