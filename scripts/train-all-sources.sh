@@ -79,7 +79,7 @@ convert_once() {  # RUN OUT [convert options]
     local run=$1 out=$2
     shift 2
     if [ ! -f "runs/convert/$out/model_int8.tflite" ]; then
-        nice -n 5 dermedge convert "runs/train/$run" --quant int8 --calib-images 600 \
+        nice -n 5 dermedge convert "runs/train/$run" --quant int8 --calib-images 1000 \
             --out "runs/convert/$out" "$@" >>"$LOG" 2>&1
     fi
     models+=(--model "$out=runs/convert/$out/model_int8.tflite")
