@@ -3,9 +3,14 @@
 For one .tflite, each margin (`contract.add_margin`: edge pixels around the input, resized back)
 is run through the edge runtime on the validation and test split of every training source of an
 all-source manifest (val decides, test reports) and on Derm7pt (external: reported, never a basis
-for the choice). The margin chosen is the widest whose validation AUC stays within `--max-cost`
-of margin 0 in every source: the framing a new device may need, at no measurable cost on the
-devices the model knows.
+for the choice). The margin chosen is the widest that
+  - keeps validation AUC within `--max-cost` of margin 0 in every source (no measurable cost on
+    the devices the model knows), and
+  - keeps the photo inside the scale range the model was trained on (`--augment scale`: zoom
+    0.56-1.8x) for a field photo framed up to FIELD_SLACK wider than the training photos: a margin
+    m shows the photo at 1 / (1 + 2m), so 1 / (1 + 2m) / FIELD_SLACK >= 0.56, m <= 0.21.
+Validation is in-distribution, so it can only price the margin, not show its benefit; the benefit
+is shown on sets from other devices (ISIC 2020's clinics, Derm7pt), reported beside it.
 
     python benchmarks/margin.py --model runs/convert/all-sources-lite0-ft/model_int8.tflite \
         --manifest runs/data/all-sources --out benchmarks/results/margin_all-sources-lite0-ft
@@ -30,7 +35,9 @@ from dermedge.edge.runtime import EdgeModel
 from dermedge.metrics import bootstrap_ci, roc_auc
 from dermedge.plotting import new_figure, save_png
 
-MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+MARGINS = (0.0, 0.1, 0.2, 0.3)
+SCALE_LOW, FIELD_SLACK = 0.56, 1.25  # train.data.SCALE_RANGE[0]; a field photo up to 25% wider
+MAX_MARGIN = (1 / (SCALE_LOW * FIELD_SLACK) - 1) / 2  # 0.214
 SOURCES = ("ham10000", "isic2017", "isic2020")  # the floor sources (isic-mvb: a shortcut set)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -70,13 +77,15 @@ def sweep(model: EdgeModel, sets: dict, margins: tuple[float, ...], n_boot: int)
     return out
 
 
-def choose(results: dict[float, dict], max_cost: float) -> float:
-    """The widest margin whose validation AUC is within max_cost of margin 0 in every source."""
+def choose(results: dict[float, dict], max_cost: float, max_margin: float = MAX_MARGIN) -> float:
+    """The widest margin up to max_margin whose validation AUC is within max_cost of margin 0 in
+    every source."""
     base = results[0.0]
     ok = [
         m
         for m, row in results.items()
-        if all(row[k]["auc"] >= base[k]["auc"] - max_cost for k in row if k.startswith("val:"))
+        if m <= max_margin
+        and all(row[k]["auc"] >= base[k]["auc"] - max_cost for k in row if k.startswith("val:"))
     ]
     return max(ok)
 
@@ -87,8 +96,11 @@ def markdown(model: str, results: dict[float, dict], chosen: float, max_cost: fl
     lines = [
         f"# Input margin sweep: {model}",
         "",
-        f"Chosen: **margin {chosen}**, the widest whose validation AUC stays within {max_cost} of "
-        "margin 0 in every source (val decides; test and Derm7pt are reported, never a basis).",
+        f"Chosen: **margin {chosen}**, the widest up to {MAX_MARGIN:.2f} (the photo kept inside "
+        f"the trained zoom range, {SCALE_LOW}x, when framed up to {FIELD_SLACK}x wider in the "
+        f"field) whose validation AUC stays within {max_cost} of margin 0 in every source. "
+        "Validation is in-distribution: it prices the margin; test (ISIC 2020: several clinics) "
+        "and Derm7pt (external) show what it buys, and are never a basis for the choice.",
         "",
         "| margin | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--derm7pt", default=str(DATA / "derm7pt"))
     ap.add_argument("--out", required=True)
-    ap.add_argument("--max-cost", type=float, default=0.01)
+    ap.add_argument("--max-cost", type=float, default=0.02)
     ap.add_argument("--bootstrap", type=int, default=200)
     a = ap.parse_args(argv)
     model = EdgeModel(a.model, threads=2)

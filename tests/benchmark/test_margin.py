@@ -36,6 +36,7 @@ def test_the_widest_margin_within_the_validation_cost_is_chosen(bench):
     }
     assert bench.choose(results, 0.01) == 0.1  # 0.2 costs 0.02 on val; test/Derm7pt never count
     assert bench.choose(results, 0.03) == 0.2
+    assert bench.choose({**results, 0.3: _row(0.9, 0.9, 0.9)}, 0.03) == 0.2  # past the scale range
     assert "margin 0.1" in bench.markdown("m.tflite", results, 0.1, 0.01)
 
 
