@@ -241,12 +241,34 @@ def _derm7pt_site(tmp: Path, seed: int | None, n: int = 60) -> Path:
     return root
 
 
+def _site_it_cannot_sort(tmp: Path, n: int = 30) -> Path:
+    """A clinic's folder of the `n` benign Derm7pt cases the default scores highest and the `n`
+    malignant ones it scores lowest (of the first 150 of each): keeping sensitivity 0.95 there
+    takes a threshold below every benign score."""
+    from dermedge.data.contract import preprocess
+    from dermedge.data.index import read_dataset
+    from dermedge.edge.runtime import EdgeModel
+
+    model = EdgeModel(DEFAULT)
+    records = read_dataset(str(_need(DATA / "derm7pt"))).records
+    root = tmp / "unsortable"
+    for label, highest in (("benign", True), ("malignant", False)):
+        pick = [r for r in records if r.label == label][:150]
+        probs = [float(model.predict(preprocess(r.path, model.contract))[0]) for r in pick]
+        order = sorted(range(len(pick)), key=probs.__getitem__, reverse=highest)[:n]
+        (root / label).mkdir(parents=True)
+        for i in order:
+            (root / label / Path(pick[i].path).name).symlink_to(pick[i].path)
+    return root
+
+
 def test_calibrate_refuses_a_threshold_that_refers_every_case(tmp_path: Path) -> None:
-    """On these 60+60 Derm7pt cases only threshold 0 keeps sensitivity 0.95: it refers everyone.
-    Such a model sorts nothing; it used to be written without a word."""
+    """On a site where the model scores its melanomas below its benign lesions, only a threshold
+    under every benign score keeps sensitivity 0.95: it refers everyone. Such a model sorts
+    nothing; it used to be written without a word."""
     out = tmp_path / "all.tflite"
     r = _cli(
-        "calibrate", str(DEFAULT), "--data", str(_derm7pt_site(tmp_path, 3)), "--out", str(out)
+        "calibrate", str(DEFAULT), "--data", str(_site_it_cannot_sort(tmp_path)), "--out", str(out)
     )
     assert r.returncode == 2 and not out.exists(), r.stdout + r.stderr
     assert "refers every one of these cases" in r.stderr and "Traceback" not in r.stderr
