@@ -11,7 +11,7 @@ COMPARE = Path(__file__).parent / "pi" / "compare.py"
 
 
 def _run(
-    tmp_path: Path, ref: list[dict], arm: list[dict], tol: float
+    tmp_path: Path, ref: list[dict], arm: list[dict], tol: float, *extra: str
 ) -> subprocess.CompletedProcess:
     for name, doc in (("ref", ref), ("arm", arm)):
         (tmp_path / f"{name}.json").write_text("\n".join(json.dumps(d) for d in doc))
@@ -23,6 +23,7 @@ def _run(
             str(tmp_path / "arm.json"),
             "--tol",
             str(tol),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -77,3 +78,15 @@ def test_flips_far_from_the_threshold_or_beyond_tolerance_fail(tmp_path):
     arm[-1]["decisions"] = {"routine": 0, "refer": 4}
     r = _run(tmp_path, ref, arm, 0.03)
     assert r.returncode == 1 and "decisions.refer" in r.stdout
+
+
+def test_guard_scores_may_differ_by_a_share_of_their_value_but_not_their_flag(tmp_path: Path):
+    ref = [{"prob": 0.3, "threshold": 0.13, "guard_score": 1.4505, "unfamiliar": False}]
+    arm = [{"prob": 0.3, "threshold": 0.13, "guard_score": 1.5047, "unfamiliar": False}]
+    assert _run(tmp_path, ref, arm, 0.03).returncode == 1  # 0.054 > 0.03 absolute
+    assert _run(tmp_path, ref, arm, 0.03, "--guard-rel", "0.05").returncode == 0  # 3.6% of 1.5
+    far = [{**arm[0], "guard_score": 1.60}]
+    assert _run(tmp_path, ref, far, 0.03, "--guard-rel", "0.05").returncode == 1  # 9%
+    flipped = [{**arm[0], "unfamiliar": True}]
+    r = _run(tmp_path, ref, flipped, 0.03, "--guard-rel", "0.05")
+    assert r.returncode == 1 and "unfamiliar" in r.stdout

@@ -3,7 +3,8 @@
     python tests/pi/compare.py REF.json ARM.json [--tol 0.005] [--name images]
 
 Each file is one JSON document or JSON lines. Both are flattened to (path, value) leaves; the
-structure and every string, int and bool must match exactly, floats within `--tol` (absolute).
+structure and every string, int and bool must match exactly, floats within `--tol` (absolute;
+guard scores also within `--guard-rel` of their value).
 Leaves whose key looks like a timing or a host detail (ms, fps, latency, time, runtime, ...) are
 skipped. Prints whether the probabilities are bit-identical, else the largest difference.
 
@@ -80,6 +81,13 @@ def main() -> int:
     ap.add_argument("ref")
     ap.add_argument("arm")
     ap.add_argument("--tol", type=float, default=0.005)
+    ap.add_argument(
+        "--guard-rel",
+        type=float,
+        default=0.0,
+        help="guard scores (a distance, not a probability) may also differ by this share of "
+        "their value; the flag they set must still match",
+    )
     ap.add_argument("--name", default="output")
     ap.add_argument("--ignore", default=IGNORE, help="regex of keys to skip")
     ap.add_argument("--show", action="store_true", help="print every probability")
@@ -122,7 +130,10 @@ def main() -> int:
                 if d > worst:
                     worst, worst_at = d, path
                 count_slack = len(flips) if re.search(r"decisions\.[a-z]+$", path) else 0
-                if d > max(args.tol, count_slack):
+                allowed = max(args.tol, count_slack)
+                if path.endswith("guard_score"):
+                    allowed = max(allowed, args.guard_rel * max(abs(float(a)), abs(float(b))))
+                if d > allowed:
                     problems.append(f"{path}: x86_64 {a!r} vs ARM {b!r} (|diff| {d:.3g})")
         elif type(a) is not type(b) or a != b:
             m = re.match(r"\[(\d+)\]\.(decision|label)$", path)  # the label is at the threshold too
