@@ -65,6 +65,14 @@ def _fail(e: BaseException) -> click.ClickException:
     help="Colour constancy after crop+resize, recorded in the contract (Shades of Gray, p = 6).",
 )
 @click.option(
+    "--margin",
+    default=DEFAULTS["margin"],
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Contract margin: a share of the side added around every photo (edge pixels repeated) "
+    "before the model sees it, in training and on the device (contract.add_margin).",
+)
+@click.option(
     "--epochs",
     default=DEFAULTS["epochs"],
     show_default=True,

@@ -32,6 +32,7 @@ class TrainConfig:
     img_size: int = 224
     crop: str = "squash"
     color_constancy: str = "none"  # contract.COLOR_CONSTANCY; old config.json files mean "none"
+    margin: float = 0.0  # contract.margin (add_margin); old config.json files mean 0
     epochs: int = 10  # frozen-backbone phase for pretrained backbones, else all epochs
     fine_tune_epochs: int = 10
     unfreeze_blocks: int = 6
@@ -102,7 +103,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.cache not in CACHES:
         raise TrainError(f"unknown cache {cfg.cache!r}; expected one of {', '.join(CACHES)}")
     try:
-        input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
+        input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy, cfg.margin)
     except ValueError as e:
         raise TrainError(str(e)) from e
     if not any(ph["epochs"] > 0 for ph in cfg.phases()):

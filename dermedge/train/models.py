@@ -42,12 +42,21 @@ ARCH_INFO = {
 
 
 def input_contract(
-    arch: str, size: int, crop: str = "squash", color_constancy: str = "none"
+    arch: str,
+    size: int,
+    crop: str = "squash",
+    color_constancy: str = "none",
+    margin: float = 0.0,
 ) -> InputContract:
     """The preprocessing contract a model of `arch` at `size` px is trained and served with."""
     info = ARCH_INFO[arch]
     return InputContract(
-        size=size, crop=crop, mean=info.mean, std=info.std, color_constancy=color_constancy
+        size=size,
+        crop=crop,
+        mean=info.mean,
+        std=info.std,
+        color_constancy=color_constancy,
+        margin=margin,
     )
 
 

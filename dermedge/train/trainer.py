@@ -266,7 +266,7 @@ def _load_data(run: _Run, strategy: Any) -> _Data:
     from dermedge.train.models import input_contract
 
     cfg = run.cfg
-    contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy)
+    contract = input_contract(cfg.arch, cfg.img_size, cfg.crop, cfg.color_constancy, cfg.margin)
     cache = cfg.cache_dir or str(runs_root() / "cache")
     stream = _streams(cfg, run.records, contract.size)
     splits = {

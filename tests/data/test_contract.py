@@ -286,3 +286,6 @@ def test_train_records_color_constancy_in_the_contract():
     assert TrainConfig(data="x").color_constancy == "none"
     option = next(p for p in train.params if p.name == "color_constancy")
     assert tuple(option.type.choices) == COLOR_CONSTANCY and option.default == "none"
+    assert input_contract("simple_cnn", 96, margin=0.2).margin == 0.2
+    assert TrainConfig(data="x").margin == 0.0
+    assert next(p for p in train.params if p.name == "margin").default == 0.0
