@@ -153,9 +153,9 @@ def _fail(e: BaseException) -> click.ClickException:
     type=click.Choice(THRESHOLD_POOLS),
     default=DEFAULTS["threshold_pool"],
     show_default=True,
-    help="Choose the threshold so the sensitivity target holds in every validation source "
-    "(with >= 20 malignant), on the pooled validation split, or pooled with a floor of 0.90 "
-    "in every source (pooled-floor).",
+    help="Choose the threshold for the sensitivity target on the pooled validation split with "
+    "a floor of 0.90 in every source with >= 20 malignant (pooled-floor), for the target in "
+    "every such source (worst-source), or pooled only.",
 )
 @click.option(
     "--no-deterministic", is_flag=True, help="Skip tf.config.experimental.enable_op_determinism."

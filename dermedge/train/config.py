@@ -47,9 +47,9 @@ class TrainConfig:
     patience: int = 5
     augment: bool = True
     augmentation: str = "basic"  # basic | field | none | scale | field-scale (choices.AUGMENTS)
-    threshold_pool: str = (
-        "worst-source"  # metrics.THRESHOLD_POOLS: worst-source, pooled, pooled-floor
-    )
+    # metrics.THRESHOLD_POOLS: the pooled target and >= 0.90 in every val source (pooled-floor;
+    # the shipped default's), the target in every source (worst-source), or pooled only
+    threshold_pool: str = "pooled-floor"
     deterministic: bool = True
     dropout: float = 0.2
     label_smoothing: float = 0.0

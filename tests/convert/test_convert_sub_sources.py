@@ -87,7 +87,7 @@ def test_convert_with_a_one_class_source_writes_nan_as_null(tmp_path, isic_dir, 
     }
     metrics = {"test": {"roc_auc": 0.5, "n": 1}}
     card = make_card("two-clinics", "tiny-cnn", contract, 0.5, 0.95, metrics, data_info)
-    card["threshold_policy"]["pool"] = "worst-source"  # as the trainer's default records it
+    card["threshold_policy"]["pool"] = "worst-source"  # as a card of the trainer's previous default
     write_card(card, run)
 
     out = tmp_path / "out"
