@@ -53,6 +53,7 @@ TARGET_SENSITIVITY, MARGIN_SE = 0.95, 1.0  # the card's threshold policy, for th
 N_BOOT = 1000
 ISIC_ID = re.compile(r"^ISIC_\d{7}$")
 CACHE = Path("runs/ship_rule")
+INCUMBENT = "default"  # the shipped model, as named on the command line
 
 
 def data_root() -> Path:
@@ -358,7 +359,7 @@ def _fmt(row: dict[str, Any], key: str = "auc") -> str:
     return f"{v:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{v:.3f}"
 
 
-def markdown(results: list[dict[str, Any]]) -> str:
+def markdown(results: list[dict[str, Any]], incumbent: str = INCUMBENT) -> str:
     """The ship-rule table: one column per candidate, and the choice."""
     names = [r["model"] for r in results]
     head = f"| figure | {' | '.join(names)} |\n|---|{'---|' * len(names)}"
@@ -395,7 +396,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         row(label, [_source_cell(r["sources"].get(s)) for r in results])
     row("holds up (floors)", ["yes" if r["verdict"]["holds_up"] else "no" for r in results])
     row("score (Derm7pt shipped+adapted)/2", [f"{r['verdict']['score']:.3f}" for r in results])
-    best = choose(results)
+    best = choose(results, incumbent)
     lines += [
         "",
         "Each source's test split is the all-source manifest's; n = images scored (malignant), "
@@ -405,10 +406,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
         "",
         f"Choice by the rule: **{best}**" if best else "No candidate holds up on the floors.",
     ]
-    inc = next((r for r in results if r["model"] == INCUMBENT), None)
+    inc = next((r for r in results if r["model"] == incumbent), None)
     if inc and not any(r["verdict"]["holds_up"] for r in results):
         lines.append(
-            "None holds up, so a candidate replaces the shipped `default` only if it improves on it "
+            f"None holds up, so a candidate replaces the shipped `{incumbent}` only if it improves on it "
             "on every figure (score, each floor source, Derm7pt specificity at sensitivity >= 0.90):"
         )
         for r in results:
@@ -444,9 +445,6 @@ def _source_cell(row: dict[str, Any] | None) -> str:
     return f"{_fmt(row)} n={row['n']} ({row['positives']}){seen}"
 
 
-INCUMBENT = "default"  # the shipped model, as named on the command line
-
-
 def improves_on(cand: dict[str, Any], inc: dict[str, Any]) -> list[str]:
     """Why `cand` is not better than the shipped model `inc` on every figure of the rule (empty:
     it is): a higher score, every floor source's AUC at least as high (where both are measured on
@@ -472,13 +470,13 @@ def improves_on(cand: dict[str, Any], inc: dict[str, Any]) -> list[str]:
     return why
 
 
-def choose(results: list[dict[str, Any]]) -> str | None:
+def choose(results: list[dict[str, Any]], incumbent: str = INCUMBENT) -> str | None:
     """The candidate the rule ships: best score among those that hold up; when none does, the
     best-scoring one that improves on the shipped model on every figure (`improves_on`), so a
     better model is not held back by floors the shipped one misses too."""
     ok = [r for r in results if r["verdict"]["holds_up"]]
     if not ok:
-        inc = next((r for r in results if r["model"] == INCUMBENT), None)
+        inc = next((r for r in results if r["model"] == incumbent), None)
         ok = [r for r in results if inc and r is not inc and not improves_on(r, inc)]
     return max(ok, key=lambda r: r["verdict"]["score"])["model"] if ok else None
 
@@ -539,6 +537,11 @@ def main() -> None:
         help="NAME=MANIFEST: the candidate's training manifest (its lesions left out of tests)",
     )
     ap.add_argument("--out", default="benchmarks/results/ship_rule", help="path prefix")
+    ap.add_argument(
+        "--incumbent",
+        default=INCUMBENT,
+        help="the --model NAME of the shipped model the candidates must improve on [default]",
+    )
     args = ap.parse_args()
     models, trained = _named(args.model), _named(args.train_manifest)
     try:
@@ -551,11 +554,11 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"floors": FLOORS, "derm7pt_targets": DERM7PT_TARGETS, "candidates": results}
-    report["choice"] = choose(results)
+    report["choice"] = choose(results, args.incumbent)
     atomic_write_text(out.with_suffix(".json"), json.dumps(clean_json(report), indent=2))
-    atomic_write_text(out.with_suffix(".md"), markdown(results))
+    atomic_write_text(out.with_suffix(".md"), markdown(results, args.incumbent))
     plot(results, out.with_suffix(".png"))
-    print(markdown(results))
+    print(markdown(results, args.incumbent))
 
 
 if __name__ == "__main__":
