@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": EdgeModel(a.model, threads=a.threads),
         name: EdgeModel(peer_path, threads=a.threads),
     }
-    files = sorted(Path(a.photos).rglob("*.jpg"))[
-        :: max(1, len(sorted(Path(a.photos).rglob("*.jpg"))) // a.n)
-    ][: a.n]
+    every = sorted(Path(a.photos).rglob("*.jpg"))
+    files = every[:: max(1, len(every) // a.n)][: a.n]
     photos = [np.asarray(load_rgb(f)) for f in files]
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(a.repeat):

@@ -220,6 +220,21 @@ def threshold_for_policy(
     )
 
 
+def threshold_for_card_policy(
+    y_true: ArrayLike, prob: ArrayLike, sources: Sequence[str] | None, policy: dict[str, Any]
+) -> dict[str, Any]:
+    """`threshold_for_policy` with a card's `threshold_policy` (pool, target, margin_se); a card
+    that names no pool is pooled."""
+    return threshold_for_policy(
+        y_true,
+        prob,
+        sources,
+        policy.get("pool") or "pooled",
+        float(policy["target_sensitivity"]),
+        float(policy.get("margin_se", 0.0)),
+    )
+
+
 def choose_threshold_across_sources(
     y_true: ArrayLike,
     prob: ArrayLike,

@@ -43,7 +43,7 @@ from dermedge.convert.gate_images import load_calib, load_split
 from dermedge.data.contract import InputContract
 from dermedge.data.io import atomic_write_text
 from dermedge.data.manifest import manifest_sha256
-from dermedge.metrics import clean_json
+from dermedge.metrics import THRESHOLD_POOLS, clean_json, threshold_for_card_policy
 from dermedge.runs import runs_root
 
 __all__ = [  # the stage's own names, and load_split (its room gate_images) that callers import here
@@ -71,9 +71,8 @@ class Options:
     rethreshold: bool = True
     guard: bool = True  # give each passing variant its unfamiliar-input guard (convert/guard.py)
     margin: float | None = None  # serve with this contract margin (contract.add_margin)
-    threshold_pool: str | None = (
-        None  # choose the threshold with this pool (metrics.THRESHOLD_POOLS)
-    )
+    # choose the threshold with this pool (metrics.THRESHOLD_POOLS)
+    threshold_pool: str | None = None
 
 
 @dataclass
@@ -216,8 +215,6 @@ def _reframe(src: source.Source, opts: Options) -> source.Source:
     """
     if opts.margin is None and opts.threshold_pool is None:
         return src
-    from dermedge.metrics import THRESHOLD_POOLS
-
     if opts.threshold_pool is not None and opts.threshold_pool not in THRESHOLD_POOLS:
         raise ConvertError(
             f"--threshold-pool {opts.threshold_pool}: expected one of {THRESHOLD_POOLS}"
@@ -251,21 +248,12 @@ def _reframe(src: source.Source, opts: Options) -> source.Source:
 
 def _keras_threshold_reframed(model: Any, src: source.Source, val: ValSet | None) -> source.Source:
     """The Keras threshold chosen again, by the card's policy, on val through the new contract."""
-    from dermedge.metrics import threshold_for_policy
-
     if val is None:
         raise ConvertError("--margin/--threshold-pool need a val split with both classes")
     x_val, y_val, val_sources = val
     log(f"Keras on {len(y_val)} val images: the threshold for the served contract and policy")
     policy = src.card["threshold_policy"]
-    chosen = threshold_for_policy(
-        y_val,
-        keras_predict(model, x_val),
-        val_sources,
-        policy["pool"] or "pooled",
-        float(policy["target_sensitivity"]),
-        float(policy.get("margin_se", 0.0)),
-    )
+    chosen = threshold_for_card_policy(y_val, keras_predict(model, x_val), val_sources, policy)
     card = {**src.card, "threshold": chosen["threshold"]}
     card["threshold_policy"] = {
         **policy,

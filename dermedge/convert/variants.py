@@ -269,16 +269,9 @@ def _variant_threshold(
     policy = card.get("threshold_policy") or {}
     if y_val is None or p_val is None or "target_sensitivity" not in policy:
         return keep
-    from dermedge.metrics import threshold_for_policy
+    from dermedge.metrics import threshold_for_card_policy
 
-    chosen = threshold_for_policy(
-        y_val,
-        p_val,
-        val_sources,
-        policy.get("pool") or "pooled",
-        float(policy["target_sensitivity"]),
-        float(policy.get("margin_se", 0.0)),
-    )
+    chosen = threshold_for_card_policy(y_val, p_val, val_sources, policy)
     return {
         "threshold": chosen["threshold"],
         "policy": {

@@ -214,6 +214,22 @@ def test_field_augmentation_changes_the_look_seeded_and_in_range():
         augment_preset("wild")
 
 
+def _two_sources(
+    seed: int, n_a: int, a_low: float, b_malignant: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores and sources: `n_a` malignant + `n_a` benign of source "a" (malignant scored
+    from `a_low` up), then 40 + 40 of "b", its malignant scored in `b_malignant`."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_a), np.zeros(n_a), np.ones(40), np.zeros(40)]
+    p = np.r_[
+        rng.uniform(a_low, 1, n_a),
+        rng.uniform(0, 0.5, n_a),
+        rng.uniform(*b_malignant, 40),
+        rng.uniform(0, 0.4, 40),
+    ]
+    return y, p, np.array(["a"] * 2 * n_a + ["b"] * 80)
+
+
 def test_threshold_meets_the_target_in_every_source():
     from dermedge.train.evaluate import (
         binary_metrics,
@@ -221,21 +237,13 @@ def test_threshold_meets_the_target_in_every_source():
         choose_threshold_across_sources,
     )
 
-    rng = np.random.default_rng(0)
     # source "a" scores its malignant lesions high, source "b" (another device) lower
-    y = np.r_[np.ones(100), np.zeros(100), np.ones(40), np.zeros(40)]
-    p = np.r_[
-        rng.uniform(0.5, 1, 100),
-        rng.uniform(0, 0.5, 100),
-        rng.uniform(0.2, 0.7, 40),
-        rng.uniform(0, 0.4, 40),
-    ]
-    src = ["a"] * 200 + ["b"] * 80
+    y, p, src = _two_sources(0, 100, 0.5, (0.2, 0.7))
     pooled = choose_threshold(y, p, 0.95)
     worst = choose_threshold_across_sources(y, p, src, 0.95)
     assert worst["pool"] == "worst-source" and worst["binding_source"] == "b"
     assert worst["threshold"] < pooled["threshold"]
-    b = np.array(src) == "b"
+    b = src == "b"
     assert binary_metrics(y[b], p[b], worst["threshold"])["recall"] >= 0.95
     assert binary_metrics(y[b], p[b], pooled["threshold"])["recall"] < 0.95
     assert set(worst["per_source"]) == {"a", "b"}
@@ -255,14 +263,8 @@ def test_pooled_floor_keeps_the_pooled_target_and_a_floor_in_every_source():
         threshold_for_policy,
     )
 
-    rng = np.random.default_rng(1)
     # source "b" scores its malignant lesions lower; the worst-source rule lets it set the threshold
-    y = np.r_[np.ones(200), np.zeros(200), np.ones(40), np.zeros(40)]
-    p = np.r_[
-        rng.uniform(0.45, 1, 200), rng.uniform(0, 0.5, 200),
-        rng.uniform(0.05, 0.8, 40), rng.uniform(0, 0.4, 40),
-    ]  # fmt: skip
-    src = np.array(["a"] * 400 + ["b"] * 80)
+    y, p, src = _two_sources(1, 200, 0.45, (0.05, 0.8))
     worst = threshold_for_policy(y, p, src, "worst-source", 0.95)
     floor = threshold_for_policy(y, p, src, "pooled-floor", 0.95)
     pooled = threshold_for_policy(y, p, src, "pooled", 0.95)
